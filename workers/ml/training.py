@@ -1,0 +1,173 @@
+"""Training loop: a dataclass config and a few small functions (train_one_epoch, evaluate, fit)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.ml.architectures import InputSpec
+from workers.ml.device import select_device
+from workers.ml.images import normalize
+from workers.ml.inference import predict_logits
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    augment: bool = False
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1:
+            problems.append(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (0 < self.learning_rate < 10):
+            problems.append(f"learning_rate must be in (0, 10), got {self.learning_rate}")
+        if self.weight_decay < 0:
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (0 <= self.label_smoothing < 1):
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training options: {', '.join(unknown)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_accuracy: float
+
+
+EpochCallback = Callable[[EpochStats], bool | None]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips and translations of up to 1/8 of the side, per image."""
+    n = batch.shape[0]
+    flip = torch.rand(n, generator=generator) < 0.5
+    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * 0.25  # grid units: 2 = full side
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0)
+    theta[:, 1, 1] = 1.0
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta.to(batch.device), list(batch.shape), align_corners=False)
+    return F.grid_sample(batch, grid, padding_mode="border", align_corners=False)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    spec: InputSpec,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    config: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[float, float]:
+    model.train()
+    order = torch.randperm(len(images), generator=generator)
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(order), config.batch_size):
+        index = order[start:start + config.batch_size]
+        if len(index) < 2 and len(order) >= 2:
+            continue  # BatchNorm cannot train on a batch of one
+        batch = normalize(images[index].to(device), spec)
+        if config.augment:
+            batch = augment(batch, generator)
+        target = targets[index].to(device)
+        logits = model(batch)
+        loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += float(loss.detach()) * len(index)
+        correct += int((logits.argmax(1) == target).sum())
+    return total_loss / len(images), correct / len(images)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, spec: InputSpec,
+    *, batch_size: int = 256, device: torch.device | None = None,
+) -> dict[str, float]:
+    """Loss and accuracy on a held-out set (no augmentation, dropout off)."""
+    logits = predict_logits(model, images, spec, batch_size=batch_size, device=device)
+    loss = F.cross_entropy(logits, targets)
+    return {"loss": float(loss), "accuracy": float((logits.argmax(1) == targets).float().mean())}
+
+
+def fit(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    spec: InputSpec,
+    config: TrainConfig,
+    on_epoch: EpochCallback | None = None,
+) -> list[EpochStats]:
+    """Train ``model`` in place on uint8 ``images`` [n, c, h, w] and int ``targets`` [n].
+
+    ``on_epoch`` sees each epoch's figures; returning False stops training (a cancelled cycle).
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be uint8 [n, c, h, w], got {images.dtype} {tuple(images.shape)}")
+    if len(images) != len(targets):
+        raise ValueError(f"{len(images)} images but {len(targets)} targets")
+    if len(images) == 0:
+        raise ValueError("cannot train on an empty set")
+    device = select_device(config.device)
+    generator = seed_everything(config.seed)
+    model.to(device)
+    targets = targets.to(torch.int64)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    steps = config.epochs * max(1, math.ceil(len(images) / config.batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.learning_rate, total_steps=steps + 1, pct_start=0.15
+    )
+    history: list[EpochStats] = []
+    for epoch in range(1, config.epochs + 1):
+        loss, accuracy = train_one_epoch(
+            model, images, targets, spec, optimizer, scheduler, config, generator, device
+        )
+        stats = EpochStats(epoch, config.epochs, loss, accuracy)
+        history.append(stats)
+        if on_epoch is not None and on_epoch(stats) is False:
+            break
+    model.eval()
+    return history
