@@ -1,0 +1,45 @@
+from django.contrib import admin
+
+from hitl import models
+
+
+@admin.register(models.Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "task_type", "architecture", "selection_strategy", "batch_size"]
+
+
+@admin.register(models.ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ["project", "name", "architecture", "stage", "created_at", "promoted_at"]
+    list_filter = ["project", "stage"]
+    raw_id_fields = ["parent"]
+    exclude = ["training_labels"]
+
+
+@admin.register(models.Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    list_display = ["project", "name", "environment", "model_version", "follows_production", "last_seen_at"]
+    readonly_fields = ["token_digest", "token_prefix"]
+
+
+@admin.register(models.RetrainingCycle)
+class RetrainingCycleAdmin(admin.ModelAdmin):
+    list_display = ["project", "number", "status", "decision", "created_at", "finished_at"]
+    list_filter = ["project", "status", "decision"]
+    raw_id_fields = ["base_version", "candidate_version"]
+
+
+@admin.register(models.ReviewBatch)
+class ReviewBatchAdmin(admin.ModelAdmin):
+    list_display = ["project", "id", "strategy", "size", "status", "created_at"]
+
+
+@admin.register(models.TrustEvent)
+class TrustEventAdmin(admin.ModelAdmin):
+    list_display = ["project", "sequence", "kind", "actor", "created_at"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

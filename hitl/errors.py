@@ -1,0 +1,30 @@
+"""Domain errors that the API and the CLI turn into clear messages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class InvalidInput(Exception):
+    """Bad input from a user or a deployment; nothing was written. Becomes a 400."""
+
+    def __init__(self, errors: list[FieldError] | FieldError) -> None:
+        self.errors = [errors] if isinstance(errors, FieldError) else list(errors)
+        super().__init__("; ".join(str(e) for e in self.errors[:5]))
+
+    @classmethod
+    def single(cls, field: str, message: str) -> "InvalidInput":
+        return cls(FieldError(field, message))
+
+
+class Conflict(Exception):
+    """The request does not fit the current state (e.g. cancelling a finished cycle). A 409."""

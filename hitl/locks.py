@@ -1,0 +1,38 @@
+"""Exclusive work on one row across worker processes, with PostgreSQL advisory locks.
+
+A session-level advisory lock is released by PostgreSQL itself when the holder's connection
+ends, so a worker that dies mid-task never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.db import connection
+
+
+def _key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+@contextmanager
+def exclusive(name: str) -> Iterator[bool]:
+    """Yield True if this process now holds ``name`` exclusively, False if another does.
+
+    Without PostgreSQL (the embedded SQLite default runs one worker) it always yields True.
+    """
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    key = _key(name)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        acquired = bool(cursor.fetchone()[0])
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [key])

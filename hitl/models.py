@@ -1,0 +1,392 @@
+"""hitl's domain: projects, model versions, deployments, items, predictions, labels, review
+batches, retraining cycles, evaluation snapshots and the trust history."""
+
+from __future__ import annotations
+
+import numpy as np
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class TaskType(models.TextChoices):
+    CLASSIFICATION = "classification", "Classification"
+    DETECTION = "detection", "Detection"
+
+
+class Project(models.Model):
+    """A vision task with its ordered label set and its active-learning settings."""
+
+    slug = models.SlugField(max_length=64, unique=True)
+    name = models.CharField(max_length=200)
+    task_type = models.CharField(max_length=20, choices=TaskType.choices, default=TaskType.CLASSIFICATION)
+    labels = models.JSONField(help_text="Ordered class names; a model's outputs follow this order.")
+    architecture = models.CharField(max_length=64, default="small_cnn")
+    initial_weights = models.CharField(
+        max_length=500, blank=True, help_text="Local weights file the first model starts from."
+    )
+    holdout_fraction = models.FloatField(default=0.2)
+    selection_strategy = models.CharField(max_length=32, default="margin")
+    batch_size = models.PositiveIntegerField(default=100)
+    audit_fraction = models.FloatField(default=0.1)
+    train_config = models.JSONField(default=dict, blank=True)
+    promotion_min_delta = models.FloatField(
+        default=0.0, help_text="Candidate accuracy must be at least production's plus this."
+    )
+    min_eval_labels = models.PositiveIntegerField(default=20)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def label_index(self) -> dict[str, int]:
+        return {label: i for i, label in enumerate(self.labels)}
+
+
+class ModelStage(models.TextChoices):
+    CANDIDATE = "candidate", "Candidate"
+    PRODUCTION = "production", "Production"
+    ARCHIVED = "archived", "Archived"
+
+
+class ModelVersion(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions")
+    name = models.CharField(max_length=64)
+    architecture = models.CharField(max_length=64)
+    labels = models.JSONField(help_text="Class names in the order of this model's outputs.")
+    stage = models.CharField(max_length=20, choices=ModelStage.choices, default=ModelStage.CANDIDATE)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    training_labels = models.ManyToManyField("Label", blank=True, related_name="trained_models")
+    created_at = models.DateTimeField(default=timezone.now)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    promoted_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "name"], name="model_version_unique_name"),
+            models.UniqueConstraint(
+                fields=["project"], condition=Q(stage="production"), name="one_production_model"
+            ),
+        ]
+        ordering = ["project_id", "created_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug}:{self.name}"
+
+
+class ArtifactKind(models.TextChoices):
+    WEIGHTS = "weights", "safetensors weights"
+    ONNX = "onnx", "ONNX graph"
+
+
+class ModelArtifact(models.Model):
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="artifacts")
+    kind = models.CharField(max_length=20, choices=ArtifactKind.choices)
+    path = models.CharField(max_length=500, help_text="Relative to MEDIA_ROOT.")
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["model_version", "kind"], name="one_artifact_per_kind")
+        ]
+
+
+class Environment(models.TextChoices):
+    CLOUD = "cloud", "Cloud"
+    ON_PREM = "on_prem", "On-prem"
+    MOBILE = "mobile", "Mobile"
+    EDGE = "edge", "Edge"
+
+
+class Deployment(models.Model):
+    """Where a model serves. Its API token is stored only as a sha256 digest."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="deployments")
+    name = models.CharField(max_length=100)
+    environment = models.CharField(max_length=20, choices=Environment.choices)
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="deployments")
+    follows_production = models.BooleanField(
+        default=True, help_text="Switch to each newly promoted production model."
+    )
+    token_digest = models.CharField(max_length=64, unique=True)
+    token_prefix = models.CharField(max_length=12)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "name"], name="deployment_unique_name")]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug}:{self.name}"
+
+    # DRF's IsAuthenticated asks the authenticated principal this.
+    is_authenticated = True
+
+
+class Split(models.TextChoices):
+    TRAIN = "train", "Train"
+    HOLDOUT = "holdout", "Held out"
+
+
+class Item(models.Model):
+    """An image, keyed by its content sha256 within a project: the same image sent twice is one item."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="items")
+    sha256 = models.CharField(max_length=64)
+    image = models.CharField(max_length=500, help_text="Path relative to MEDIA_ROOT.")
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    size_bytes = models.PositiveIntegerField()
+    format = models.CharField(max_length=10)
+    split = models.CharField(max_length=10, choices=Split.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "sha256"], name="item_unique_content")]
+
+    def __str__(self) -> str:
+        return f"item {self.pk} ({self.sha256[:12]})"
+
+
+class Prediction(models.Model):
+    """A model version's class probabilities for an item: one per item and model version."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="predictions")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="predictions")
+    deployment = models.ForeignKey(
+        Deployment, null=True, blank=True, on_delete=models.SET_NULL, related_name="predictions",
+        help_text="Empty when hitl itself ran the model.",
+    )
+    probabilities = models.BinaryField(help_text="float32 little-endian, in the model's label order.")
+    predicted_label = models.CharField(max_length=200)
+    confidence = models.FloatField()
+    received_at = models.DateTimeField(default=timezone.now)
+    scored_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["item", "model_version"], name="one_prediction_per_version")
+        ]
+        indexes = [
+            models.Index(fields=["model_version"], condition=Q(scored_at__isnull=True), name="prediction_unscored"),
+        ]
+
+    @property
+    def probability_array(self) -> np.ndarray:
+        return np.frombuffer(bytes(self.probabilities), dtype="<f4")
+
+
+class UncertaintyScore(models.Model):
+    """How uncertain a prediction is by one method; higher means more uncertain."""
+
+    prediction = models.ForeignKey(Prediction, on_delete=models.CASCADE, related_name="scores")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="+")
+    method = models.CharField(max_length=32)
+    value = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["prediction", "method"], name="one_score_per_method")
+        ]
+        indexes = [models.Index(fields=["model_version", "method", "-value"], name="score_rank")]
+
+
+class LabelSource(models.TextChoices):
+    WEB = "web", "hitl web UI"
+    LABEL_STUDIO = "label_studio", "Label Studio"
+    API = "api", "REST API"
+    IMPORT = "import", "Import"
+    SIMULATED = "simulated", "Simulated reviewer (dataset ground truth)"
+
+
+class LabelStatus(models.TextChoices):
+    CURRENT = "current", "Current"
+    SUPERSEDED = "superseded", "Superseded by a correction"
+    RETRACTED = "retracted", "Retracted"
+
+
+class Label(models.Model):
+    """A human's label for an item. Corrections add a row and supersede the old one."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="labels")
+    value = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=LabelStatus.choices, default=LabelStatus.CURRENT)
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="labels"
+    )
+    reviewer_name = models.CharField(max_length=200, help_text="Kept even if the user is removed.")
+    source = models.CharField(max_length=20, choices=LabelSource.choices)
+    previous = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="next"
+    )
+    review_task = models.ForeignKey(
+        "ReviewTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="labels"
+    )
+    prediction = models.ForeignKey(
+        Prediction, null=True, blank=True, on_delete=models.SET_NULL, related_name="labels",
+        help_text="The pre-annotation the reviewer started from.",
+    )
+    lead_time_seconds = models.FloatField(null=True, blank=True)
+    external_id = models.CharField(max_length=200, blank=True, help_text="E.g. a Label Studio annotation id.")
+    created_at = models.DateTimeField(default=timezone.now)
+    retracted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["item"], condition=Q(status="current"), name="one_current_label")
+        ]
+        indexes = [models.Index(fields=["source", "external_id"], name="label_external")]
+
+    def __str__(self) -> str:
+        return f"{self.value} for item {self.item_id} ({self.status})"
+
+
+class ReviewBatchStatus(models.TextChoices):
+    PENDING = "pending", "Pending selection"
+    SELECTED = "selected", "Selected"
+    FAILED = "failed", "Failed"
+
+
+class ReviewBatch(models.Model):
+    """A set of items selected for human review, and how they were selected."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="review_batches")
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="review_batches",
+        help_text="Whose predictions were scored; set when the batch is selected.",
+    )
+    strategy = models.CharField(max_length=32)
+    size = models.PositiveIntegerField()
+    audit_fraction = models.FloatField()
+    seed = models.BigIntegerField()
+    status = models.CharField(max_length=20, choices=ReviewBatchStatus.choices, default=ReviewBatchStatus.PENDING)
+    error = models.TextField(blank=True)
+    requested_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+    selected_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class ReviewReason(models.TextChoices):
+    STRATEGY = "strategy", "Selected by the query strategy"
+    AUDIT = "audit", "Random audit slice"
+
+
+class ReviewTaskStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    DONE = "done", "Done"
+    SKIPPED = "skipped", "Skipped"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class ReviewTask(models.Model):
+    batch = models.ForeignKey(ReviewBatch, on_delete=models.CASCADE, related_name="tasks")
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="review_tasks")
+    prediction = models.ForeignKey(Prediction, null=True, on_delete=models.SET_NULL, related_name="review_tasks")
+    reason = models.CharField(max_length=20, choices=ReviewReason.choices)
+    strategy = models.CharField(max_length=32)
+    score = models.FloatField(null=True, blank=True)
+    rank = models.PositiveIntegerField()
+    status = models.CharField(max_length=20, choices=ReviewTaskStatus.choices, default=ReviewTaskStatus.OPEN)
+    created_at = models.DateTimeField(default=timezone.now)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["batch", "item"], name="review_task_unique_item"),
+            models.UniqueConstraint(fields=["item"], condition=Q(status="open"), name="one_open_review_per_item"),
+        ]
+        ordering = ["batch_id", "rank"]
+
+
+class CycleStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    TRAINING = "training", "Training"
+    EVALUATING = "evaluating", "Evaluating"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class CycleDecision(models.TextChoices):
+    NONE = "", "No decision yet"
+    PROMOTED = "promoted", "Promoted"
+    REJECTED = "rejected", "Rejected"
+
+
+class RetrainingCycle(models.Model):
+    """Train a candidate from the production model, evaluate both, decide. A state machine."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="cycles")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=20, choices=CycleStatus.choices, default=CycleStatus.PENDING)
+    base_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The production model the candidate starts from (empty: from scratch).",
+    )
+    candidate_version = models.OneToOneField(
+        ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="produced_by_cycle"
+    )
+    train_config = models.JSONField(default=dict)
+    progress = models.JSONField(default=dict, blank=True)
+    decision = models.CharField(max_length=20, choices=CycleDecision.choices, default=CycleDecision.NONE, blank=True)
+    decision_reason = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    requested_by = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "number"], name="cycle_unique_number")]
+        ordering = ["-project_id", "-number"]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} cycle {self.number}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in {CycleStatus.SUCCEEDED, CycleStatus.FAILED, CycleStatus.CANCELLED}
+
+
+class EvaluationSnapshot(models.Model):
+    """A model's metrics on an exact, recorded set of held-out human labels."""
+
+    cycle = models.ForeignKey(RetrainingCycle, on_delete=models.CASCADE, related_name="snapshots")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="snapshots")
+    role = models.CharField(max_length=20, help_text="candidate or production")
+    label_ids = models.JSONField(help_text="Sorted ids of the labels evaluated on.")
+    eval_set_sha256 = models.CharField(max_length=64)
+    n_items = models.PositiveIntegerField()
+    accuracy = models.FloatField()
+    metrics = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["cycle", "model_version"], name="one_snapshot_per_cycle_model")
+        ]
+
+
+class TrustEvent(models.Model):
+    """An append-only, hash-chained record: which labels trained which model, how it scored,
+    who or what promoted it. Editing or deleting a row breaks the chain (see trust_verify)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="trust_events")
+    sequence = models.PositiveIntegerField()
+    kind = models.CharField(max_length=40)
+    actor = models.CharField(max_length=200)
+    payload = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+    previous_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "sequence"], name="trust_chain_sequence")]
+        ordering = ["project_id", "sequence"]

@@ -1,0 +1,1 @@
+"""Writes and decisions. Keyword-only, typed, atomic; named <entity>_<action>."""

@@ -1,0 +1,311 @@
+"""Retraining cycles: a state machine that trains a candidate from the production model on the
+human labels of the training split, evaluates candidate and production on the same held-out
+human-labeled set, and promotes the candidate only if the gate passes.
+
+    pending -> training -> evaluating -> succeeded (promoted | rejected)
+       any active state -> failed | cancelled
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from hitl.errors import Conflict, InvalidInput
+from hitl.locks import exclusive
+from hitl.media import media_path, model_directory
+from hitl.models import (
+    CycleDecision,
+    CycleStatus,
+    EvaluationSnapshot,
+    Label,
+    LabelStatus,
+    ModelStage,
+    ModelVersion,
+    Project,
+    RetrainingCycle,
+    Split,
+)
+from hitl.services.modeling import item_images, labeled_set_digest, load_version, weights_file
+from hitl.services.projects import (
+    ensure_unique_version_name,
+    model_version_create,
+    model_version_promote,
+    production_version,
+)
+from hitl.services.queue import enqueue
+from hitl.services.trust import trust_record
+from workers.ml.architectures import build_model, input_spec_for
+from workers.ml.checkpoint import CheckpointMeta, save_checkpoint
+from workers.ml.inference import predict_proba
+from workers.ml.metrics import classification_metrics
+from workers.ml.training import EpochStats, TrainConfig, fit
+
+log = logging.getLogger(__name__)
+
+ACTIVE = (CycleStatus.PENDING, CycleStatus.TRAINING, CycleStatus.EVALUATING)
+TRANSITIONS: dict[str, set[str]] = {
+    CycleStatus.PENDING: {CycleStatus.TRAINING, CycleStatus.FAILED, CycleStatus.CANCELLED},
+    # training -> training: a redelivered task restarts the attempt of a worker that died
+    CycleStatus.TRAINING: {CycleStatus.TRAINING, CycleStatus.EVALUATING, CycleStatus.FAILED, CycleStatus.CANCELLED},
+    CycleStatus.EVALUATING: {CycleStatus.SUCCEEDED, CycleStatus.FAILED, CycleStatus.CANCELLED},
+}
+
+
+def _transition(cycle: RetrainingCycle, status: str, **fields: object) -> None:
+    if status not in TRANSITIONS.get(cycle.status, set()):
+        raise Conflict(f"cycle {cycle.number} cannot go from {cycle.status} to {status}")
+    cycle.status = status
+    for name, value in fields.items():
+        setattr(cycle, name, value)
+    if status in (CycleStatus.SUCCEEDED, CycleStatus.FAILED, CycleStatus.CANCELLED):
+        cycle.finished_at = timezone.now()
+    cycle.save()
+
+
+@transaction.atomic
+def cycle_request(*, project: Project, requested_by: str, train_config: dict | None = None) -> RetrainingCycle:
+    """Queue a retraining cycle. One active cycle per project at a time."""
+    Project.objects.select_for_update().get(pk=project.pk)
+    active = RetrainingCycle.objects.filter(project=project, status__in=ACTIVE).first()
+    if active is not None:
+        raise Conflict(f"cycle {active.number} is still {active.status}; wait for it or cancel it")
+    number = (RetrainingCycle.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
+    options = {"seed": number, **project.train_config, **(train_config or {})}
+    try:
+        config = TrainConfig.from_dict(options)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput.single("train_config", str(exc)) from None
+    cycle = RetrainingCycle.objects.create(
+        project=project, number=number, train_config=config.to_dict(), requested_by=requested_by,
+    )
+    enqueue("workers.tasks.retrain", cycle.id)
+    return cycle
+
+
+@transaction.atomic
+def cycle_cancel(*, cycle_id: int, actor: str) -> RetrainingCycle:
+    cycle = RetrainingCycle.objects.select_for_update().get(pk=cycle_id)
+    if cycle.is_finished:
+        raise Conflict(f"cycle {cycle.number} already {cycle.status}")
+    _transition(cycle, CycleStatus.CANCELLED, decision_reason=f"cancelled by {actor}")
+    return cycle
+
+
+@transaction.atomic
+def cycle_fail(*, cycle_id: int, error: str) -> None:
+    cycle = RetrainingCycle.objects.select_for_update().get(pk=cycle_id)
+    if not cycle.is_finished:
+        _transition(cycle, CycleStatus.FAILED, error=error[:10_000])
+
+
+@dataclass(frozen=True)
+class LabeledSet:
+    label_ids: list[int]
+    image_paths: list[str]
+    targets: list[int]
+    digest: str
+
+    def __len__(self) -> int:
+        return len(self.label_ids)
+
+
+def labeled_set(project: Project, split: str) -> LabeledSet:
+    """Current human labels on the project's items of one split, in label-id order."""
+    rows = list(
+        Label.objects.filter(item__project=project, item__split=split, status=LabelStatus.CURRENT)
+        .order_by("id").values_list("id", "item__image", "value", "item__sha256")
+    )
+    index = project.label_index
+    return LabeledSet(
+        label_ids=[r[0] for r in rows], image_paths=[r[1] for r in rows],
+        targets=[index[r[2]] for r in rows],
+        digest=labeled_set_digest([(r[0], r[3], r[2]) for r in rows]),
+    )
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    cycle_id: int
+    project: Project
+    base: ModelVersion | None
+    architecture: str
+    start_from: Path | None  # weights the candidate starts from (transfer learning)
+    version_name: str
+    config: TrainConfig
+    data: LabeledSet
+
+
+@transaction.atomic
+def _start_training(cycle_id: int) -> TrainingPlan | None:
+    cycle = RetrainingCycle.objects.select_for_update().select_related("project").get(pk=cycle_id)
+    if cycle.status not in (CycleStatus.PENDING, CycleStatus.TRAINING):
+        return None
+    project = cycle.project
+    base = production_version(project.id)
+    data = labeled_set(project, Split.TRAIN)
+    _transition(cycle, CycleStatus.TRAINING, base_version=base, attempts=cycle.attempts + 1,
+                started_at=timezone.now(), progress={"stage": "loading", "labels": len(data)})
+    if len(data) == 0:
+        _transition(cycle, CycleStatus.FAILED, error="no human labels on training-split items yet: label some items first")
+        return None
+    if base is not None and base.architecture == project.architecture:
+        architecture, start_from = base.architecture, weights_file(base)[0]
+    else:  # first model, or the project moved to another architecture
+        architecture = project.architecture
+        start_from = Path(project.initial_weights) if project.initial_weights else None
+    return TrainingPlan(cycle.id, project, base, architecture, start_from,
+                        ensure_unique_version_name(project, f"v{cycle.number}"),
+                        TrainConfig.from_dict(cycle.train_config), data)
+
+
+def _progress(cycle_id: int, stats: EpochStats) -> bool:
+    """Record an epoch; returns False when the cycle was cancelled meanwhile (stops training)."""
+    RetrainingCycle.objects.filter(pk=cycle_id).update(progress={
+        "stage": "training", "epoch": stats.epoch, "epochs": stats.epochs,
+        "train_loss": round(stats.train_loss, 4), "train_accuracy": round(stats.train_accuracy, 4),
+    })
+    return RetrainingCycle.objects.filter(pk=cycle_id, status=CycleStatus.TRAINING).exists()
+
+
+def _train(plan: TrainingPlan) -> tuple[str, list, list[EpochStats]]:
+    labels = list(plan.project.labels)
+    spec = input_spec_for(plan.architecture)
+    model = build_model(plan.architecture, len(labels), weights_path=plan.start_from)
+    images = item_images(plan.data.image_paths, spec)
+    targets = torch.tensor(plan.data.targets, dtype=torch.int64)
+    history = fit(model, images, targets, spec, plan.config, on_epoch=lambda s: _progress(plan.cycle_id, s))
+    directory = model_directory(plan.project.slug, plan.version_name)
+    metrics = {"train_loss": history[-1].train_loss, "train_accuracy": history[-1].train_accuracy,
+               "epochs_run": len(history)}
+    meta = CheckpointMeta(plan.architecture, labels, spec, plan.config.to_dict(), metrics)
+    files = save_checkpoint(model, meta, media_path(directory))
+    return directory, files, history
+
+
+@transaction.atomic
+def _finish_training(plan: TrainingPlan, directory: str, files: list, history: list[EpochStats]) -> None:
+    cycle = RetrainingCycle.objects.select_for_update().get(pk=plan.cycle_id)
+    if cycle.status != CycleStatus.TRAINING:
+        return  # cancelled while training: the candidate is not recorded
+    version = model_version_create(
+        project=plan.project, name=plan.version_name, architecture=plan.architecture,
+        labels=list(plan.project.labels), parent=plan.base, directory=directory, files=files,
+    )
+    version.training_labels.set(plan.data.label_ids)
+    _transition(cycle, CycleStatus.EVALUATING, candidate_version=version, progress={
+        "stage": "evaluating", "epochs_run": len(history), "train_loss": round(history[-1].train_loss, 4),
+    })
+    trust_record(project_id=plan.project.id, kind="model_trained", actor=f"cycle {cycle.number}", payload={
+        "model_version": version.name, "parent": plan.base.name if plan.base else None,
+        "training_labels": len(plan.data), "training_set_sha256": plan.data.digest,
+        "artifacts": {f.name: f.sha256 for f in files}, "train_config": plan.config.to_dict(),
+    })
+    enqueue("workers.tasks.evaluate", cycle.id)
+
+
+def cycle_train(*, cycle_id: int) -> None:
+    """Train the cycle's candidate. Safe to run twice or in parallel: one worker trains,
+    a second returns at once; a redelivered task after a worker died starts a new attempt."""
+    with exclusive(f"cycle:{cycle_id}") as mine:
+        if not mine:
+            log.info("cycle %s is being worked on by another worker", cycle_id)
+            return
+        plan = _start_training(cycle_id)
+        if plan is None:
+            return
+        try:
+            directory, files, history = _train(plan)
+        except Exception as exc:
+            log.exception("cycle %s training failed", cycle_id)
+            cycle_fail(cycle_id=cycle_id, error=f"training failed: {exc}\n{traceback.format_exc(limit=5)}")
+            return
+        _finish_training(plan, directory, files, history)
+
+
+def promotion_decision(
+    *, candidate_accuracy: float | None, production_accuracy: float | None, has_production: bool,
+    n_eval: int, min_eval_labels: int, min_delta: float,
+) -> tuple[bool, str]:
+    """The first promotion gate: promote only a candidate that is not worse than production."""
+    if not has_production:
+        return True, "first model of the project: nothing to compare against"
+    if n_eval < min_eval_labels:
+        return False, f"only {n_eval} held-out human labels; the gate needs at least {min_eval_labels}"
+    assert candidate_accuracy is not None and production_accuracy is not None
+    if candidate_accuracy >= production_accuracy + min_delta:
+        return True, (f"candidate accuracy {candidate_accuracy:.4f} >= production {production_accuracy:.4f}"
+                      f" + {min_delta:g} on {n_eval} held-out labels")
+    return False, (f"candidate accuracy {candidate_accuracy:.4f} < production {production_accuracy:.4f}"
+                   f" + {min_delta:g} on {n_eval} held-out labels")
+
+
+def _evaluate_version(version: ModelVersion, data: LabeledSet) -> dict:
+    model, meta = load_version(version)
+    probs = predict_proba(model, item_images(data.image_paths, meta.input_spec), meta.input_spec)
+    return classification_metrics(np.array(data.targets), probs, meta.labels)
+
+
+def cycle_evaluate(*, cycle_id: int) -> None:
+    """Evaluate candidate and production on the same held-out labels, store both snapshots,
+    decide. Safe to run twice: snapshots are unique per cycle and model, decisions made once."""
+    with exclusive(f"cycle:{cycle_id}") as mine:
+        if not mine:
+            return
+        cycle = RetrainingCycle.objects.select_related("project", "candidate_version", "base_version").get(pk=cycle_id)
+        if cycle.status != CycleStatus.EVALUATING:
+            return
+        data = labeled_set(cycle.project, Split.HOLDOUT)
+        roles = [("candidate", cycle.candidate_version)]
+        if cycle.base_version is not None:
+            roles.append(("production", cycle.base_version))
+        try:
+            results = {role: _evaluate_version(v, data) for role, v in roles if len(data)}
+        except Exception as exc:
+            log.exception("cycle %s evaluation failed", cycle_id)
+            cycle_fail(cycle_id=cycle_id, error=f"evaluation failed: {exc}")
+            return
+        _decide(cycle_id, dict(roles), data, results)
+
+
+@transaction.atomic
+def _decide(cycle_id: int, versions: dict[str, ModelVersion], data: LabeledSet, results: dict[str, dict]) -> None:
+    cycle = RetrainingCycle.objects.select_for_update().select_related("project").get(pk=cycle_id)
+    if cycle.status != CycleStatus.EVALUATING:
+        return
+    project = cycle.project
+    for role, metrics in results.items():
+        snapshot, _ = EvaluationSnapshot.objects.get_or_create(
+            cycle=cycle, model_version=versions[role],
+            defaults={"role": role, "label_ids": data.label_ids, "eval_set_sha256": data.digest,
+                      "n_items": len(data), "accuracy": metrics["accuracy"], "metrics": metrics},
+        )
+        trust_record(project_id=project.id, kind="model_evaluated", actor=f"cycle {cycle.number}", payload={
+            "model_version": versions[role].name, "role": role, "snapshot": snapshot.id,
+            "eval_set_sha256": data.digest, "n_items": len(data), "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_f1"],
+        })
+    promote, reason = promotion_decision(
+        candidate_accuracy=results.get("candidate", {}).get("accuracy"),
+        production_accuracy=results.get("production", {}).get("accuracy"),
+        has_production="production" in versions, n_eval=len(data),
+        min_eval_labels=project.min_eval_labels, min_delta=project.promotion_min_delta,
+    )
+    candidate = versions["candidate"]
+    if promote:
+        model_version_promote(model_version_id=candidate.id, actor=f"promotion gate (cycle {cycle.number})", reason=reason)
+        enqueue("workers.tasks.predict_items", candidate.id)
+    else:
+        ModelVersion.objects.filter(pk=candidate.id).update(stage=ModelStage.ARCHIVED)
+        trust_record(project_id=project.id, kind="model_rejected", actor=f"promotion gate (cycle {cycle.number})",
+                     payload={"model_version": candidate.name, "reason": reason})
+    _transition(cycle, CycleStatus.SUCCEEDED, decision=CycleDecision.PROMOTED if promote else CycleDecision.REJECTED,
+                decision_reason=reason, progress={"stage": "done"})

@@ -1,0 +1,106 @@
+"""Human labels: the one service through which every label enters hitl (web UI, API, Label
+Studio, imports and the demo's simulated reviewer)."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from hitl.errors import InvalidInput
+from hitl.models import Item, Label, LabelSource, LabelStatus, ReviewTask, ReviewTaskStatus
+
+
+def _reviewer_name(reviewer: AbstractBaseUser | None, reviewer_name: str) -> str:
+    if reviewer_name:
+        return reviewer_name
+    if reviewer is not None:
+        return reviewer.get_username()
+    raise InvalidInput.single("reviewer", "a label needs a reviewer or a reviewer name")
+
+
+@transaction.atomic
+def label_submit(
+    *, item_id: int, value: str, source: str, reviewer: AbstractBaseUser | None = None,
+    reviewer_name: str = "", review_task_id: int | None = None, prediction_id: int | None = None,
+    lead_time_seconds: float | None = None, external_id: str = "",
+) -> Label:
+    """Record a reviewer's label for an item; a different value supersedes the current label.
+
+    Submitting the label that is already current (same value, reviewer, source and external id)
+    changes nothing, so a retried request or a replayed event is harmless. Any open review task
+    for the item is closed.
+    """
+    try:
+        item = Item.objects.select_for_update().select_related("project").get(pk=item_id)
+    except Item.DoesNotExist:
+        raise InvalidInput.single("item", f"no item with id {item_id}") from None
+    if value not in item.project.labels:
+        raise InvalidInput.single("value", f"unknown label {value!r}; labels are {', '.join(item.project.labels)}")
+    if source not in LabelSource.values:
+        raise InvalidInput.single("source", f"use one of {', '.join(LabelSource.values)}")
+    if lead_time_seconds is not None and not (0 <= lead_time_seconds < 7 * 24 * 3600):
+        raise InvalidInput.single("lead_time_seconds", "must be between 0 and one week")
+    name = _reviewer_name(reviewer, reviewer_name)
+    task = None
+    if review_task_id is not None:
+        task = ReviewTask.objects.filter(pk=review_task_id, item_id=item.id).first()
+        if task is None:
+            raise InvalidInput.single("review_task", f"no review task {review_task_id} for item {item.id}")
+    current = Label.objects.filter(item=item, status=LabelStatus.CURRENT).first()
+    if current is not None and (current.value, current.reviewer_name, current.source, current.external_id) == (
+        value, name, source, external_id
+    ):
+        _close_review_tasks(item.id)
+        return current
+    if current is not None:
+        current.status = LabelStatus.SUPERSEDED
+        current.save(update_fields=["status"])
+    if task is None:
+        task = ReviewTask.objects.filter(item_id=item.id, status=ReviewTaskStatus.OPEN).first()
+    if prediction_id is None and task is not None:
+        prediction_id = task.prediction_id
+    label = Label.objects.create(
+        item=item, value=value, reviewer=reviewer, reviewer_name=name, source=source, previous=current,
+        review_task=task, prediction_id=prediction_id, lead_time_seconds=lead_time_seconds,
+        external_id=external_id,
+    )
+    _close_review_tasks(item.id)
+    return label
+
+
+def _close_review_tasks(item_id: int) -> None:
+    ReviewTask.objects.filter(item_id=item_id, status=ReviewTaskStatus.OPEN).update(
+        status=ReviewTaskStatus.DONE, completed_at=timezone.now()
+    )
+
+
+@transaction.atomic
+def label_retract(*, label_id: int) -> Label:
+    """Withdraw a label (e.g. its annotation was deleted); the label it replaced becomes current."""
+    label = Label.objects.select_for_update().get(pk=label_id)
+    Item.objects.select_for_update().get(pk=label.item_id)
+    if label.status == LabelStatus.RETRACTED:
+        return label
+    was_current = label.status == LabelStatus.CURRENT
+    label.status = LabelStatus.RETRACTED
+    label.retracted_at = timezone.now()
+    label.save(update_fields=["status", "retracted_at"])
+    previous = label.previous
+    while previous is not None and previous.status == LabelStatus.RETRACTED:
+        previous = previous.previous
+    if was_current and previous is not None:
+        previous.status = LabelStatus.CURRENT
+        previous.save(update_fields=["status"])
+    return label
+
+
+@transaction.atomic
+def review_task_skip(*, review_task_id: int) -> ReviewTask:
+    """A reviewer passes on an item: the task closes without a label."""
+    task = ReviewTask.objects.select_for_update().get(pk=review_task_id)
+    if task.status == ReviewTaskStatus.OPEN:
+        task.status = ReviewTaskStatus.SKIPPED
+        task.completed_at = timezone.now()
+        task.save(update_fields=["status", "completed_at"])
+    return task

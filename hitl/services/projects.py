@@ -1,0 +1,198 @@
+"""Projects, model versions (registration, promotion) and deployments."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import shutil
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from hitl.errors import InvalidInput
+from hitl.models import (
+    ArtifactKind,
+    Deployment,
+    Environment,
+    ModelArtifact,
+    ModelStage,
+    ModelVersion,
+    Project,
+    TaskType,
+)
+from hitl.services.trust import trust_record
+from workers.ml.architectures import ARCHITECTURES
+from workers.ml.checkpoint import ArtifactFile, file_sha256, read_meta
+from workers.ml.uncertainty import SCORERS
+
+SELECTION_STRATEGIES = ("random", *SCORERS)
+SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+TOKEN_PREFIX = "hitl_dep_"
+
+
+def validate_project_settings(
+    *, labels: list[str], architecture: str, holdout_fraction: float, selection_strategy: str,
+    batch_size: int, audit_fraction: float,
+) -> None:
+    if not isinstance(labels, list) or len(labels) < 2:
+        raise InvalidInput.single("labels", "give at least two class names")
+    if not all(isinstance(label, str) and label.strip() == label and label for label in labels):
+        raise InvalidInput.single("labels", "class names must be non-empty strings without surrounding spaces")
+    if len(set(labels)) != len(labels):
+        raise InvalidInput.single("labels", "class names must be unique")
+    if architecture not in ARCHITECTURES:
+        raise InvalidInput.single("architecture", f"unknown; use one of {', '.join(sorted(ARCHITECTURES))}")
+    if not 0 < holdout_fraction < 1:
+        raise InvalidInput.single("holdout_fraction", "must be between 0 and 1 (exclusive)")
+    if selection_strategy not in SELECTION_STRATEGIES:
+        raise InvalidInput.single("selection_strategy", f"unknown; use one of {', '.join(SELECTION_STRATEGIES)}")
+    if not 1 <= batch_size <= 10_000:
+        raise InvalidInput.single("batch_size", "must be between 1 and 10000")
+    if not 0 <= audit_fraction <= 1:
+        raise InvalidInput.single("audit_fraction", "must be between 0 and 1")
+
+
+@transaction.atomic
+def project_create(
+    *, slug: str, name: str, labels: list[str], architecture: str = "small_cnn",
+    holdout_fraction: float = 0.2, selection_strategy: str = "margin", batch_size: int = 100,
+    audit_fraction: float = 0.1, initial_weights: str = "", train_config: dict | None = None,
+) -> Project:
+    if not SLUG.match(slug or ""):
+        raise InvalidInput.single("slug", "use lowercase letters, digits and dashes (at most 64)")
+    if Project.objects.filter(slug=slug).exists():
+        raise InvalidInput.single("slug", f"a project {slug!r} already exists")
+    validate_project_settings(
+        labels=labels, architecture=architecture, holdout_fraction=holdout_fraction,
+        selection_strategy=selection_strategy, batch_size=batch_size, audit_fraction=audit_fraction,
+    )
+    if initial_weights and not Path(initial_weights).is_file():
+        raise InvalidInput.single("initial_weights", f"no file at {initial_weights}")
+    return Project.objects.create(
+        slug=slug, name=name or slug, task_type=TaskType.CLASSIFICATION, labels=labels,
+        architecture=architecture, holdout_fraction=holdout_fraction,
+        selection_strategy=selection_strategy, batch_size=batch_size, audit_fraction=audit_fraction,
+        initial_weights=initial_weights, train_config=train_config or {},
+    )
+
+
+def _store_artifacts(version: ModelVersion, directory: str, files: list[ArtifactFile]) -> None:
+    kinds = {"model.safetensors": ArtifactKind.WEIGHTS, "model.onnx": ArtifactKind.ONNX}
+    ModelArtifact.objects.bulk_create([
+        ModelArtifact(model_version=version, kind=kinds[f.name], path=f"{directory}/{f.name}",
+                      sha256=f.sha256, size_bytes=f.size)
+        for f in files
+    ])
+
+
+@transaction.atomic
+def model_version_create(
+    *, project: Project, name: str, architecture: str, labels: list[str], parent: ModelVersion | None,
+    directory: str, files: list[ArtifactFile],
+) -> ModelVersion:
+    """Record a trained model whose artifact files already lie under MEDIA_ROOT/directory."""
+    try:
+        with transaction.atomic():
+            version = ModelVersion.objects.create(
+                project=project, name=name, architecture=architecture, labels=labels, parent=parent,
+            )
+    except IntegrityError:
+        raise InvalidInput.single("name", f"model version {name!r} already exists in {project.slug}") from None
+    _store_artifacts(version, directory, files)
+    return version
+
+
+def model_version_register(*, project: Project, name: str, weights_path: Path, actor: str) -> ModelVersion:
+    """Import a model trained elsewhere from a hitl safetensors checkpoint (e.g. exported earlier)."""
+    weights_path = Path(weights_path)
+    try:
+        meta = read_meta(weights_path)
+    except Exception as exc:
+        raise InvalidInput.single("weights", f"not a hitl checkpoint: {exc}") from None
+    if meta.labels != project.labels:
+        raise InvalidInput.single("weights", f"model labels {meta.labels} differ from the project's {project.labels}")
+    directory = f"models/{project.slug}/{name}"
+    target = Path(settings.MEDIA_ROOT) / directory / "model.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights_path, target)
+    files = [ArtifactFile("model.safetensors", file_sha256(target), target.stat().st_size)]
+    with transaction.atomic():
+        version = model_version_create(project=project, name=name, architecture=meta.architecture,
+                                       labels=meta.labels, parent=None, directory=directory, files=files)
+        trust_record(project_id=project.id, kind="model_registered", actor=actor,
+                     payload={"model_version": name, "weights_sha256": files[0].sha256})
+    return version
+
+
+@transaction.atomic
+def model_version_promote(*, model_version_id: int, actor: str, reason: str) -> ModelVersion:
+    """Make a version production: the old one is archived, following deployments switch."""
+    version = ModelVersion.objects.select_for_update().select_related("project").get(pk=model_version_id)
+    if version.stage == ModelStage.PRODUCTION:
+        return version
+    previous = ModelVersion.objects.select_for_update().filter(
+        project_id=version.project_id, stage=ModelStage.PRODUCTION
+    ).first()
+    if previous is not None:
+        previous.stage = ModelStage.ARCHIVED
+        previous.save(update_fields=["stage"])
+    version.stage = ModelStage.PRODUCTION
+    version.promoted_at = timezone.now()
+    version.promoted_by = actor
+    version.save(update_fields=["stage", "promoted_at", "promoted_by"])
+    Deployment.objects.filter(project_id=version.project_id, follows_production=True).update(model_version=version)
+    trust_record(project_id=version.project_id, kind="model_promoted", actor=actor, payload={
+        "model_version": version.name, "replaced": previous.name if previous else None, "reason": reason,
+    })
+    return version
+
+
+def production_version(project_id: int) -> ModelVersion | None:
+    return ModelVersion.objects.filter(project_id=project_id, stage=ModelStage.PRODUCTION).first()
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@transaction.atomic
+def deployment_create(
+    *, project: Project, name: str, environment: str, model_version: ModelVersion,
+    follows_production: bool = True,
+) -> tuple[Deployment, str]:
+    """Create a deployment and its API token. The token is returned once and stored only hashed."""
+    if environment not in Environment.values:
+        raise InvalidInput.single("environment", f"use one of {', '.join(Environment.values)}")
+    if model_version.project_id != project.id:
+        raise InvalidInput.single("model_version", "belongs to another project")
+    if Deployment.objects.filter(project=project, name=name).exists():
+        raise InvalidInput.single("name", f"deployment {name!r} already exists in {project.slug}")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    deployment = Deployment.objects.create(
+        project=project, name=name, environment=environment, model_version=model_version,
+        follows_production=follows_production, token_digest=token_digest(token),
+        token_prefix=token[: len(TOKEN_PREFIX) + 3],
+    )
+    return deployment, token
+
+
+@transaction.atomic
+def deployment_rotate_token(*, deployment_id: int) -> str:
+    deployment = Deployment.objects.select_for_update().get(pk=deployment_id)
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    deployment.token_digest = token_digest(token)
+    deployment.token_prefix = token[: len(TOKEN_PREFIX) + 3]
+    deployment.save(update_fields=["token_digest", "token_prefix"])
+    return token
+
+
+def ensure_unique_version_name(project: Project, wanted: str) -> str:
+    if not ModelVersion.objects.filter(project=project, name=wanted).exists():
+        return wanted
+    suffix = 2
+    while ModelVersion.objects.filter(project=project, name=f"{wanted}-{suffix}").exists():
+        suffix += 1
+    return f"{wanted}-{suffix}"

@@ -1,0 +1,1 @@
+"""Celery tasks that talk to Label Studio (see labeling.services)."""

@@ -1,0 +1,65 @@
+"""The Celery app. Short CPU work and long (GPU) work go to separate queues.
+
+Run a worker for both queues with ``celery -A workers worker``; on a GPU machine run
+``celery -A workers worker -Q <prefix>.gpu --concurrency 1``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from celery import Celery
+from django.conf import settings
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hitl.settings")
+
+app = Celery("hitl")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.include = ["workers.tasks", "labeling.tasks"]
+
+# Routing lives here, in configuration, as Celery intends; the task decorators carry policy.
+GPU_TASKS = frozenset({
+    "workers.tasks.retrain",
+    "workers.tasks.evaluate",
+    "workers.tasks.predict_items",
+})
+
+
+def configure_queues(prefix: str) -> None:
+    """Name this installation's queues ``<prefix>.cpu`` and ``<prefix>.gpu``."""
+    app.conf.hitl_queue_prefix = prefix
+    app.conf.task_queues = (Queue(f"{prefix}.cpu"), Queue(f"{prefix}.gpu"))
+    app.conf.task_default_queue = f"{prefix}.cpu"
+
+
+def route_task(name: str, args: object, kwargs: object, options: object, task: object = None, **kw: object) -> dict:
+    queue_class = "gpu" if name in GPU_TASKS else "cpu"
+    return {"queue": f"{app.conf.hitl_queue_prefix}.{queue_class}"}
+
+
+def use_embedded_broker(folder: Path) -> None:
+    """Use kombu's filesystem transport under ``folder``: Celery with no Redis running.
+
+    For a single machine only (the demo's embedded default): a message is taken off the queue
+    when a worker reads it, so a worker killed mid-task loses that task.
+    """
+    queue, processed, control = folder / "queue", folder / "processed", folder / "control"
+    for path in (queue, processed, control):
+        path.mkdir(parents=True, exist_ok=True)
+    app.conf.broker_url = "filesystem://"
+    app.conf.broker_transport_options = {
+        "data_folder_in": str(queue), "data_folder_out": str(queue), "processed_folder": str(processed),
+        "control_folder": str(control), "polling_interval": 0.2,
+    }
+
+
+app.conf.task_routes = (route_task,)
+configure_queues(settings.HITL_QUEUE_PREFIX)
+if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+    use_embedded_broker(settings.DATA_DIR / "broker")
+
+app.conf.beat_schedule = {
+    "requeue-stalled-work": {"task": "workers.tasks.requeue_stalled_work", "schedule": 300.0},
+}

@@ -1,0 +1,93 @@
+"""Thin Celery tasks: take ids, call a service, return. Every task is safe to run twice.
+
+Two decorators carry the policy for the two kinds of work. Both acknowledge a message only
+after the task ran (``acks_late``) and hand it back if the worker process dies
+(``reject_on_worker_lost``), so a killed worker loses nothing: the broker redelivers and the
+service's status checks make the repeat harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
+
+from hitl.models import CycleStatus, Prediction, ReviewBatch, ReviewBatchStatus, RetrainingCycle
+from hitl.services.cycles import cycle_evaluate, cycle_train
+from hitl.services.modeling import model_predict_items
+from hitl.services.queue import enqueue
+from hitl.services.scoring import predictions_score
+from hitl.services.selection import review_batch_select
+from workers.celery import app
+
+log = logging.getLogger(__name__)
+
+# Transient failures worth retrying (database or broker briefly unreachable); anything else is a
+# bug or bad data and is recorded on the row by the service instead.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, BrokerError, ConnectionError)
+RETRY_POLICY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 5, "retry_backoff_max": 300,
+                "retry_jitter": True, "max_retries": 8}
+
+cpu_task = app.task(acks_late=True, reject_on_worker_lost=True, soft_time_limit=600, time_limit=660,
+                    **RETRY_POLICY)
+gpu_task = app.task(acks_late=True, reject_on_worker_lost=True, soft_time_limit=3 * 3600,
+                    time_limit=3 * 3600 + 120, **RETRY_POLICY)
+
+
+@cpu_task
+def score_predictions(model_version_id: int) -> int:
+    return predictions_score(model_version_id=model_version_id)
+
+
+@cpu_task
+def select_review_batch(batch_id: int) -> None:
+    review_batch_select(batch_id=batch_id)
+
+
+@gpu_task
+def retrain(cycle_id: int) -> None:
+    cycle_train(cycle_id=cycle_id)
+
+
+@gpu_task
+def evaluate(cycle_id: int) -> None:
+    cycle_evaluate(cycle_id=cycle_id)
+
+
+@gpu_task
+def predict_items(model_version_id: int) -> int:
+    return model_predict_items(model_version_id=model_version_id)
+
+
+@cpu_task
+def requeue_stalled_work() -> dict[str, int]:
+    """Beat task: re-send work whose message was lost (a crash between commit and publish).
+
+    Every task is idempotent, so re-sending work that is in fact still queued is harmless.
+    """
+    cutoff = timezone.now() - timedelta(seconds=settings.HITL_STALLED_AFTER_SECONDS)
+    counts = {"cycles": 0, "batches": 0, "scoring": 0}
+    # A training or evaluating cycle may still be running: the advisory lock makes the
+    # re-sent task return at once then, and restart the work if its worker died.
+    stage_task = {CycleStatus.PENDING: "workers.tasks.retrain", CycleStatus.TRAINING: "workers.tasks.retrain",
+                  CycleStatus.EVALUATING: "workers.tasks.evaluate"}
+    for cycle_id, status in RetrainingCycle.objects.filter(
+        status__in=stage_task, created_at__lt=cutoff
+    ).values_list("id", "status"):
+        enqueue(stage_task[status], cycle_id)
+        counts["cycles"] += 1
+    for batch_id in ReviewBatch.objects.filter(status=ReviewBatchStatus.PENDING, created_at__lt=cutoff).values_list("id", flat=True):
+        enqueue("workers.tasks.select_review_batch", batch_id)
+        counts["batches"] += 1
+    versions = Prediction.objects.filter(scored_at__isnull=True, received_at__lt=cutoff).values_list(
+        "model_version_id", flat=True).distinct()
+    for version_id in versions:
+        enqueue("workers.tasks.score_predictions", version_id)
+        counts["scoring"] += 1
+    if any(counts.values()):
+        log.warning("re-sent stalled work: %s", counts)
+    return counts
