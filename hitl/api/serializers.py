@@ -1,0 +1,159 @@
+"""API shapes. Input serializers check types; services check meaning."""
+
+from __future__ import annotations
+
+from rest_framework import serializers
+
+from hitl.models import (
+    Deployment,
+    EvaluationSnapshot,
+    Item,
+    Label,
+    ModelArtifact,
+    ModelVersion,
+    Prediction,
+    Project,
+    RetrainingCycle,
+    ReviewBatch,
+    ReviewTask,
+    TrustEvent,
+)
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Project
+        fields = ["slug", "name", "task_type", "labels", "architecture", "holdout_fraction",
+                  "selection_strategy", "batch_size", "audit_fraction", "train_config",
+                  "promotion_min_delta", "min_eval_labels", "created_at"]
+
+
+class ArtifactSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ModelArtifact
+        fields = ["kind", "path", "sha256", "size_bytes"]
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    parent = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    artifacts = ArtifactSerializer(many=True, read_only=True)
+    training_label_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "name", "architecture", "labels", "stage", "parent", "artifacts",
+                  "training_label_count", "created_at", "promoted_at", "promoted_by"]
+
+
+class DeploymentSerializer(serializers.ModelSerializer):
+    model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = Deployment
+        fields = ["id", "name", "environment", "model_version", "follows_production", "token_prefix",
+                  "created_at", "last_seen_at"]
+
+
+class ItemSerializer(serializers.ModelSerializer):
+    is_labeled = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Item
+        fields = ["id", "sha256", "width", "height", "size_bytes", "format", "split", "is_labeled", "created_at"]
+
+
+class PredictionSerializer(serializers.ModelSerializer):
+    model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    probabilities = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Prediction
+        fields = ["id", "item", "model_version", "deployment", "probabilities", "predicted_label",
+                  "confidence", "received_at", "scored_at"]
+
+    def get_probabilities(self, prediction: Prediction) -> list[float]:
+        return [round(float(p), 6) for p in prediction.probability_array]
+
+
+class ReviewTaskSerializer(serializers.ModelSerializer):
+    predicted_label = serializers.CharField(source="prediction.predicted_label", default=None)
+    confidence = serializers.FloatField(source="prediction.confidence", default=None)
+    image_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = ReviewTask
+        fields = ["id", "batch", "item", "image_url", "reason", "strategy", "score", "rank", "status",
+                  "predicted_label", "confidence", "created_at", "completed_at"]
+
+    def get_image_url(self, task: ReviewTask) -> str:
+        return f"/api/v1/items/{task.item_id}/image"
+
+
+class ReviewBatchSerializer(serializers.ModelSerializer):
+    model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    tasks = serializers.IntegerField(source="tasks.count", read_only=True)
+
+    class Meta:
+        model = ReviewBatch
+        fields = ["id", "strategy", "size", "audit_fraction", "seed", "status", "error", "model_version",
+                  "tasks", "requested_by", "created_at", "selected_at"]
+
+
+class ReviewBatchRequestSerializer(serializers.Serializer):
+    size = serializers.IntegerField(required=False, min_value=1, max_value=10_000)
+    strategy = serializers.CharField(required=False)
+    audit_fraction = serializers.FloatField(required=False, min_value=0, max_value=1)
+    seed = serializers.IntegerField(required=False, min_value=0)
+
+
+class LabelSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Label
+        fields = ["id", "item", "value", "status", "reviewer_name", "source", "previous", "review_task",
+                  "prediction", "lead_time_seconds", "external_id", "created_at", "retracted_at"]
+
+
+class LabelSubmitSerializer(serializers.Serializer):
+    value = serializers.CharField()
+    review_task = serializers.IntegerField(required=False)
+    lead_time_seconds = serializers.FloatField(required=False, min_value=0)
+
+
+class SnapshotSerializer(serializers.ModelSerializer):
+    model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+
+    class Meta:
+        model = EvaluationSnapshot
+        fields = ["id", "model_version", "role", "n_items", "accuracy", "eval_set_sha256", "label_ids",
+                  "metrics", "created_at"]
+
+
+class CycleSerializer(serializers.ModelSerializer):
+    base_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    candidate_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    snapshots = SnapshotSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = RetrainingCycle
+        fields = ["id", "number", "status", "base_version", "candidate_version", "train_config", "progress",
+                  "decision", "decision_reason", "error", "attempts", "requested_by", "created_at",
+                  "started_at", "finished_at", "snapshots"]
+
+
+class CycleRequestSerializer(serializers.Serializer):
+    train_config = serializers.DictField(required=False)
+
+
+class TrustEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TrustEvent
+        fields = ["sequence", "kind", "actor", "payload", "created_at", "previous_hash", "hash"]
+
+
+class IngestResultSerializer(serializers.Serializer):
+    model_version = serializers.CharField(source="model_version.name")
+    created = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    items_created = serializers.IntegerField()
+    item_ids = serializers.ListField(child=serializers.IntegerField())

@@ -1,0 +1,24 @@
+from django.urls import path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from hitl.api import views
+
+urlpatterns = [
+    path("schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
+    path("predictions/", views.PredictionIngestView.as_view(), name="predictions-ingest"),
+    path("projects/", views.ProjectListView.as_view(), name="projects"),
+    path("projects/<slug:slug>/", views.ProjectDetailView.as_view(), name="project"),
+    path("projects/<slug:slug>/model-versions/", views.ModelVersionListView.as_view(), name="model-versions"),
+    path("projects/<slug:slug>/items/", views.ItemListView.as_view(), name="items"),
+    path("projects/<slug:slug>/predictions/", views.PredictionListView.as_view(), name="predictions"),
+    path("projects/<slug:slug>/review-queue/", views.ReviewQueueView.as_view(), name="review-queue"),
+    path("projects/<slug:slug>/review-batches/", views.ReviewBatchCreateView.as_view(), name="review-batches"),
+    path("projects/<slug:slug>/cycles/", views.CycleListCreateView.as_view(), name="cycles"),
+    path("projects/<slug:slug>/trust/", views.TrustHistoryView.as_view(), name="trust"),
+    path("review-batches/<int:pk>/", views.ReviewBatchDetailView.as_view(), name="review-batch"),
+    path("items/<int:pk>/labels/", views.ItemLabelsView.as_view(), name="item-labels"),
+    path("items/<int:pk>/image", views.ItemImageView.as_view(), name="item-image"),
+    path("cycles/<int:pk>/", views.CycleDetailView.as_view(), name="cycle"),
+    path("cycles/<int:pk>/cancel/", views.CycleCancelView.as_view(), name="cycle-cancel"),
+]

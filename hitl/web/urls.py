@@ -1,0 +1,12 @@
+from django.urls import path
+
+from hitl.web import views
+
+app_name = "web"
+urlpatterns = [
+    path("", views.projects, name="projects"),
+    path("projects/<slug:slug>/review/", views.review_queue, name="review-queue"),
+    path("projects/<slug:slug>/cycles/", views.cycles, name="cycles"),
+    path("review-tasks/<int:pk>/label", views.review_task_label, name="review-task-label"),
+    path("cycles/<int:pk>/", views.cycle_detail, name="cycle"),
+]

@@ -1,0 +1,94 @@
+"""The reviewer web UI: thin views handing ready-made context to templates."""
+
+from __future__ import annotations
+
+import time
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from hitl import selectors
+from hitl.errors import InvalidInput
+from hitl.models import LabelSource, RetrainingCycle, ReviewTask, ReviewTaskStatus
+from hitl.services.labels import label_submit, review_task_skip
+
+QUEUE_PAGE_SIZE = 24
+
+
+@login_required
+def projects(request: HttpRequest) -> HttpResponse:
+    rows = [{"project": p, "summary": selectors.project_summary(p)} for p in selectors.projects_list()]
+    return render(request, "hitl/projects.html", {"rows": rows})
+
+
+@login_required
+def review_queue(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_get(slug)
+    page = Paginator(selectors.review_queue(project), QUEUE_PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "hitl/review_queue.html", {
+        "project": project, "page": page, "labels": project.labels, "shown_at": f"{time.time():.3f}",
+    })
+
+
+def _lead_time(request: HttpRequest) -> float | None:
+    try:
+        elapsed = time.time() - float(request.POST.get("shown_at", ""))
+    except ValueError:
+        return None
+    return elapsed if 0 <= elapsed < 24 * 3600 else None
+
+
+@login_required
+@require_POST
+def review_task_label(request: HttpRequest, pk: int) -> HttpResponse:
+    task = get_object_or_404(ReviewTask.objects.select_related("batch__project", "prediction"), pk=pk)
+    slug = task.batch.project.slug
+    if task.status != ReviewTaskStatus.OPEN:
+        messages.info(request, f"Item {task.item_id} was already reviewed.")
+        return redirect("web:review-queue", slug=slug)
+    if request.POST.get("action") == "skip":
+        review_task_skip(review_task_id=task.id)
+        messages.info(request, f"Skipped item {task.item_id}.")
+        return redirect("web:review-queue", slug=slug)
+    value = request.POST.get("value", "")
+    try:
+        label = label_submit(item_id=task.item_id, value=value, source=LabelSource.WEB, reviewer=request.user,
+                             review_task_id=task.id, lead_time_seconds=_lead_time(request))
+    except InvalidInput as exc:
+        messages.error(request, str(exc))
+        return redirect("web:review-queue", slug=slug)
+    predicted = task.prediction.predicted_label if task.prediction else None
+    verb = "Accepted" if label.value == predicted else "Corrected to"
+    messages.success(request, f"{verb} '{label.value}' for item {task.item_id}.")
+    page = request.POST.get("page", "1")
+    return redirect(f"{reverse('web:review-queue', kwargs={'slug': slug})}?page={page if page.isdigit() else 1}")
+
+
+@login_required
+def cycles(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_get(slug)
+    rows = []
+    for cycle in selectors.cycles_list(project):
+        by_role = {snapshot.role: snapshot for snapshot in cycle.snapshots.all()}
+        rows.append({"cycle": cycle, "candidate": by_role.get("candidate"), "production": by_role.get("production")})
+    return render(request, "hitl/cycles.html", {"project": project, "rows": rows})
+
+
+@login_required
+def cycle_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    cycle = get_object_or_404(RetrainingCycle.objects.select_related("project", "base_version", "candidate_version"), pk=pk)
+    snapshots = []
+    for snapshot in cycle.snapshots.select_related("model_version").order_by("role"):
+        metrics = snapshot.metrics
+        snapshots.append({
+            "snapshot": snapshot,
+            "per_class": [{"label": label, **values} for label, values in metrics["per_class"].items()],
+            "confusion": list(zip(metrics["labels"], metrics["confusion_matrix"])),
+            "labels": metrics["labels"],
+        })
+    return render(request, "hitl/cycle_detail.html", {"cycle": cycle, "project": cycle.project, "snapshots": snapshots})
