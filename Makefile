@@ -1,0 +1,53 @@
+# hitl: the two commands a new machine needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/hitl
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: demo test install install-test data web worker beat benchmark-ingest clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+data:
+	@scripts/system-packages.sh
+
+## The main job on the embedded default: SQLite, no Postgres, no Label Studio.
+demo: install data
+	$(PY) manage.py migrate --verbosity 0
+	$(PY) manage.py demo $(DEMO_ARGS)
+
+## The tests, against the PostgreSQL and Redis running on this machine.
+test: install-test
+	@scripts/system-packages.sh --browser
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PYTEST_ARGS)
+
+web: install
+	$(PY) manage.py migrate --verbosity 0
+	$(PY) manage.py collectstatic --no-input --verbosity 0
+	$(VENV)/bin/gunicorn hitl.wsgi --bind $(HOST):$(PORT) --workers 2 --access-logfile -
+
+worker: install
+	$(VENV)/bin/celery -A workers worker --loglevel INFO
+
+beat: install
+	$(VENV)/bin/celery -A workers beat --loglevel INFO
+
+benchmark-ingest: install-test
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/ingest.py
+
+clean:
+	rm -rf var

@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+
+from hitl.errors import InvalidInput
+from hitl.models import (
+    LabelSource,
+    ReviewBatchStatus,
+    ReviewReason,
+    ReviewTask,
+    UncertaintyScore,
+)
+from hitl.services.ingestion import predictions_ingest
+from hitl.services.labels import label_submit
+from hitl.services.scoring import predictions_score
+from hitl.services.selection import review_batch_request, review_batch_select
+from workers.ml.uncertainty import margin
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture()
+def ingested(deployment_and_token, write_images):
+    deployment, _ = deployment_and_token
+    paths = write_images(range(60))
+    probs = np.random.default_rng(3).dirichlet(np.ones(10) * 0.3, size=60)
+    result = predictions_ingest(deployment=deployment, payload={"predictions": [
+        {"image_path": p, "probabilities": q.tolist()} for p, q in zip(paths, probs)]})
+    return result, probs
+
+
+def test_scoring_stores_every_method_once(ingested, version) -> None:
+    result, probs = ingested
+    assert predictions_score(model_version_id=version.id) == 60
+    assert predictions_score(model_version_id=version.id) == 0
+    assert UncertaintyScore.objects.count() == 60 * 3
+    stored = dict(UncertaintyScore.objects.filter(method="margin").values_list("prediction__item_id", "value"))
+    expected = margin(probs / probs.sum(axis=1, keepdims=True))
+    for item_id, value in zip(result.item_ids, expected):
+        assert stored[item_id] == pytest.approx(value, abs=1e-6)
+
+
+def test_batch_takes_the_most_uncertain_plus_a_random_audit_slice(ingested, project) -> None:
+    result, probs = ingested
+    batch = review_batch_request(project=project, requested_by="t", size=10, strategy="margin", audit_fraction=0.2, seed=4)
+    review_batch_select(batch_id=batch.id)
+    batch.refresh_from_db()
+    assert batch.status == ReviewBatchStatus.SELECTED
+    tasks = list(batch.tasks.order_by("rank"))
+    assert len(tasks) == 10
+    strategy = [t for t in tasks if t.reason == ReviewReason.STRATEGY]
+    audit = [t for t in tasks if t.reason == ReviewReason.AUDIT]
+    assert len(strategy) == 8 and len(audit) == 2
+    scores = margin(probs / probs.sum(axis=1, keepdims=True))
+    top8 = {result.item_ids[i] for i in np.argsort(-scores)[:8]}
+    assert {t.item_id for t in strategy} == top8
+    assert [t.score for t in strategy] == sorted([t.score for t in strategy], reverse=True)
+    assert all(t.score is None for t in audit) and not {t.item_id for t in audit} & top8
+
+
+def test_selecting_twice_changes_nothing(ingested, project) -> None:
+    batch = review_batch_request(project=project, requested_by="t", size=5)
+    review_batch_select(batch_id=batch.id)
+    first = list(ReviewTask.objects.values_list("id", "item_id"))
+    review_batch_select(batch_id=batch.id)
+    assert list(ReviewTask.objects.values_list("id", "item_id")) == first
+
+
+def test_items_under_review_or_labeled_are_not_selected_again(ingested, project, reviewer) -> None:
+    result, _ = ingested
+    label_submit(item_id=result.item_ids[0], value="coat", source=LabelSource.WEB, reviewer=reviewer)
+    first = review_batch_request(project=project, requested_by="t", size=30, audit_fraction=0.1)
+    review_batch_select(batch_id=first.id)
+    second = review_batch_request(project=project, requested_by="t", size=30, audit_fraction=0.1)
+    review_batch_select(batch_id=second.id)
+    chosen = list(ReviewTask.objects.values_list("item_id", flat=True))
+    assert len(chosen) == len(set(chosen)) == 59
+    assert result.item_ids[0] not in chosen
+    third = review_batch_request(project=project, requested_by="t", size=5)
+    review_batch_select(batch_id=third.id)
+    third.refresh_from_db()
+    assert third.status == ReviewBatchStatus.FAILED and "no unlabeled items" in third.error
+
+
+def test_random_strategy_has_no_scores(ingested, project) -> None:
+    batch = review_batch_request(project=project, requested_by="t", size=6, strategy="random", audit_fraction=0.5)
+    review_batch_select(batch_id=batch.id)
+    reasons = sorted(batch.tasks.values_list("reason", flat=True))
+    assert reasons == ["audit"] * 3 + ["strategy"] * 3
+    assert set(batch.tasks.values_list("score", flat=True)) == {None}
+
+
+def test_selection_without_a_production_model_fails_clearly(project) -> None:
+    batch = review_batch_request(project=project, requested_by="t", size=5)
+    review_batch_select(batch_id=batch.id)
+    batch.refresh_from_db()
+    assert batch.status == ReviewBatchStatus.FAILED and "no production model" in batch.error
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [({"size": 0}, "size"), ({"strategy": "vibes"}, "strategy"),
+                                               ({"audit_fraction": 1.5}, "audit_fraction")])
+def test_bad_requests_are_refused(project, kwargs, field) -> None:
+    with pytest.raises(InvalidInput) as error:
+        review_batch_request(project=project, requested_by="t", **kwargs)
+    assert error.value.errors[0].field == field
