@@ -1,0 +1,98 @@
+"""The reviewer pages in a real headless Chromium against a live server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from django.db import connections
+
+from hitl.models import Label, LabelSource
+from hitl.services.cycles import cycle_evaluate, cycle_request, cycle_train
+from hitl.services.ingestion import items_register, predictions_ingest
+from hitl.services.labels import label_submit
+from hitl.services.selection import review_batch_request, review_batch_select
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture()
+def page(live_server, monkeypatch) -> Page:
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls in the test are
+    # still synchronous, so Django's async guard is lifted for these tests only.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.set_default_timeout(15_000)
+        yield page
+        browser.close()
+        # ORM calls made while Playwright's loop runs get connections of their own: close them.
+        connections.close_all()
+
+
+def login(page: Page, live_server, username: str, password: str) -> None:
+    page.goto(f"{live_server.url}/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
+def test_reviewer_accepts_and_corrects_in_the_browser(page, live_server, project, reviewer, deployment_and_token,
+                                                      write_images) -> None:
+    paths = write_images(range(5))
+    probs = np.random.default_rng(0).dirichlet(np.ones(10), size=5)
+    predictions_ingest(deployment=deployment_and_token[0], payload={"predictions": [
+        {"image_path": p, "probabilities": q.tolist()} for p, q in zip(paths, probs)]})
+    batch = review_batch_request(project=project, requested_by="t", size=3, audit_fraction=0)
+    review_batch_select(batch_id=batch.id)
+    tasks = list(batch.tasks.select_related("prediction").order_by("rank"))
+
+    login(page, live_server, "rita", "rita-pass-123")
+    page.goto(f"{live_server.url}/projects/{project.slug}/review/")
+    cards = page.locator(".card[data-task]")
+    expect(cards).to_have_count(3)
+    first_image = cards.nth(0).locator("img")
+    expect(first_image).to_be_visible()
+    assert page.evaluate("img => img.naturalWidth", first_image.element_handle()) == 28  # the real image loaded
+
+    page.locator(f'.card[data-task="{tasks[0].id}"] button.accept').click()
+    expect(page.locator(".messages li.success")).to_contain_text(f"Accepted '{tasks[0].prediction.predicted_label}'")
+    other = next(label for label in project.labels if label != tasks[1].prediction.predicted_label)
+    card = page.locator(f'.card[data-task="{tasks[1].id}"]')
+    card.locator("select[name=value]").select_option(other)
+    card.locator("button.correct").click()
+    expect(page.locator(".messages li.success")).to_contain_text(f"Corrected to '{other}'")
+    expect(page.locator(".card[data-task]")).to_have_count(1)
+
+    labels = {label.item_id: label for label in Label.objects.filter(source="web")}
+    assert labels[tasks[0].item_id].value == tasks[0].prediction.predicted_label
+    assert labels[tasks[1].item_id].value == other
+    assert labels[tasks[1].item_id].reviewer_name == "rita"
+    assert 0 <= labels[tasks[1].item_id].lead_time_seconds < 60
+
+
+def test_cycles_page_shows_snapshots(page, live_server, project, reviewer, write_images, fashion) -> None:
+    ids = items_register(project=project, image_paths=write_images(range(80)))
+    for item_id, index in zip(ids, range(80)):
+        label_submit(item_id=item_id, value=project.labels[fashion.targets[index]], source=LabelSource.IMPORT,
+                     reviewer_name="truth")
+    cycle = cycle_request(project=project, requested_by="t")
+    cycle_train(cycle_id=cycle.id)
+    cycle_evaluate(cycle_id=cycle.id)
+    cycle.refresh_from_db()
+
+    login(page, live_server, "rita", "rita-pass-123")
+    page.goto(f"{live_server.url}/projects/{project.slug}/cycles/")
+    row = page.locator("tbody tr").first
+    expect(row).to_contain_text("v1")
+    expect(row).to_contain_text("promoted")
+    snapshot = cycle.snapshots.get()
+    expect(row).to_contain_text(f"{snapshot.accuracy:.3f}")
+    row.locator("a").first.click()
+    expect(page.locator("h1")).to_contain_text(f"Cycle {cycle.number}")
+    expect(page.locator("table").first).to_contain_text("ankle boot")
+
