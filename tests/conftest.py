@@ -19,8 +19,7 @@ from rest_framework.test import APIClient
 from hitl.media import model_directory
 from hitl.models import Deployment, Environment, ModelVersion, Project
 from hitl.services.projects import deployment_create, model_version_create, model_version_promote, project_create
-from workers.celery import app as celery_app
-from workers.celery import configure_queues
+from workers.celery import configure_queues, delete_queues
 from workers.ml.architectures import build_model, input_spec_for
 from workers.ml.checkpoint import CheckpointMeta, save_checkpoint
 from workers.ml.datasets import FASHION_MNIST_LABELS, ArrayDataset, load_fashion_mnist
@@ -47,9 +46,7 @@ def isolated_queues(queue_prefix: str) -> Iterator[None]:
     """Messages of this test session go to queues of their own, never to a running worker's."""
     configure_queues(queue_prefix)
     yield
-    with celery_app.connection_for_write() as connection:
-        for queue in (f"{queue_prefix}.cpu", f"{queue_prefix}.gpu"):
-            connection.default_channel.queue_delete(queue)
+    delete_queues(queue_prefix)
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,17 @@ def route_task(name: str, args: object, kwargs: object, options: object, task: o
     return {"queue": f"{app.conf.hitl_queue_prefix}.{queue_class}"}
 
 
+def delete_queues(prefix: str) -> None:
+    """Remove a throwaway installation's queues (a demo's or a test session's) from Redis."""
+    if not app.conf.broker_url.startswith("redis://"):
+        return
+    import redis
+
+    client = redis.Redis.from_url(app.conf.broker_url)
+    for key in client.scan_iter(f"*{prefix}.*"):
+        client.delete(key)
+
+
 def use_embedded_broker(folder: Path) -> None:
     """Use kombu's filesystem transport under ``folder``: Celery with no Redis running.
 

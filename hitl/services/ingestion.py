@@ -26,7 +26,7 @@ from hitl.media import (
     ImageRejected,
     content_addressed_path,
     inspect_image,
-    read_storage_file,
+    StorageReader,
     write_once,
 )
 from hitl.models import Deployment, Item, ModelVersion, Prediction, Split
@@ -137,12 +137,12 @@ def _check_probabilities(probs: np.ndarray, rows: list[int], tolerance: float, e
     return finite & in_range & sums_ok
 
 
-def _load_image(record: dict, uploads: Mapping[str, UploadedFile]) -> _ImageRow:
+def _load_image(record: dict, uploads: Mapping[str, UploadedFile], storage: StorageReader) -> _ImageRow:
     if "image_path" in record:
         path = record["image_path"]
         if not isinstance(path, str):
             raise ImageRejected("image_path must be a string")
-        data, relative = read_storage_file(path)
+        data, relative = storage.read(path)
     elif "image_base64" in record:
         encoded = record["image_base64"]
         if not isinstance(encoded, str):
@@ -184,6 +184,7 @@ def _validate(
     predicted = probs.argmax(axis=1) if len(good) else np.zeros(0, dtype=np.int64)
     images: list[_ImageRow] = []
     first_seen: dict[str, int] = {}
+    storage = StorageReader()
     for position, i in enumerate(good):
         record = records[i]
         if "predicted_label" in record:
@@ -197,7 +198,7 @@ def _validate(
             else:
                 predicted[position] = index
         try:
-            image = _load_image(record, uploads)
+            image = _load_image(record, uploads, storage)
         except ImageRejected as exc:
             source = next(key for key in IMAGE_KEYS if key in record)
             errors.append(FieldError(f"predictions[{i}].{source}", str(exc)))
@@ -332,9 +333,10 @@ def items_register(*, project: Any, image_paths: list[str]) -> list[int]:
         raise InvalidInput.single("images", "give at least one image path")
     errors: list[FieldError] = []
     images: list[_ImageRow] = []
+    storage = StorageReader()
     for i, path in enumerate(image_paths):
         try:
-            images.append(_load_image({"image_path": path}, {}))
+            images.append(_load_image({"image_path": path}, {}, storage))
         except ImageRejected as exc:
             errors.append(FieldError(f"images[{i}]", str(exc)))
     if errors:

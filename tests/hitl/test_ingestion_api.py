@@ -114,7 +114,7 @@ def test_base64_and_multipart_uploads(deployment_client, fashion) -> None:
         (lambda r: r.update(image_path="../../etc/passwd"), "predictions[2].image_path", "leaves the storage root"),
         (lambda r: r.update(image_path="/etc/hostname"), "predictions[2].image_path", "not absolute"),
         (lambda r: r.update(image_path="imgs/missing.png"), "predictions[2].image_path", "no file"),
-        (lambda r: r.update(image_path="imgs"), "predictions[2].image_path", "directory"),
+        (lambda r: r.update(image_path="imgs"), "predictions[2].image_path", "not a regular file"),
         (lambda r: r.pop("image_path"), "predictions[2].image", "exactly one of"),
         (lambda r: r.update(image_base64="aGk="), "predictions[2].image", "exactly one of"),
         (lambda r: r.update(colour="red"), "predictions[2].colour", "unknown field"),
@@ -232,3 +232,17 @@ def test_authentication_is_required(client, reviewer_client, write_images) -> No
 
 def test_deployment_token_cannot_read_user_endpoints(deployment_client, project) -> None:
     assert deployment_client.get(f"/api/v1/projects/{project.slug}/items/").status_code == 403
+
+
+def test_symlinks_cannot_reach_outside_the_storage_root(deployment_client, media_root, tmp_path, fashion) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.fromarray(fashion.images[0]).save(outside / "secret.png")
+    storage = media_root / "storage"
+    (storage / "link.png").symlink_to(outside / "secret.png")
+    (storage / "linkdir").symlink_to(outside)
+    status, data = post(deployment_client, body(["link.png", "linkdir/secret.png"]))
+    assert status == 400
+    assert [e["message"] for e in data["errors"]] == ["path is a symbolic link; give the file itself",
+                                                      "path leaves the storage root"]
+    assert_nothing_stored()

@@ -47,7 +47,7 @@ from hitl.services.modeling import load_version
 from hitl.services.projects import deployment_create, production_version, project_create
 from hitl.services.selection import review_batch_request
 from workers.celery import app as celery_app
-from workers.celery import configure_queues, use_embedded_broker
+from workers.celery import configure_queues, delete_queues, use_embedded_broker
 from workers.ml.datasets import ArrayDataset, load_fashion_mnist
 from workers.ml.inference import predict_proba
 
@@ -353,4 +353,5 @@ class Command(BaseCommand):
             demo.run()
         finally:
             demo.stop_worker()
+            delete_queues(celery_app.conf.hitl_queue_prefix)
             celery_app.close()

@@ -1,0 +1,153 @@
+"""Operator commands: ``python manage.py hitl <action> ...``.
+
+    hitl create-project --slug cats --labels cat,dog [--architecture resnet18] [--strategy margin]
+    hitl register-model --project cats --name v0 --weights model.safetensors [--promote]
+    hitl create-deployment --project cats --name edge-1 --environment edge [--model-version v0]
+    hitl select-batch --project cats [--size 100] [--strategy entropy]
+    hitl start-cycle --project cats [--epochs 20]
+    hitl status --project cats
+    hitl verify-trust --project cats
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from hitl import selectors
+from hitl.errors import Conflict, InvalidInput
+from hitl.models import ModelVersion, Project
+from hitl.services.cycles import cycle_request
+from hitl.services.projects import (
+    deployment_create,
+    model_version_promote,
+    model_version_register,
+    production_version,
+    project_create,
+)
+from hitl.services.selection import review_batch_request
+from hitl.services.trust import trust_verify
+
+ACTOR = "operator (manage.py hitl)"
+
+
+class Command(BaseCommand):
+    help = "Operate hitl projects, models, deployments, batches and cycles."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        actions = parser.add_subparsers(dest="action", required=True, metavar="action")
+
+        create = actions.add_parser("create-project", help="create a classification project")
+        create.add_argument("--slug", required=True)
+        create.add_argument("--name", default="")
+        create.add_argument("--labels", required=True, help="comma-separated class names, in model output order")
+        create.add_argument("--architecture", default="small_cnn")
+        create.add_argument("--initial-weights", default="", help="local weights file the first model starts from")
+        create.add_argument("--strategy", default="margin")
+        create.add_argument("--batch-size", type=int, default=100)
+        create.add_argument("--audit-fraction", type=float, default=0.1)
+        create.add_argument("--holdout-fraction", type=float, default=0.2)
+
+        register = actions.add_parser("register-model", help="import a hitl safetensors checkpoint")
+        register.add_argument("--project", required=True)
+        register.add_argument("--name", required=True)
+        register.add_argument("--weights", required=True, type=Path)
+        register.add_argument("--promote", action="store_true")
+
+        deploy = actions.add_parser("create-deployment", help="create a deployment and print its API token")
+        deploy.add_argument("--project", required=True)
+        deploy.add_argument("--name", required=True)
+        deploy.add_argument("--environment", required=True, help="cloud, on_prem, mobile or edge")
+        deploy.add_argument("--model-version", help="default: the production model")
+        deploy.add_argument("--pinned", action="store_true", help="do not follow newly promoted models")
+
+        select = actions.add_parser("select-batch", help="queue a review batch selection")
+        select.add_argument("--project", required=True)
+        select.add_argument("--size", type=int)
+        select.add_argument("--strategy")
+        select.add_argument("--audit-fraction", type=float)
+
+        cycle = actions.add_parser("start-cycle", help="queue a retraining cycle")
+        cycle.add_argument("--project", required=True)
+        cycle.add_argument("--epochs", type=int)
+
+        status = actions.add_parser("status", help="show a project's models, cycles and queue")
+        status.add_argument("--project", required=True)
+
+        verify = actions.add_parser("verify-trust", help="check the project's trust history chain")
+        verify.add_argument("--project", required=True)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        action = options["action"].replace("-", "_")
+        try:
+            getattr(self, action)(options)
+        except InvalidInput as exc:
+            raise CommandError("; ".join(str(e) for e in exc.errors)) from None
+        except Conflict as exc:
+            raise CommandError(str(exc)) from None
+
+    def _project(self, slug: str) -> Project:
+        project = Project.objects.filter(slug=slug).first()
+        if project is None:
+            raise CommandError(f"no project {slug!r} (existing: {', '.join(Project.objects.values_list('slug', flat=True)) or 'none'})")
+        return project
+
+    def create_project(self, o: dict[str, Any]) -> None:
+        project = project_create(
+            slug=o["slug"], name=o["name"], labels=[label.strip() for label in o["labels"].split(",")],
+            architecture=o["architecture"], initial_weights=o["initial_weights"], selection_strategy=o["strategy"],
+            batch_size=o["batch_size"], audit_fraction=o["audit_fraction"], holdout_fraction=o["holdout_fraction"],
+        )
+        self.stdout.write(f"created project {project.slug} with {len(project.labels)} labels")
+
+    def register_model(self, o: dict[str, Any]) -> None:
+        project = self._project(o["project"])
+        version = model_version_register(project=project, name=o["name"], weights_path=o["weights"], actor=ACTOR)
+        if o["promote"]:
+            model_version_promote(model_version_id=version.id, actor=ACTOR, reason="registered with --promote")
+        self.stdout.write(f"registered {project.slug}:{version.name}{' (production)' if o['promote'] else ''}")
+
+    def create_deployment(self, o: dict[str, Any]) -> None:
+        project = self._project(o["project"])
+        if o["model_version"]:
+            version = ModelVersion.objects.filter(project=project, name=o["model_version"]).first()
+            if version is None:
+                raise CommandError(f"no model version {o['model_version']!r} in {project.slug}")
+        else:
+            version = production_version(project.id)
+            if version is None:
+                raise CommandError(f"{project.slug} has no production model yet: give --model-version")
+        deployment, token = deployment_create(project=project, name=o["name"], environment=o["environment"],
+                                              model_version=version, follows_production=not o["pinned"])
+        self.stdout.write(f"created deployment {deployment.name} running {version.name}")
+        self.stdout.write(f"API token (shown once, store it now): {token}")
+
+    def select_batch(self, o: dict[str, Any]) -> None:
+        batch = review_batch_request(project=self._project(o["project"]), requested_by=ACTOR, size=o["size"],
+                                     strategy=o["strategy"], audit_fraction=o["audit_fraction"])
+        self.stdout.write(f"queued review batch {batch.id} ({batch.strategy}, {batch.size} items)")
+
+    def start_cycle(self, o: dict[str, Any]) -> None:
+        config = {"epochs": o["epochs"]} if o["epochs"] else None
+        cycle = cycle_request(project=self._project(o["project"]), requested_by=ACTOR, train_config=config)
+        self.stdout.write(f"queued cycle {cycle.number} (id {cycle.id})")
+
+    def status(self, o: dict[str, Any]) -> None:
+        project = self._project(o["project"])
+        summary = selectors.project_summary(project)
+        self.stdout.write(f"{project.name} ({project.slug}): {summary['items']} items, {summary['labeled']} "
+                          f"human-labeled, {summary['predictions']} predictions, {summary['open_review_tasks']} open reviews")
+        for version in selectors.model_versions_list(project)[:10]:
+            self.stdout.write(f"  model {version.name:<10} {version.stage:<10} {version.training_label_count} training labels")
+        for cycle in selectors.cycles_list(project)[:10]:
+            accuracy = {s.role: f"{s.accuracy:.3f}" for s in cycle.snapshots.all()}
+            self.stdout.write(f"  cycle {cycle.number:<4} {cycle.status:<10} {cycle.decision or '-':<9} "
+                              f"candidate {accuracy.get('candidate', '-')} production {accuracy.get('production', '-')}")
+
+    def verify_trust(self, o: dict[str, Any]) -> None:
+        check = trust_verify(project_id=self._project(o["project"]).id)
+        if not check.ok:
+            raise CommandError(f"trust history is BROKEN at event {check.first_bad_sequence}: {check.problem}")
+        self.stdout.write(f"trust history verified: {check.events} events, chain intact")

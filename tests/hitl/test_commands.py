@@ -1,0 +1,51 @@
+from io import StringIO
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+
+from hitl.models import Deployment, ModelVersion, Project, ReviewBatch, RetrainingCycle
+from hitl.services.projects import token_digest
+
+pytestmark = pytest.mark.django_db
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command("hitl", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_operator_workflow(project, version) -> None:
+    weights = Path(settings.MEDIA_ROOT) / version.artifacts.get(kind="weights").path
+    assert "created project cats" in run("create-project", "--slug", "cats", "--labels", ",".join(project.labels))
+    assert "(production)" in run("register-model", "--project", "cats", "--name", "v0", "--weights", str(weights), "--promote")
+    out = run("create-deployment", "--project", "cats", "--name", "edge-1", "--environment", "edge")
+    token = out.split("API token (shown once, store it now): ")[1].strip()
+    deployment = Deployment.objects.get(token_digest=token_digest(token))
+    assert deployment.model_version == ModelVersion.objects.get(project__slug="cats", name="v0")
+    assert "queued review batch" in run("select-batch", "--project", "cats", "--size", "5")
+    assert "queued cycle 1" in run("start-cycle", "--project", "cats", "--epochs", "2")
+    assert ReviewBatch.objects.filter(project__slug="cats").count() == 1
+    assert RetrainingCycle.objects.get(project__slug="cats").train_config["epochs"] == 2
+    assert "model v0" in run("status", "--project", "cats")
+    assert "chain intact" in run("verify-trust", "--project", "cats")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["create-project", "--slug", "Bad Slug", "--labels", "a,b"], "slug"),
+        (["create-project", "--slug", "ok", "--labels", "a"], "at least two"),
+        (["status", "--project", "nope"], "no project 'nope'"),
+        (["register-model", "--project", "PROJECT", "--name", "x", "--weights", "/nonexistent"], "not a hitl checkpoint"),
+        (["create-deployment", "--project", "PROJECT", "--name", "d", "--environment", "moon"], "environment"),
+        (["start-cycle", "--project", "PROJECT", "--epochs", "-3"], "epochs"),
+    ],
+)
+def test_bad_input_is_a_clear_error(project, version, args, message) -> None:
+    args = [project.slug if a == "PROJECT" else a for a in args]
+    with pytest.raises(CommandError, match=message):
+        run(*args)
+    assert Project.objects.count() == 1
