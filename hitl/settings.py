@@ -179,6 +179,18 @@ HITL_PROBABILITY_TOLERANCE = float(env_number("HITL_PROBABILITY_TOLERANCE", 0.01
 HITL_DEVICE = env_str("HITL_DEVICE", "auto")
 HITL_STALLED_AFTER_SECONDS = int(env_number("HITL_STALLED_AFTER_SECONDS", 300))
 
+# --- Label Studio (labeling app); empty URL: not connected ---
+LABEL_STUDIO_URL = env_str("LABEL_STUDIO_URL", "").rstrip("/")
+LABEL_STUDIO_API_KEY = env_str("LABEL_STUDIO_API_KEY", "")
+LABEL_STUDIO_TIMEOUT = float(env_number("HITL_LS_TIMEOUT", 10.0, float))
+LABEL_STUDIO_RETRIES = int(env_number("HITL_LS_RETRIES", 3))
+LABEL_STUDIO_RECONCILE_SECONDS = int(env_number("HITL_LS_RECONCILE_SECONDS", 300))
+# Where Label Studio (webhooks) and reviewers' browsers (signed image URLs) reach this service.
+HITL_PUBLIC_URL = env_str("HITL_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+# Secrets derive from SECRET_KEY unless set: the webhook header and the image-URL signatures.
+HITL_LS_WEBHOOK_SECRET = env_str("HITL_LS_WEBHOOK_SECRET", "")
+HITL_IMAGE_URL_SECRET = env_str("HITL_IMAGE_URL_SECRET", "")
+
 # --- Celery (read by workers.celery with namespace CELERY) ---
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 HITL_QUEUE_PREFIX = env_str("HITL_QUEUE_PREFIX", "hitl")
@@ -200,5 +212,5 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("HITL_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from celery import Celery
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from kombu import Queue
+from kombu.exceptions import OperationalError as BrokerError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hitl.settings")
 
@@ -73,4 +75,20 @@ if settings.CELERY_BROKER_URL.startswith("filesystem://"):
 
 app.conf.beat_schedule = {
     "requeue-stalled-work": {"task": "workers.tasks.requeue_stalled_work", "schedule": 300.0},
+    "label-studio-reconcile": {"task": "labeling.tasks.reconcile_all",
+                               "schedule": float(settings.LABEL_STUDIO_RECONCILE_SECONDS)},
 }
+
+# Task policy: one decorator per kind of work. Both acknowledge a message only after the task
+# ran (acks_late) and hand it back if the worker process dies (reject_on_worker_lost), so a
+# killed worker loses nothing: the broker redelivers and the services' status checks make the
+# repeat harmless. Transient failures (database or broker briefly unreachable) are retried with
+# backoff; anything else is a bug or bad data, which the services record on the row.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, BrokerError, ConnectionError)
+RETRY_POLICY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 5, "retry_backoff_max": 300,
+                "retry_jitter": True, "max_retries": 8}
+CPU_TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "soft_time_limit": 600,
+                    "time_limit": 660, **RETRY_POLICY}
+GPU_TASK_OPTIONS = {**CPU_TASK_OPTIONS, "soft_time_limit": 3 * 3600, "time_limit": 3 * 3600 + 120}
+cpu_task = app.task(**CPU_TASK_OPTIONS)
+gpu_task = app.task(**GPU_TASK_OPTIONS)

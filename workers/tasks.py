@@ -1,10 +1,4 @@
-"""Thin Celery tasks: take ids, call a service, return. Every task is safe to run twice.
-
-Two decorators carry the policy for the two kinds of work. Both acknowledge a message only
-after the task ran (``acks_late``) and hand it back if the worker process dies
-(``reject_on_worker_lost``), so a killed worker loses nothing: the broker redelivers and the
-service's status checks make the repeat harmless.
-"""
+"""Thin Celery tasks: take ids, call a service, return. Every task is safe to run twice."""
 
 from __future__ import annotations
 
@@ -12,9 +6,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 from django.utils import timezone
-from kombu.exceptions import OperationalError as BrokerError
 
 from hitl.models import CycleStatus, Prediction, ReviewBatch, ReviewBatchStatus, RetrainingCycle
 from hitl.services.cycles import cycle_evaluate, cycle_train
@@ -22,20 +14,9 @@ from hitl.services.modeling import model_predict_items
 from hitl.services.queue import enqueue
 from hitl.services.scoring import predictions_score
 from hitl.services.selection import review_batch_select
-from workers.celery import app
+from workers.celery import cpu_task, gpu_task
 
 log = logging.getLogger(__name__)
-
-# Transient failures worth retrying (database or broker briefly unreachable); anything else is a
-# bug or bad data and is recorded on the row by the service instead.
-TRANSIENT_ERRORS = (OperationalError, InterfaceError, BrokerError, ConnectionError)
-RETRY_POLICY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 5, "retry_backoff_max": 300,
-                "retry_jitter": True, "max_retries": 8}
-
-cpu_task = app.task(acks_late=True, reject_on_worker_lost=True, soft_time_limit=600, time_limit=660,
-                    **RETRY_POLICY)
-gpu_task = app.task(acks_late=True, reject_on_worker_lost=True, soft_time_limit=3 * 3600,
-                    time_limit=3 * 3600 + 120, **RETRY_POLICY)
 
 
 @cpu_task

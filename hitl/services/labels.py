@@ -27,9 +27,8 @@ def label_submit(
 ) -> Label:
     """Record a reviewer's label for an item; a different value supersedes the current label.
 
-    Submitting the label that is already current (same value, reviewer, source and external id)
-    changes nothing, so a retried request or a replayed event is harmless. Any open review task
-    for the item is closed.
+    Submitting the label that is already current changes nothing (see `_same_label`), so a
+    retried request or a replayed event is harmless. Any open review task for the item is closed.
     """
     try:
         item = Item.objects.select_for_update().select_related("project").get(pk=item_id)
@@ -48,9 +47,7 @@ def label_submit(
         if task is None:
             raise InvalidInput.single("review_task", f"no review task {review_task_id} for item {item.id}")
     current = Label.objects.filter(item=item, status=LabelStatus.CURRENT).first()
-    if current is not None and (current.value, current.reviewer_name, current.source, current.external_id) == (
-        value, name, source, external_id
-    ):
+    if current is not None and _same_label(current, value, name, source, external_id):
         _close_review_tasks(item.id)
         return current
     if current is not None:
@@ -67,6 +64,16 @@ def label_submit(
     )
     _close_review_tasks(item.id)
     return label
+
+
+def _same_label(current: Label, value: str, name: str, source: str, external_id: str) -> bool:
+    """A resubmission of the current label: the same external record (e.g. the same Label Studio
+    annotation) with the same value, or the same reviewer giving the same value again."""
+    if (current.value, current.source) != (value, source):
+        return False
+    if external_id or current.external_id:
+        return current.external_id == external_id
+    return current.reviewer_name == name
 
 
 def _close_review_tasks(item_id: int) -> None:
@@ -97,9 +104,12 @@ def label_retract(*, label_id: int) -> Label:
 
 @transaction.atomic
 def review_task_skip(*, review_task_id: int) -> ReviewTask:
-    """A reviewer passes on an item: the task closes without a label."""
+    """A reviewer passes on an item: the task closes without a label. A task done earlier whose
+    label was since withdrawn (the item has no current label) counts as skipped too."""
     task = ReviewTask.objects.select_for_update().get(pk=review_task_id)
-    if task.status == ReviewTaskStatus.OPEN:
+    withdrawn = task.status == ReviewTaskStatus.DONE and not Label.objects.filter(
+        item_id=task.item_id, status=LabelStatus.CURRENT).exists()
+    if task.status == ReviewTaskStatus.OPEN or withdrawn:
         task.status = ReviewTaskStatus.SKIPPED
         task.completed_at = timezone.now()
         task.save(update_fields=["status", "completed_at"])

@@ -25,6 +25,7 @@ from hitl.models import (
 from hitl.services.projects import SELECTION_STRATEGIES, production_version
 from hitl.services.queue import enqueue
 from hitl.services.scoring import predictions_score
+from hitl.signals import review_batch_selected
 
 
 @transaction.atomic
@@ -110,4 +111,5 @@ def review_batch_select(*, batch_id: int) -> ReviewBatch:
     batch.status = ReviewBatchStatus.SELECTED
     batch.selected_at = timezone.now()
     batch.save(update_fields=["status", "selected_at", "model_version"])
+    review_batch_selected.send(sender=ReviewBatch, project_id=batch.project_id, batch_id=batch.id)
     return batch

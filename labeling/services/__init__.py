@@ -1,0 +1,1 @@
+"""Label Studio services: provision a project, push review tasks, pull annotations back."""

@@ -1,0 +1,252 @@
+"""Annotations back from Label Studio: by webhook (fast, best effort) and by reconcile (a
+periodic pull that recovers whatever webhooks missed). Both go through `annotation_apply`,
+keyed by Label Studio's annotation id, so a replayed, duplicated or out-of-order event is
+harmless and the two paths always agree."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from hitl.locks import exclusive
+from hitl.models import LabelSource
+from hitl.services.labels import label_retract, label_submit, review_task_skip
+from hitl.services.queue import enqueue
+from labeling.client import LabelStudioClient, LabelStudioError
+from labeling.mapping import ResultRejected, choice_from_result
+from labeling.models import (
+    AnnotationState,
+    EventState,
+    LabelStudioAnnotation,
+    LabelStudioProject,
+    LabelStudioTask,
+    PushState,
+    WebhookEvent,
+)
+from labeling.services.connection import connected_project, default_client, record_error, record_success
+from labeling.services.push import confirm_reserved
+
+log = logging.getLogger(__name__)
+ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED"}
+DELETE_ACTIONS = {"ANNOTATIONS_DELETED"}
+FINAL_STATES = {AnnotationState.APPLIED, AnnotationState.CANCELLED}
+
+
+class MalformedEvent(ValueError):
+    pass
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and value:
+        return datetime.fromisoformat(value)
+    return None
+
+
+_emails: dict[tuple[str, int], str] = {}
+
+
+def reviewer_name(completed_by: Any, client: LabelStudioClient | None) -> str:
+    """'<email> (Label Studio)' for the annotator, or its Label Studio id when the email is unknown."""
+    if isinstance(completed_by, dict):
+        email, user_id = completed_by.get("email") or "", completed_by.get("id")
+    else:
+        email, user_id = "", completed_by
+    if not email and isinstance(user_id, int):
+        try:
+            client = client or default_client()
+            key = (client.url, user_id)
+            if key not in _emails:
+                _emails[key] = client.user_email(user_id)
+            email = _emails[key]
+        except LabelStudioError:
+            pass  # the name is informational; the annotation id is what identifies the label
+    return f"{email} (Label Studio)" if email else f"Label Studio user {user_id}"
+
+
+def _find_task(link: LabelStudioProject, ls_task_id: int, task_data: dict | None) -> LabelStudioTask | None:
+    task = LabelStudioTask.objects.select_related("review_task").filter(ls_project=link, ls_task_id=ls_task_id).first()
+    if task is None and task_data and isinstance(task_data.get("hitl_review_task_id"), int):
+        # Pushed, but the worker died before confirming: confirm now.
+        confirm_reserved(link, {task_data["hitl_review_task_id"]: ls_task_id})
+        task = LabelStudioTask.objects.select_related("review_task").filter(ls_project=link, ls_task_id=ls_task_id).first()
+    return task
+
+
+@transaction.atomic
+def annotation_apply(*, link: LabelStudioProject, annotation: dict, task_data: dict | None, seen_via: str,
+                     client: LabelStudioClient | None = None) -> LabelStudioAnnotation:
+    """Turn one Label Studio annotation into the matching change of hitl's labels."""
+    try:
+        annotation_id, ls_task_id = int(annotation["id"]), int(annotation["task"])
+    except (KeyError, TypeError, ValueError):
+        raise MalformedEvent(f"annotation without an id and task: {str(annotation)[:200]}") from None
+    updated_at = _parse_time(annotation.get("updated_at"))
+    record = LabelStudioAnnotation.objects.select_for_update().filter(ls_annotation_id=annotation_id).first()
+    if record is not None and (record.state == AnnotationState.DELETED or (
+            record.state in FINAL_STATES and record.ls_updated_at and updated_at and updated_at <= record.ls_updated_at)):
+        return record  # deleted for good, or a replay / an older version arriving late
+    record = record or LabelStudioAnnotation(ls_annotation_id=annotation_id, ls_task_id=ls_task_id)
+    prediction = annotation.get("prediction")
+    record.result = annotation.get("result") or []
+    record.lead_time_seconds = annotation.get("lead_time")
+    record.ls_prediction_id = annotation.get("parent_prediction") or (prediction.get("id") if isinstance(prediction, dict) else None)
+    record.ls_updated_at, record.seen_via, record.updated_at = updated_at, seen_via, timezone.now()
+    task = _find_task(link, ls_task_id, task_data)
+    record.task = task
+    if task is None:
+        return _reject(record, f"Label Studio task {ls_task_id} was not pushed by hitl")
+    record.completed_by = reviewer_name(annotation.get("completed_by"), client)
+    if annotation.get("was_cancelled"):
+        if record.label_id:
+            label_retract(label_id=record.label_id)
+        review_task_skip(review_task_id=task.review_task_id)
+        record.state, record.reason, record.label = AnnotationState.CANCELLED, "skipped in Label Studio", None
+        record.save()
+        return record
+    try:
+        value = choice_from_result(record.result, link.project.labels)
+    except ResultRejected as exc:
+        return _reject(record, str(exc))
+    lead_time = record.lead_time_seconds if isinstance(record.lead_time_seconds, (int, float)) else None
+    record.label = label_submit(
+        item_id=task.review_task.item_id, value=value, source=LabelSource.LABEL_STUDIO,
+        reviewer_name=record.completed_by, review_task_id=task.review_task_id,
+        lead_time_seconds=lead_time if lead_time is None or 0 <= lead_time < 7 * 24 * 3600 else None,
+        external_id=f"ls-annotation:{annotation_id}",
+    )
+    record.state, record.reason = AnnotationState.APPLIED, ""
+    record.save()
+    return record
+
+
+def _reject(record: LabelStudioAnnotation, reason: str) -> LabelStudioAnnotation:
+    log.warning("rejected Label Studio annotation %s (task %s): %s", record.ls_annotation_id, record.ls_task_id, reason)
+    record.state, record.reason = AnnotationState.REJECTED, reason
+    record.save()
+    return record
+
+
+@transaction.atomic
+def annotation_delete(*, annotation_id: int, seen_via: str) -> LabelStudioAnnotation:
+    """The annotation was deleted in Label Studio: its label is retracted. Final."""
+    record = LabelStudioAnnotation.objects.select_for_update().filter(ls_annotation_id=annotation_id).first()
+    if record is None:  # deleted before hitl saw it: remember, so a late 'created' event is ignored
+        record = LabelStudioAnnotation(ls_annotation_id=annotation_id, ls_task_id=0)
+    elif record.state == AnnotationState.DELETED:
+        return record
+    if record.label_id:
+        label_retract(label_id=record.label_id)
+    record.state, record.reason, record.seen_via, record.updated_at = (
+        AnnotationState.DELETED, "deleted in Label Studio", seen_via, timezone.now())
+    record.save()
+    return record
+
+
+# --- webhooks -------------------------------------------------------------------------------------
+
+@transaction.atomic
+def webhook_event_record(*, payload: Any) -> WebhookEvent:
+    """Store the event and hand it to a worker; the receiver answers right after."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
+        raise MalformedEvent("a webhook body must be a JSON object with an 'action'")
+    event = WebhookEvent.objects.create(action=payload["action"][:40], payload=payload)
+    enqueue("labeling.tasks.process_webhook_event", event.id)
+    return event
+
+
+def _event_annotations(payload: dict) -> list[dict]:
+    """The event's annotations: one under 'annotation', several under 'annotations'."""
+    value = payload.get("annotation", payload.get("annotations"))
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(a, dict) for a in items):
+        raise MalformedEvent(f"{payload.get('action')} event without annotation objects")
+    return items
+
+
+def webhook_event_process(*, event_id: int, client: LabelStudioClient | None = None) -> WebhookEvent:
+    """Apply a stored event. Safe to run twice: a processed event is skipped, and applying an
+    annotation twice changes nothing."""
+    event = WebhookEvent.objects.get(pk=event_id)
+    if event.state != EventState.PENDING:
+        return event
+    payload = event.payload
+    try:
+        project = payload.get("project")
+        ls_project_id = project.get("id") if isinstance(project, dict) else project
+        link = LabelStudioProject.objects.select_related("project").filter(ls_project_id=ls_project_id).first()
+        if event.action in ANNOTATION_ACTIONS | DELETE_ACTIONS and link is None:
+            raise MalformedEvent(f"event for Label Studio project {ls_project_id!r}, which no hitl project uses")
+        if event.action in ANNOTATION_ACTIONS:
+            task = payload.get("task") if isinstance(payload.get("task"), dict) else {}
+            for annotation in _event_annotations(payload):
+                annotation_apply(link=link, annotation=annotation, task_data=task.get("data"), seen_via="webhook",
+                                 client=client)
+        elif event.action in DELETE_ACTIONS:
+            for annotation in _event_annotations(payload):
+                annotation_delete(annotation_id=int(annotation["id"]), seen_via="webhook")
+    except (MalformedEvent, KeyError, TypeError, ValueError) as exc:
+        log.warning("webhook event %s rejected: %s", event.id, exc)
+        WebhookEvent.objects.filter(pk=event.pk).update(state=EventState.FAILED, error=str(exc)[:2000],
+                                                         processed_at=timezone.now())
+        event.refresh_from_db()
+        return event
+    WebhookEvent.objects.filter(pk=event.pk).update(state=EventState.PROCESSED, processed_at=timezone.now())
+    event.refresh_from_db()
+    return event
+
+
+# --- reconcile ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    tasks: int
+    annotations: int
+    deleted: int
+    missing_tasks: int
+    busy: bool = False
+
+
+def ls_reconcile(*, project_id: int, client: LabelStudioClient | None = None) -> ReconcileResult:
+    """Pull every annotation of the project's Label Studio tasks and bring hitl in line."""
+    link = connected_project(project_id)
+    client = client or default_client()
+    with exclusive(f"label-studio-sync:{project_id}") as mine:
+        if not mine:
+            return ReconcileResult(0, 0, 0, 0, busy=True)
+        try:
+            result = _reconcile(link, client)
+        except LabelStudioError as exc:
+            record_error(link, exc)
+            raise
+        record_success(link, last_sync_at=timezone.now())
+        return result
+
+
+def _reconcile(link: LabelStudioProject, client: LabelStudioClient) -> ReconcileResult:
+    seen_tasks: dict[int, int] = {}  # Label Studio task id -> hitl review task id
+    seen_annotations: set[int] = set()
+    for task in client.iter_tasks(link.ls_project_id):
+        data = task.get("data") or {}
+        if isinstance(data.get("hitl_review_task_id"), int):
+            seen_tasks[int(task["id"])] = data["hitl_review_task_id"]
+        for annotation in task.get("annotations") or []:
+            annotation = {**annotation, "task": annotation.get("task") or task["id"]}
+            annotation_apply(link=link, annotation=annotation, task_data=data, seen_via="reconcile", client=client)
+            seen_annotations.add(int(annotation["id"]))
+    confirm_reserved(link, {review_task: ls_task for ls_task, review_task in seen_tasks.items()})
+    gone = LabelStudioAnnotation.objects.filter(task__ls_project=link).exclude(state=AnnotationState.DELETED).exclude(
+        ls_annotation_id__in=seen_annotations).values_list("ls_annotation_id", flat=True)
+    deleted = 0
+    for annotation_id in list(gone):
+        annotation_delete(annotation_id=annotation_id, seen_via="reconcile")
+        deleted += 1
+    missing = LabelStudioTask.objects.filter(ls_project=link, state=PushState.PUSHED).exclude(
+        ls_task_id__in=list(seen_tasks)).update(state=PushState.MISSING)
+    return ReconcileResult(len(seen_tasks), len(seen_annotations), deleted, missing)

@@ -1,0 +1,71 @@
+"""What an operator needs to see: tasks pushed, labeled, pending, last sync, errors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db.models import Count, Q
+
+from hitl.models import ReviewTaskStatus
+from labeling.client import LabelStudioClient, LabelStudioError
+from labeling.models import AnnotationState, EventState, LabelStudioAnnotation, LabelStudioProject, PushState, WebhookEvent
+from labeling.services.connection import default_client
+
+
+@dataclass
+class LabelStudioStatus:
+    project: str
+    ls_project_id: int | None
+    reachable: bool
+    reachability: str
+    pushed: int = 0
+    reserved: int = 0
+    missing: int = 0
+    labeled: int = 0
+    skipped: int = 0
+    pending: int = 0
+    rejected: int = 0
+    recent_rejections: list[str] = field(default_factory=list)
+    webhook_events_pending: int = 0
+    webhook_events_failed: int = 0
+    last_push_at: datetime | None = None
+    last_sync_at: datetime | None = None
+    last_error: str = ""
+    last_error_at: datetime | None = None
+
+
+def _reachability(client: LabelStudioClient | None) -> tuple[bool, str]:
+    try:
+        client = client or default_client()
+        who = client.whoami()
+        return True, f"reachable at {client.url} as {who.get('email')}"
+    except LabelStudioError as exc:
+        return False, f"DOWN: {exc}"
+
+
+def ls_status(*, project_id: int, client: LabelStudioClient | None = None) -> LabelStudioStatus:
+    link = LabelStudioProject.objects.select_related("project").get(project_id=project_id)
+    reachable, reachability = _reachability(client)
+    tasks = link.tasks.aggregate(
+        pushed=Count("id", filter=Q(state=PushState.PUSHED)),
+        reserved=Count("id", filter=Q(state=PushState.RESERVED)),
+        missing=Count("id", filter=Q(state=PushState.MISSING)),
+        pending=Count("id", filter=Q(state=PushState.PUSHED, review_task__status=ReviewTaskStatus.OPEN)),
+    )
+    annotations = LabelStudioAnnotation.objects.filter(Q(task__ls_project=link) | Q(task__isnull=True))
+    counts = annotations.aggregate(
+        labeled=Count("task", filter=Q(state=AnnotationState.APPLIED), distinct=True),
+        skipped=Count("task", filter=Q(state=AnnotationState.CANCELLED), distinct=True),
+        rejected=Count("id", filter=Q(state=AnnotationState.REJECTED)),
+    )
+    rejections = annotations.filter(state=AnnotationState.REJECTED).order_by("-updated_at")[:5]
+    return LabelStudioStatus(
+        project=link.project.slug, ls_project_id=link.ls_project_id, reachable=reachable,
+        reachability=reachability, **tasks, **counts,
+        recent_rejections=[f"annotation {r.ls_annotation_id} (task {r.ls_task_id}): {r.reason}" for r in rejections],
+        webhook_events_pending=WebhookEvent.objects.filter(state=EventState.PENDING).count(),
+        webhook_events_failed=WebhookEvent.objects.filter(state=EventState.FAILED).count(),
+        last_push_at=link.last_push_at, last_sync_at=link.last_sync_at, last_error=link.last_error,
+        last_error_at=link.last_error_at,
+    )

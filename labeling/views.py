@@ -1,0 +1,43 @@
+"""The webhook receiver and signed image URLs. The receiver only verifies, records and hands the
+work to Celery, so it answers far inside Label Studio's 1 s timeout."""
+
+from __future__ import annotations
+
+import hmac
+import json
+
+from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from hitl.media import media_path
+from hitl.models import Item
+from labeling.services.links import WEBHOOK_HEADER, image_signature, webhook_secret
+from labeling.services.pull import MalformedEvent, webhook_event_record
+
+
+@csrf_exempt
+@require_POST
+def webhook(request: HttpRequest) -> HttpResponse:
+    given = request.headers.get(WEBHOOK_HEADER, "")
+    if not hmac.compare_digest(given.encode(), webhook_secret().encode()):
+        return JsonResponse({"detail": f"missing or wrong {WEBHOOK_HEADER} header"}, status=403)
+    try:
+        event = webhook_event_record(payload=json.loads(request.body))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return JsonResponse({"detail": "body is not JSON"}, status=400)
+    except MalformedEvent as exc:
+        return JsonResponse({"detail": str(exc)}, status=400)
+    return JsonResponse({"event": event.id}, status=202)
+
+
+@require_GET
+def image(request: HttpRequest, item_id: int, signature: str) -> HttpResponse:
+    item = get_object_or_404(Item, pk=item_id)
+    if not hmac.compare_digest(signature.encode(), image_signature(item.id, item.sha256).encode()):
+        return HttpResponse("bad signature", status=403)
+    response = FileResponse(open(media_path(item.image), "rb"))
+    response["Cache-Control"] = "private, max-age=86400"
+    response["Access-Control-Allow-Origin"] = "*"  # the URL itself is the capability
+    return response

@@ -1,0 +1,147 @@
+"""Annotations to labels without a server: replays, out-of-order and bad events."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from django.test import override_settings
+
+from hitl.models import Label, LabelStatus, ReviewTaskStatus
+from labeling.mapping import choice_result
+from labeling.models import AnnotationState, EventState, LabelStudioAnnotation, PushState, WebhookEvent
+from labeling.services.links import WEBHOOK_HEADER, webhook_secret
+from labeling.services.pull import annotation_apply, annotation_delete, webhook_event_process
+
+pytestmark = pytest.mark.django_db
+
+
+def annotation(annotation_id: int, task_id: int, value: str, updated: str = "2026-11-26T10:00:00Z", **extra) -> dict:
+    return {"id": annotation_id, "task": task_id, "result": choice_result(value), "updated_at": updated,
+            "completed_by": {"id": 3, "email": "ann@example.com"}, "lead_time": 4.5, "was_cancelled": False, **extra}
+
+
+def apply(link, data: dict, via: str = "webhook") -> LabelStudioAnnotation:
+    return annotation_apply(link=link, annotation=data, task_data=None, seen_via=via)
+
+
+def current(item_id: int) -> Label | None:
+    return Label.objects.filter(item_id=item_id, status=LabelStatus.CURRENT).first()
+
+
+def test_an_annotation_becomes_a_label(pushed) -> None:
+    link, rows = pushed
+    record = apply(link, annotation(1, 101, "bag"))
+    label = current(rows[0].review_task.item_id)
+    assert record.state == AnnotationState.APPLIED and record.label == label
+    assert (label.value, label.source, label.reviewer_name) == ("bag", "label_studio", "ann@example.com (Label Studio)")
+    assert label.lead_time_seconds == 4.5 and label.external_id == "ls-annotation:1"
+    assert label.prediction_id == rows[0].review_task.prediction_id
+    rows[0].review_task.refresh_from_db()
+    assert rows[0].review_task.status == ReviewTaskStatus.DONE
+
+
+def test_replays_and_late_older_versions_change_nothing(pushed) -> None:
+    link, rows = pushed
+    apply(link, annotation(1, 101, "bag", "2026-11-26T10:00:00Z"))
+    apply(link, annotation(1, 101, "coat", "2026-11-26T10:05:00Z"))  # the reviewer corrected it
+    apply(link, annotation(1, 101, "bag", "2026-11-26T10:00:00Z"))  # the first event, delivered late
+    apply(link, annotation(1, 101, "coat", "2026-11-26T10:05:00Z"), via="reconcile")  # and again by the pull
+    item_id = rows[0].review_task.item_id
+    assert current(item_id).value == "coat"
+    assert list(Label.objects.filter(item_id=item_id).order_by("id").values_list("value", "status")) == [
+        ("bag", "superseded"), ("coat", "current")]
+
+
+def test_deletion_retracts_and_is_final(pushed, reviewer) -> None:
+    link, rows = pushed
+    apply(link, annotation(1, 101, "bag"))
+    annotation_delete(annotation_id=1, seen_via="webhook")
+    annotation_delete(annotation_id=1, seen_via="reconcile")
+    apply(link, annotation(1, 101, "bag", "2026-11-26T11:00:00Z"))  # a 'created' arriving after the delete
+    assert current(rows[0].review_task.item_id) is None
+    assert LabelStudioAnnotation.objects.get(ls_annotation_id=1).state == AnnotationState.DELETED
+
+
+def test_delete_before_create_is_remembered(pushed) -> None:
+    link, rows = pushed
+    annotation_delete(annotation_id=9, seen_via="webhook")
+    apply(link, annotation(9, 101, "bag"))
+    assert current(rows[0].review_task.item_id) is None
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (annotation(1, 999, "bag"), "task 999 was not pushed by hitl"),
+        (annotation(1, 101, "zebra"), "unknown choice 'zebra'"),
+        ({**annotation(1, 101, "bag"), "result": [{"type": "rectanglelabels"}]}, "no 'label' choice"),
+    ],
+)
+def test_bad_annotations_are_rejected_with_a_reason(pushed, data, reason) -> None:
+    link, _ = pushed
+    record = apply(link, data)
+    assert record.state == AnnotationState.REJECTED and reason in record.reason
+    assert not Label.objects.exists()
+
+
+def test_a_skipped_task_closes_without_a_label(pushed) -> None:
+    link, rows = pushed
+    apply(link, annotation(1, 101, "bag"))
+    apply(link, {**annotation(1, 101, "bag", "2026-11-26T12:00:00Z"), "result": [], "was_cancelled": True})
+    rows[0].review_task.refresh_from_db()
+    assert rows[0].review_task.status == ReviewTaskStatus.SKIPPED
+    assert current(rows[0].review_task.item_id) is None
+
+
+def test_a_task_pushed_but_never_confirmed_is_recognised(pushed) -> None:
+    link, rows = pushed
+    rows[1].ls_task_id, rows[1].state = None, PushState.RESERVED
+    rows[1].save()
+    record = annotation_apply(link=link, annotation=annotation(5, 555, "bag"), seen_via="webhook",
+                              task_data={"hitl_review_task_id": rows[1].review_task_id})
+    rows[1].refresh_from_db()
+    assert record.state == AnnotationState.APPLIED and rows[1].ls_task_id == 555 and rows[1].state == PushState.PUSHED
+
+
+def post_webhook(client, body, secret: str | None = None):
+    return client.post("/labeling/webhook/", body if isinstance(body, str) else json.dumps(body),
+                       content_type="application/json", **{f"HTTP_{WEBHOOK_HEADER.upper().replace('-', '_')}":
+                                                           webhook_secret() if secret is None else secret})
+
+
+def test_webhook_checks_the_secret_and_records_events(client, pushed, django_capture_on_commit_callbacks) -> None:
+    body = {"action": "ANNOTATION_CREATED", "annotation": annotation(1, 101, "bag"), "project": {"id": 7}}
+    assert post_webhook(client, body, secret="wrong").status_code == 403
+    assert post_webhook(client, "{not json").status_code == 400
+    assert post_webhook(client, {"no": "action"}).status_code == 400
+    with django_capture_on_commit_callbacks() as sent:
+        response = post_webhook(client, body)
+    assert response.status_code == 202 and len(sent) == 1
+    event = WebhookEvent.objects.get(pk=response.json()["event"])
+    assert webhook_event_process(event_id=event.id).state == EventState.PROCESSED
+    assert webhook_event_process(event_id=event.id).state == EventState.PROCESSED  # twice: harmless
+    assert Label.objects.filter(source="label_studio").count() == 1
+
+
+def test_events_for_unknown_projects_fail_visibly(pushed) -> None:
+    event = WebhookEvent.objects.create(action="ANNOTATION_CREATED", payload={
+        "action": "ANNOTATION_CREATED", "annotation": annotation(1, 101, "bag"), "project": {"id": 12345}})
+    processed = webhook_event_process(event_id=event.id)
+    assert processed.state == EventState.FAILED and "no hitl project uses" in processed.error
+
+
+def test_delete_events(pushed) -> None:
+    link, rows = pushed
+    apply(link, annotation(1, 101, "bag"))
+    event = WebhookEvent.objects.create(action="ANNOTATIONS_DELETED", payload={
+        "action": "ANNOTATIONS_DELETED", "annotations": [{"id": 1}], "project": {"id": 7}})
+    assert webhook_event_process(event_id=event.id).state == EventState.PROCESSED
+    assert current(rows[0].review_task.item_id) is None
+
+
+@override_settings(LABEL_STUDIO_URL="")
+def test_an_annotator_id_names_the_reviewer_when_no_email_is_known(pushed) -> None:
+    link, rows = pushed
+    apply(link, {**annotation(1, 101, "bag"), "completed_by": 42})
+    assert current(rows[0].review_task.item_id).reviewer_name == "Label Studio user 42"
