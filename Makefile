@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/hitl
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test install install-test data web worker beat benchmark-ingest clean
+.PHONY: demo test install install-test data web worker beat label-studio label-studio-stop benchmark-ingest benchmark-label-studio clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,17 @@ worker: install
 
 beat: install
 	$(VENV)/bin/celery -A workers beat --loglevel INFO
+
+## Label Studio 1.23.2 in its own virtualenv (~/.cache/hitl), on 127.0.0.1:18080.
+label-studio:
+	@scripts/label-studio.sh start
+	@scripts/label-studio.sh env
+
+label-studio-stop:
+	@scripts/label-studio.sh stop
+
+benchmark-label-studio: install-test
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/label_studio.py
 
 benchmark-ingest: install-test
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/ingest.py

@@ -43,6 +43,10 @@ start() {
   install
   mkdir -p "$DATA"
   if running_pid >/dev/null && healthy; then echo "Label Studio already running at $URL"; return; fi
+  if healthy || (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    echo "port $PORT is taken by another process; set HITL_LS_PORT to a free port" >&2
+    exit 1
+  fi
   [ -f "$DATA/api-token" ] || python3 -c "import secrets; print(secrets.token_hex(20))" > "$DATA/api-token"
   [ -f "$DATA/password" ] || python3 -c "import secrets; print(secrets.token_urlsafe(12))" > "$DATA/password"
   chmod 600 "$DATA/api-token" "$DATA/password"
@@ -58,7 +62,7 @@ start() {
     >"$DATA/label-studio.log" 2>&1 &
   echo $! >"$PIDFILE"
   for _ in $(seq 1 240); do
-    if healthy; then echo "Label Studio $VERSION running at $URL (log: $DATA/label-studio.log)"; return; fi
+    if running_pid >/dev/null && healthy; then echo "Label Studio $VERSION running at $URL (log: $DATA/label-studio.log)"; return; fi
     if ! running_pid >/dev/null; then echo "Label Studio exited; last lines of its log:" >&2; tail -20 "$DATA/label-studio.log" >&2; exit 1; fi
     sleep 0.5
   done

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
+from hitl.db import update_rows
 from hitl.locks import exclusive
 from hitl.models import ReviewTask, ReviewTaskStatus
 from labeling.client import LabelStudioClient, LabelStudioError
@@ -85,14 +86,12 @@ def _import_reserved(link: LabelStudioProject, client: LabelStudioClient) -> int
     for start in range(0, len(reserved), IMPORT_CHUNK):
         rows = reserved[start:start + IMPORT_CHUNK]
         ids = client.import_tasks(link.ls_project_id, [ls_task_payload(row.review_task) for row in rows])
-        now = timezone.now()
-        with transaction.atomic():
-            for row, ls_id in zip(rows, ids):
-                prediction = row.review_task.prediction
-                LabelStudioTask.objects.filter(pk=row.pk).update(
-                    ls_task_id=ls_id, state=PushState.PUSHED, pushed_at=now,
-                    model_version=prediction.model_version.name if prediction else "",
-                )
+        update_rows(
+            LabelStudioTask, ["ls_task_id", "model_version"],
+            [(row.pk, ls_id, row.review_task.prediction.model_version.name if row.review_task.prediction else "")
+             for row, ls_id in zip(rows, ids)],
+            constants={"state": PushState.PUSHED, "pushed_at": timezone.now()},
+        )
         pushed += len(rows)
     return pushed
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import requests
 from django.conf import settings
+from django.db import connections
 from label_studio_sdk import LabelStudio
 
 from hitl.models import Label, LabelStatus, ReviewTask, ReviewTaskStatus, Split
@@ -42,6 +43,7 @@ SCRIPT = Path(settings.BASE_DIR) / "scripts" / "label-studio.sh"
 class LabelStudioServer:
     url: str
     token: str
+    password: str
 
 
 def free_port() -> int:
@@ -57,7 +59,8 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
     env = {**os.environ, "HITL_LS_DATA_DIR": str(data), "HITL_LS_PORT": str(port)}
     subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=900)
     try:
-        yield LabelStudioServer(f"http://127.0.0.1:{port}", (data / "api-token").read_text().strip())
+        yield LabelStudioServer(f"http://127.0.0.1:{port}", (data / "api-token").read_text().strip(),
+                                (data / "password").read_text().strip())
     finally:
         subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=60)
 
@@ -251,3 +254,49 @@ def test_label_studio_down_is_retried_later_and_reported(connected, reviewer_sdk
     assert len(ls_tasks(reviewer_sdk, link.ls_project_id)) == 8
     assert ls_status(project_id=project.id).last_error == ""
 
+
+
+@pytest.mark.browser
+def test_a_reviewer_labels_in_label_studios_web_ui(connected, label_studio, monkeypatch) -> None:
+    """The reviewer's real path: Label Studio's own UI in Chromium, hitl's image in it, the
+    pre-annotation preselected; accept, correct, skip; the labels arrive in hitl."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.browser.test_review_page import CHROMIUM_ARGS
+
+    project, link = connected
+    ls_push(project_id=project.id)
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.set_default_timeout(20_000)
+        page.goto(f"{label_studio.url}/user/login/")
+        page.fill("input[name=email]", "admin@hitl.local")
+        page.fill("input[name=password]", label_studio.password)
+        page.click("button[type=submit]")
+        page.goto(f"{label_studio.url}/projects/{link.ls_project_id}/data")
+        page.get_by_text("Label All Tasks").click()
+        for action in ["accept", "correct", "skip"]:
+            submit = page.get_by_test_id("bottombar-submit-button")
+            expect(submit).to_be_visible()
+            # Label Studio fetches hitl's signed image URL (CORS) and shows it as a blob.
+            page.wait_for_function("Array.from(document.images).some(i => i.src.startsWith('blob:') && i.naturalWidth === 28)")
+            if action == "skip":
+                page.get_by_test_id("bottombar-skip-button").click()
+            else:
+                if action == "correct":
+                    page.get_by_text("ankle boot").first.click()
+                submit.click()
+            page.wait_for_timeout(1500)
+        browser.close()
+        connections.close_all()
+    wait_for_events()
+    applied = Label.objects.filter(source="label_studio", status=LabelStatus.CURRENT)
+    assert applied.count() == 2
+    assert "ankle boot" in set(applied.values_list("value", flat=True))
+    assert ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.SKIPPED).count() == 1
+    assert all(label.reviewer_name == "admin@hitl.local (Label Studio)" or label.reviewer_name.startswith("Label Studio user")
+               for label in applied)
+    assert hitl_labels(project) == expected_labels(LabelStudio(base_url=label_studio.url, api_key=label_studio.token),
+                                                   link.ls_project_id)
