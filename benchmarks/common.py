@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psycopg
-
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
 
 
 def scratch_database(name: str, admin_url: str = "postgres://postgres@127.0.0.1:5432/postgres") -> str:
     """(Re)create an empty database; returns its URL."""
+    import psycopg
+
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -24,6 +24,8 @@ def scratch_database(name: str, admin_url: str = "postgres://postgres@127.0.0.1:
 
 
 def drop_database(name: str, admin_url: str = "postgres://postgres@127.0.0.1:5432/postgres") -> None:
+    import psycopg
+
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -53,8 +53,19 @@ class SmallCNN(nn.Module):
         )
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(128, num_classes))
 
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Convolutional features: deterministic, computed once even for MC dropout."""
+        return self.pool(self.features(x))
+
+    def embed(self, z: torch.Tensor) -> torch.Tensor:
+        """The 128-d penultimate embedding (dropout before it is active only in train mode)."""
+        return self.embedding(z)
+
+    def classify(self, h: torch.Tensor) -> torch.Tensor:
+        return self.classifier(h)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embedding(self.pool(self.features(x))))
+        return self.classify(self.embed(self.trunk(x)))
 
 
 def _resnet18(num_classes: int) -> nn.Module:

@@ -1,12 +1,15 @@
-"""Running a trained model: logits and class probabilities for uint8 image batches."""
+"""Running a trained model: logits, class probabilities, embeddings and MC-dropout samples for
+uint8 image batches."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from workers.ml.architectures import InputSpec
+from workers.ml.architectures import InputSpec, SmallCNN
 from workers.ml.images import normalize
 
 
@@ -34,3 +37,77 @@ def predict_proba(
     """Class probabilities ``[n, k]`` (float32, rows sum to 1)."""
     logits = predict_logits(model, images, spec, batch_size=batch_size, device=device)
     return torch.softmax(logits, dim=1).numpy()
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    probs: np.ndarray  # [n, k]
+    embeddings: np.ndarray | None  # [n, d], the input of the last linear layer
+    mc_probs: np.ndarray | None  # [n, k, T]
+
+
+def _dropout_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+
+
+def _last_linear(model: nn.Module) -> nn.Linear:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError("the model has no linear layer to take embeddings from")
+    return linears[-1]
+
+
+def _outputs_small_cnn(model: SmallCNN, x: torch.Tensor, embeddings: bool, mc_samples: int) -> tuple:
+    z = model.trunk(x)
+    h = model.embed(z)
+    probs = torch.softmax(model.classify(h), dim=1)
+    samples = None
+    if mc_samples:
+        for layer in _dropout_layers(model):
+            layer.train()
+        # Only the head has dropout: the convolutional trunk runs once, the head T times.
+        samples = torch.stack([torch.softmax(model.classify(model.embed(z)), dim=1) for _ in range(mc_samples)], dim=2)
+        model.eval()
+    return probs, h if embeddings else None, samples
+
+
+def _outputs_generic(model: nn.Module, x: torch.Tensor, embeddings: bool, mc_samples: int) -> tuple:
+    captured: list[torch.Tensor] = []
+    hook = _last_linear(model).register_forward_hook(lambda m, inputs, out: captured.append(inputs[0]))
+    try:
+        probs = torch.softmax(model(x), dim=1)
+    finally:
+        hook.remove()
+    samples = None
+    if mc_samples:
+        for layer in _dropout_layers(model):
+            layer.train()
+        samples = torch.stack([torch.softmax(model(x), dim=1) for _ in range(mc_samples)], dim=2)
+        model.eval()
+    return probs, captured[0] if embeddings else None, samples
+
+
+@torch.inference_mode()
+def model_outputs(
+    model: nn.Module, images: torch.Tensor, spec: InputSpec, *, embeddings: bool = False, mc_samples: int = 0,
+    batch_size: int = 256, device: torch.device | None = None, seed: int = 0,
+) -> ModelOutputs:
+    """Probabilities, and on request embeddings and ``mc_samples`` MC-dropout passes."""
+    if mc_samples < 0 or mc_samples == 1:
+        raise ValueError(f"mc_samples must be 0 or at least 2, got {mc_samples}")
+    if mc_samples and not _dropout_layers(model):
+        raise ValueError("MC dropout needs a model with dropout layers; this one has none")
+    if len(images) == 0:
+        raise ValueError("no images to run the model on")
+    device = device or next(model.parameters()).device
+    model.eval()
+    torch.manual_seed(seed)
+    run = _outputs_small_cnn if isinstance(model, SmallCNN) else _outputs_generic
+    parts: list[tuple] = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start:start + batch_size].to(device), spec)
+        parts.append(tuple(t.float().cpu() if t is not None else None for t in run(model, x, embeddings, mc_samples)))
+    probs = torch.cat([p[0] for p in parts]).numpy()
+    emb = torch.cat([p[1] for p in parts]).numpy() if embeddings else None
+    mc = torch.cat([p[2] for p in parts]).numpy() if mc_samples else None
+    return ModelOutputs(probs, emb, mc)

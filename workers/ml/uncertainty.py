@@ -1,8 +1,9 @@
 """Uncertainty scores over class probabilities.
 
-Every scorer takes ``probs`` of shape ``[n, k]`` (rows are distributions over k classes) and
-returns ``[n]`` float64 scores where **higher means more uncertain**, so every strategy can be
-ranked the same way. Inputs are validated once at the entry (`score_uncertainty`).
+Single-model scorers take ``probs`` of shape ``[n, k]`` (rows are distributions over k classes);
+sample scorers take ``[n, k, T]``: T MC-dropout passes, or T members of a committee. All return
+``[n]`` float64 scores where **higher means more uncertain**, so every strategy ranks the same
+way. Inputs are validated once at the entry (`score_uncertainty`, `score_samples`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,65 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(clipped > 0, clipped * np.log(clipped), 0.0)
     return -terms.sum(axis=1)
+
+
+def _entropy_along(probs: np.ndarray, axis: int) -> np.ndarray:
+    clipped = np.clip(probs, 0.0, 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -np.where(clipped > 0, clipped * np.log(clipped), 0.0).sum(axis=axis)
+
+
+def bald(samples: np.ndarray) -> np.ndarray:
+    """Mutual information between prediction and model, from MC-dropout samples [n, k, T]:
+    H(mean_t p_t) - mean_t H(p_t) (Houlsby et al. 2011; Gal et al. 2017)."""
+    return _entropy_along(samples.mean(axis=2), axis=1) - _entropy_along(samples, axis=1).mean(axis=1)
+
+
+def vote_entropy(samples: np.ndarray) -> np.ndarray:
+    """Entropy of the committee's votes [n, k, M]: how split the members' top classes are."""
+    n, k, m = samples.shape
+    votes = samples.argmax(axis=1)  # [n, M]
+    counts = np.zeros((n, k))
+    np.add.at(counts, (np.repeat(np.arange(n), m), votes.ravel()), 1.0)
+    return _entropy_along(counts / m, axis=1)
+
+
+def consensus_kl(samples: np.ndarray) -> np.ndarray:
+    """Mean KL divergence of each member [n, k, M] from the consensus: soft disagreement."""
+    consensus = samples.mean(axis=2, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(samples > 0, samples * (np.log(samples) - np.log(consensus)), 0.0)
+    return terms.sum(axis=1).mean(axis=1)
+
+
+def validate_samples(samples: np.ndarray, *, atol: float = 1e-3) -> np.ndarray:
+    """Return ``samples`` as float64 ``[n, k, T]`` (T >= 2) or raise ValueError."""
+    array = np.asarray(samples, dtype=np.float64)
+    if array.ndim != 3:
+        raise ValueError(f"samples must be a 3-D array [n, k, T], got shape {array.shape}")
+    if array.shape[2] < 2:
+        raise ValueError(f"samples need at least 2 passes or members, got {array.shape[2]}")
+    n, k, t = array.shape
+    validate_probabilities(array.transpose(0, 2, 1).reshape(n * t, k), atol=atol)
+    return array
+
+
+SAMPLE_SCORERS: dict[str, ArrayScorer] = {
+    "bald": bald,
+    "vote_entropy": vote_entropy,
+    "consensus_kl": consensus_kl,
+}
+
+
+def score_samples(method: str, samples: np.ndarray) -> np.ndarray:
+    """Score MC or committee samples [n, k, T] with the named method; higher is more uncertain."""
+    try:
+        scorer = SAMPLE_SCORERS[method]
+    except KeyError:
+        raise ValueError(
+            f"unknown sample method {method!r}: use one of {', '.join(sorted(SAMPLE_SCORERS))}"
+        ) from None
+    return scorer(validate_samples(samples))
 
 
 SCORERS: dict[str, ArrayScorer] = {
