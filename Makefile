@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/hitl
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test install install-test data web worker beat label-studio label-studio-stop benchmark-ingest benchmark-label-studio clean
+.PHONY: demo test install install-test data web worker beat label-studio label-studio-stop benchmark-ingest benchmark-label-studio benchmark-selection benchmark-strategies clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,13 @@ label-studio-stop:
 
 benchmark-label-studio: install-test
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/label_studio.py
+
+benchmark-selection: install-test
+	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/selection.py
+
+## Sample efficiency of the query strategies (add QUICK=1 for the 15-minute version).
+benchmark-strategies: install-test data
+	$(PY) benchmarks/sample_efficiency.py $(if $(QUICK),--quick)
 
 benchmark-ingest: install-test
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/ingest.py

@@ -54,3 +54,17 @@ def write_section(name: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     DOC.write_text(text)
+
+
+def untrained_production_version(project, work_dir: Path):
+    """A real (untrained) small-CNN checkpoint registered and promoted through hitl's services:
+    enough for benchmarks that measure plumbing, not accuracy. Needs Django set up."""
+    from hitl.services.projects import model_version_promote, model_version_register
+    from workers.ml.architectures import build_model, input_spec_for
+    from workers.ml.checkpoint import CheckpointMeta, save_checkpoint
+
+    meta = CheckpointMeta("small_cnn", list(project.labels), input_spec_for("small_cnn"))
+    save_checkpoint(build_model("small_cnn", len(project.labels)), meta, work_dir / "v1", onnx=False)
+    version = model_version_register(project=project, name="v1", weights_path=work_dir / "v1" / "model.safetensors",
+                                     actor="benchmark")
+    return model_version_promote(model_version_id=version.id, actor="benchmark", reason="benchmark setup")

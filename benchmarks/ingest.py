@@ -61,11 +61,11 @@ def write_images(storage: Path, count: int) -> list[str]:
 def setup(env: dict[str, str]) -> str:
     """Project, model version and deployment; returns the deployment token."""
     code = (
-        "import django; django.setup();"
-        "from hitl.services.projects import *;"
-        "from tests.conftest import make_version;"
+        "import django, pathlib, tempfile; django.setup();"
+        "from hitl.services.projects import project_create, deployment_create;"
+        "from benchmarks.common import untrained_production_version;"
         "p = project_create(slug='bench', name='bench', labels=[f'c{i}' for i in range(10)]);"
-        "v = make_version(p, 'v1', promote=True);"
+        "v = untrained_production_version(p, pathlib.Path(tempfile.mkdtemp()));"
         "d, token = deployment_create(project=p, name='cam', environment='edge', model_version=v);"
         "print(token)"
     )

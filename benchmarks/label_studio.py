@@ -108,14 +108,15 @@ def run(args: argparse.Namespace) -> dict:
     from labeling.models import LabelStudioTask
     from labeling.services.provisioning import ls_project_provision
     from labeling.services.push import ls_push, ls_task_payload
-    from tests.conftest import make_version
-    from hitl.services.projects import deployment_create, project_create
     from django.conf import settings
+
+    from benchmarks.common import untrained_production_version
+    from hitl.services.projects import deployment_create, project_create
     from workers.ml.datasets import load_fashion_mnist
 
     data = load_fashion_mnist("test")
     project = project_create(slug="bench", name="bench", labels=data.labels)
-    version = make_version(project, "v1", promote=True)
+    version = untrained_production_version(project, Path(tempfile.mkdtemp()))
     deployment, _ = deployment_create(project=project, name="cam", environment="edge", model_version=version)
     storage = Path(settings.STORAGE_ROOT) / "cam"
     storage.mkdir(parents=True)

@@ -30,6 +30,14 @@ class Project(models.Model):
     selection_strategy = models.CharField(max_length=32, default="margin")
     batch_size = models.PositiveIntegerField(default=100)
     audit_fraction = models.FloatField(default=0.1)
+    mc_samples = models.PositiveIntegerField(default=20, help_text="MC-dropout passes for BALD.")
+    committee_size = models.PositiveIntegerField(default=3, help_text="Model versions in a committee.")
+    class_balance = models.BooleanField(
+        default=False, help_text="Spread score-based picks over the predicted classes."
+    )
+    selection_pool_limit = models.PositiveIntegerField(
+        default=50_000, help_text="Strategies that run the model consider at most this many random pool items."
+    )
     train_config = models.JSONField(default=dict, blank=True)
     promotion_min_delta = models.FloatField(
         default=0.0, help_text="Candidate accuracy must be at least production's plus this."

@@ -26,6 +26,7 @@ GPU_TASKS = frozenset({
     "workers.tasks.retrain",
     "workers.tasks.evaluate",
     "workers.tasks.predict_items",
+    "workers.tasks.select_review_batch_with_model",
 })
 
 

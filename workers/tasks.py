@@ -13,7 +13,7 @@ from hitl.services.cycles import cycle_evaluate, cycle_train
 from hitl.services.modeling import model_predict_items
 from hitl.services.queue import enqueue
 from hitl.services.scoring import predictions_score
-from hitl.services.selection import review_batch_select
+from hitl.services.selection import review_batch_select, selection_task
 from workers.celery import cpu_task, gpu_task
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,12 @@ def score_predictions(model_version_id: int) -> int:
 
 @cpu_task
 def select_review_batch(batch_id: int) -> None:
+    review_batch_select(batch_id=batch_id)
+
+
+@gpu_task
+def select_review_batch_with_model(batch_id: int) -> None:
+    """The same service, for strategies that run the model (BALD, committee, core-set, ...)."""
     review_batch_select(batch_id=batch_id)
 
 
@@ -61,8 +67,9 @@ def requeue_stalled_work() -> dict[str, int]:
     ).values_list("id", "status"):
         enqueue(stage_task[status], cycle_id)
         counts["cycles"] += 1
-    for batch_id in ReviewBatch.objects.filter(status=ReviewBatchStatus.PENDING, created_at__lt=cutoff).values_list("id", flat=True):
-        enqueue("workers.tasks.select_review_batch", batch_id)
+    pending = ReviewBatch.objects.filter(status=ReviewBatchStatus.PENDING, created_at__lt=cutoff)
+    for batch_id, strategy in pending.values_list("id", "strategy"):
+        enqueue(selection_task(strategy), batch_id)
         counts["batches"] += 1
     versions = Prediction.objects.filter(scored_at__isnull=True, received_at__lt=cutoff).values_list(
         "model_version_id", flat=True).distinct()

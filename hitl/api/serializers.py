@@ -23,9 +23,10 @@ from hitl.models import (
 class ProjectSerializer(serializers.ModelSerializer):
     class Meta:
         model = Project
-        fields = ["slug", "name", "task_type", "labels", "architecture", "holdout_fraction",
-                  "selection_strategy", "batch_size", "audit_fraction", "train_config",
-                  "promotion_min_delta", "min_eval_labels", "created_at"]
+        fields = ["slug", "name", "task_type", "labels", "architecture", "initial_weights", "holdout_fraction",
+                  "selection_strategy", "batch_size", "audit_fraction", "mc_samples", "committee_size",
+                  "class_balance", "selection_pool_limit", "train_config", "promotion_min_delta",
+                  "min_eval_labels", "created_at"]
 
 
 class ArtifactSerializer(serializers.ModelSerializer):

@@ -24,6 +24,7 @@ from hitl.models import Item, LabelSource, ReviewBatch, RetrainingCycle
 from hitl.services.cycles import cycle_cancel, cycle_request
 from hitl.services.ingestion import predictions_ingest
 from hitl.services.labels import label_submit
+from hitl.services.projects import project_update
 from hitl.services.selection import review_batch_request
 from hitl.services.trust import trust_verify
 
@@ -77,12 +78,24 @@ class ProjectListView(generics.ListAPIView):
         return selectors.projects_list()
 
 
-class ProjectDetailView(generics.RetrieveAPIView):
-    permission_classes = [IsReviewer]
-    serializer_class = s.ProjectSerializer
+class ProjectDetailView(APIView):
+    """A project (GET); staff change its settings (PATCH): strategy, batch size, audit share, ..."""
 
-    def get_object(self):
-        return selectors.project_get(self.kwargs["slug"])
+    parser_classes = [LenientJSONParser]
+
+    def get_permissions(self):
+        return [IsOperator()] if self.request.method == "PATCH" else [IsReviewer()]
+
+    @extend_schema(responses=s.ProjectSerializer)
+    def get(self, request: Request, slug: str) -> Response:
+        return Response(s.ProjectSerializer(selectors.project_get(slug)).data)
+
+    @extend_schema(request=s.ProjectSerializer, responses=s.ProjectSerializer)
+    def patch(self, request: Request, slug: str) -> Response:
+        if not isinstance(request.data, dict):
+            raise InvalidInput.single("", "body must be a JSON object of settings")
+        project = project_update(project_id=selectors.project_get(slug).id, changes=dict(request.data))
+        return Response(s.ProjectSerializer(project).data)
 
 
 class ModelVersionListView(generics.ListAPIView):

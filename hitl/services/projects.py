@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 import secrets
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from hitl.errors import InvalidInput
+from hitl.errors import FieldError, InvalidInput
 from hitl.models import (
     ArtifactKind,
     Deployment,
@@ -26,33 +27,68 @@ from hitl.models import (
 from hitl.services.trust import trust_record
 from workers.ml.architectures import ARCHITECTURES
 from workers.ml.checkpoint import ArtifactFile, file_sha256, read_meta
-from workers.ml.uncertainty import SCORERS
+from workers.ml.strategies import STRATEGY_INPUTS
+from workers.ml.training import TrainConfig
 
-SELECTION_STRATEGIES = ("random", *SCORERS)
+SELECTION_STRATEGIES = tuple(STRATEGY_INPUTS)
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 TOKEN_PREFIX = "hitl_dep_"
 
 
-def validate_project_settings(
-    *, labels: list[str], architecture: str, holdout_fraction: float, selection_strategy: str,
-    batch_size: int, audit_fraction: float,
-) -> None:
+def _check_labels(labels: object) -> str | None:
     if not isinstance(labels, list) or len(labels) < 2:
-        raise InvalidInput.single("labels", "give at least two class names")
+        return "give at least two class names"
     if not all(isinstance(label, str) and label.strip() == label and label for label in labels):
-        raise InvalidInput.single("labels", "class names must be non-empty strings without surrounding spaces")
+        return "class names must be non-empty strings without surrounding spaces"
     if len(set(labels)) != len(labels):
-        raise InvalidInput.single("labels", "class names must be unique")
-    if architecture not in ARCHITECTURES:
-        raise InvalidInput.single("architecture", f"unknown; use one of {', '.join(sorted(ARCHITECTURES))}")
-    if not 0 < holdout_fraction < 1:
-        raise InvalidInput.single("holdout_fraction", "must be between 0 and 1 (exclusive)")
-    if selection_strategy not in SELECTION_STRATEGIES:
-        raise InvalidInput.single("selection_strategy", f"unknown; use one of {', '.join(SELECTION_STRATEGIES)}")
-    if not 1 <= batch_size <= 10_000:
-        raise InvalidInput.single("batch_size", "must be between 1 and 10000")
-    if not 0 <= audit_fraction <= 1:
-        raise InvalidInput.single("audit_fraction", "must be between 0 and 1")
+        return "class names must be unique"
+    return None
+
+
+def _check_train_config(options: object) -> str | None:
+    if not isinstance(options, dict):
+        return "must be an object of training options"
+    try:
+        TrainConfig.from_dict(options)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def _between(low: float, high: float, kind: type = float) -> Callable[[object], str | None]:
+    def check(value: object) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            return f"must be {'a number' if kind is float else 'an integer'}"
+        return None if low <= value <= high else f"must be between {low} and {high}"
+    return check
+
+
+SETTING_CHECKS: dict[str, Callable[[object], str | None]] = {
+    "name": lambda v: None if isinstance(v, str) and 0 < len(v) <= 200 else "must be 1 to 200 characters",
+    "labels": _check_labels,
+    "architecture": lambda v: None if v in ARCHITECTURES else f"unknown; use one of {', '.join(sorted(ARCHITECTURES))}",
+    "initial_weights": lambda v: None if v == "" or (isinstance(v, str) and Path(v).is_file()) else f"no file at {v}",
+    "holdout_fraction": _between(0.01, 0.99),
+    "selection_strategy": lambda v: None if v in SELECTION_STRATEGIES else f"unknown; use one of {', '.join(SELECTION_STRATEGIES)}",
+    "batch_size": _between(1, 10_000, int),
+    "audit_fraction": _between(0, 1),
+    "mc_samples": _between(2, 200, int),
+    "committee_size": _between(2, 10, int),
+    "class_balance": lambda v: None if isinstance(v, bool) else "must be true or false",
+    "selection_pool_limit": _between(100, 10_000_000, int),
+    "train_config": _check_train_config,
+    "promotion_min_delta": _between(-1, 1),
+    "min_eval_labels": _between(0, 1_000_000, int),
+}
+# Fixed once a project exists: models and splits depend on them.
+FIXED_SETTINGS = frozenset({"labels", "holdout_fraction"})
+
+
+def validate_project_settings(values: dict[str, object]) -> None:
+    errors = [FieldError(name, problem) for name, value in values.items()
+              if (problem := SETTING_CHECKS[name](value) if name in SETTING_CHECKS else "unknown setting")]
+    if errors:
+        raise InvalidInput(errors)
 
 
 @transaction.atomic
@@ -65,18 +101,27 @@ def project_create(
         raise InvalidInput.single("slug", "use lowercase letters, digits and dashes (at most 64)")
     if Project.objects.filter(slug=slug).exists():
         raise InvalidInput.single("slug", f"a project {slug!r} already exists")
-    validate_project_settings(
-        labels=labels, architecture=architecture, holdout_fraction=holdout_fraction,
-        selection_strategy=selection_strategy, batch_size=batch_size, audit_fraction=audit_fraction,
-    )
-    if initial_weights and not Path(initial_weights).is_file():
-        raise InvalidInput.single("initial_weights", f"no file at {initial_weights}")
-    return Project.objects.create(
-        slug=slug, name=name or slug, task_type=TaskType.CLASSIFICATION, labels=labels,
-        architecture=architecture, holdout_fraction=holdout_fraction,
-        selection_strategy=selection_strategy, batch_size=batch_size, audit_fraction=audit_fraction,
-        initial_weights=initial_weights, train_config=train_config or {},
-    )
+    values = {"name": name or slug, "labels": labels, "architecture": architecture,
+              "holdout_fraction": holdout_fraction, "selection_strategy": selection_strategy,
+              "batch_size": batch_size, "audit_fraction": audit_fraction, "initial_weights": initial_weights,
+              "train_config": train_config or {}}
+    validate_project_settings(values)
+    return Project.objects.create(slug=slug, task_type=TaskType.CLASSIFICATION, **values)
+
+
+@transaction.atomic
+def project_update(*, project_id: int, changes: dict[str, object]) -> Project:
+    """Change a project's settings (strategy, batch size, audit share, MC samples, ...)."""
+    fixed = sorted(FIXED_SETTINGS & set(changes))
+    if fixed:
+        raise InvalidInput([FieldError(name, "cannot change once the project exists") for name in fixed])
+    validate_project_settings(changes)
+    project = Project.objects.select_for_update().get(pk=project_id)
+    for name, value in changes.items():
+        setattr(project, name, value)
+    if changes:
+        project.save(update_fields=list(changes))
+    return project
 
 
 def _store_artifacts(version: ModelVersion, directory: str, files: list[ArtifactFile]) -> None:

@@ -1,18 +1,30 @@
-"""Selecting items for human review: the query strategy's top picks plus a random audit slice."""
+"""Selecting items for human review: the query strategy's picks plus a random audit slice.
+
+Two paths, one result shape:
+* the stored-score path: least confidence, margin and entropy are scored when predictions
+  arrive, so picking the top of a million predictions is one indexed query;
+* the model path: BALD, committee, core-set, BADGE and the hybrid need the model's own outputs
+  (MC-dropout passes, embeddings, other versions), computed on a bounded random sample of the
+  pool by a task on the GPU queue, then handed to ``workers.ml.strategies``.
+The audit slice is a uniform random sample of what the strategy left, marked as such.
+"""
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 
 import numpy as np
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef, QuerySet
+from django.db.models import Exists, Max, Min, OuterRef, QuerySet
 from django.utils import timezone
 
 from hitl.errors import InvalidInput
 from hitl.models import (
     Label,
     LabelStatus,
+    ModelVersion,
     Prediction,
     Project,
     ReviewBatch,
@@ -22,10 +34,35 @@ from hitl.models import (
     ReviewTaskStatus,
     UncertaintyScore,
 )
+from hitl.services.modeling import item_images, load_version
 from hitl.services.projects import SELECTION_STRATEGIES, production_version
 from hitl.services.queue import enqueue
-from hitl.services.scoring import predictions_score
+from hitl.services.scoring import predictions_score, probabilities_matrix
 from hitl.signals import review_batch_selected
+from workers.ml.device import select_device
+from workers.ml.inference import model_outputs
+from workers.ml.strategies import STRATEGY_INPUTS, PoolView, SelectOptions, select_batch
+from workers.ml.uncertainty import SCORERS
+
+MODEL_INPUTS = frozenset({"mc_probs", "committee_probs", "embeddings"})
+MAX_COVERED_EMBEDDINGS = 20_000  # labeled items the diversity strategies measure distance to
+
+
+@dataclass(frozen=True)
+class Pick:
+    prediction_id: int
+    item_id: int
+    reason: str
+    score: float | None
+
+
+def needs_model(strategy: str) -> bool:
+    return bool(STRATEGY_INPUTS[strategy] & MODEL_INPUTS)
+
+
+def selection_task(strategy: str) -> str:
+    """Strategies that run the model are GPU work; the others are short CPU work."""
+    return "workers.tasks.select_review_batch_with_model" if needs_model(strategy) else "workers.tasks.select_review_batch"
 
 
 @transaction.atomic
@@ -47,17 +84,140 @@ def review_batch_request(
         project=project, strategy=strategy, size=size, audit_fraction=audit_fraction,
         seed=secrets.randbits(62) if seed is None else seed, requested_by=requested_by,
     )
-    enqueue("workers.tasks.select_review_batch", batch.id)
+    enqueue(selection_task(strategy), batch.id)
     return batch
 
 
-def review_pool(project_id: int, model_version_id: int) -> QuerySet[Prediction]:
-    """The model version's predictions on items with no current label and no open review task."""
-    labeled = Label.objects.filter(item_id=OuterRef("item_id"), status=LabelStatus.CURRENT)
-    in_review = ReviewTask.objects.filter(item_id=OuterRef("item_id"), status=ReviewTaskStatus.OPEN)
-    return Prediction.objects.filter(model_version_id=model_version_id, item__project_id=project_id).exclude(
-        Exists(labeled)
-    ).exclude(Exists(in_review))
+def _unlabeled_and_free(item_field: str) -> tuple[Exists, Exists]:
+    labeled = Label.objects.filter(item_id=OuterRef(item_field), status=LabelStatus.CURRENT)
+    in_review = ReviewTask.objects.filter(item_id=OuterRef(item_field), status=ReviewTaskStatus.OPEN)
+    return Exists(labeled), Exists(in_review)
+
+
+def review_pool(model_version_id: int) -> QuerySet[Prediction]:
+    """The version's predictions on items with no current label and no open review task."""
+    labeled, in_review = _unlabeled_and_free("item_id")
+    return Prediction.objects.filter(model_version_id=model_version_id).exclude(labeled).exclude(in_review)
+
+
+def sample_pool(pool: QuerySet[Prediction], n: int, rng: np.random.Generator, skip_items: set[int]) -> list[tuple[int, int]]:
+    """Up to n (prediction id, item id) drawn uniformly from the pool, reproducibly for a seed.
+
+    Draws ids uniformly from the pool's id range and keeps those in the pool, so it reads about n
+    rows, not the whole pool; where the ids are too sparse it falls back to reading them all.
+    """
+    if n <= 0:
+        return []
+    bounds = pool.aggregate(lo=Min("id"), hi=Max("id"))
+    if bounds["lo"] is None:
+        return []
+    chosen: dict[int, int] = {}
+    for _ in range(8):
+        wanted = n - len(chosen)
+        draws = rng.integers(bounds["lo"], bounds["hi"] + 1, size=max(64, 3 * wanted))
+        found = dict(pool.filter(id__in=np.unique(draws).tolist()).values_list("id", "item_id"))
+        for prediction_id in draws.tolist():
+            item_id = found.get(prediction_id)
+            if item_id is not None and item_id not in skip_items and prediction_id not in chosen:
+                chosen[prediction_id] = item_id
+                if len(chosen) == n:
+                    return list(chosen.items())
+    rest = [(pid, item) for pid, item in pool.order_by("id").values_list("id", "item_id")
+            if item not in skip_items and pid not in chosen]
+    order = rng.permutation(len(rest))[: n - len(chosen)]
+    return list(chosen.items()) + [rest[i] for i in order]
+
+
+def _stored_score_picks(batch: ReviewBatch, version: ModelVersion, n: int) -> list[Pick]:
+    """The top n by a stored score: one walk down the (version, method, value) index."""
+    predictions_score(model_version_id=version.id)
+    labeled, in_review = _unlabeled_and_free("prediction__item_id")
+    ranked = (
+        UncertaintyScore.objects.filter(model_version_id=version.id, method=batch.strategy)
+        .exclude(labeled).exclude(in_review)
+        .order_by("-value", "prediction_id")
+        .values_list("prediction_id", "prediction__item_id", "value")[:n]
+    )
+    return [Pick(pid, item_id, ReviewReason.STRATEGY, value) for pid, item_id, value in ranked]
+
+
+def _committee(project: Project, version: ModelVersion) -> list[ModelVersion]:
+    """The production model and the versions that served before it, newest first."""
+    earlier = ModelVersion.objects.filter(project=project, promoted_at__isnull=False).exclude(pk=version.pk)
+    members = [version] + [v for v in earlier.order_by("-promoted_at") if v.labels == version.labels]
+    return members[: project.committee_size]
+
+
+def _covered_embeddings(project: Project, model, spec) -> np.ndarray:
+    """Embeddings of items humans labeled or are reviewing: the diversity strategies' 'covered'."""
+    labeled = list(Label.objects.filter(item__project=project, status=LabelStatus.CURRENT)
+                   .order_by("-id").values_list("item__image", flat=True)[:MAX_COVERED_EMBEDDINGS])
+    reviewing = list(ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.OPEN)
+                     .values_list("item__image", flat=True)[:MAX_COVERED_EMBEDDINGS])
+    paths = labeled + reviewing
+    if not paths:
+        return np.zeros((0, 1), dtype=np.float32)
+    return model_outputs(model, item_images(paths, spec), spec, embeddings=True).embeddings
+
+
+def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
+                 rng: np.random.Generator) -> list[Pick]:
+    """Run the production model (and committee) on a random sample of the pool, then select."""
+    rows = sample_pool(review_pool(version.id), project.selection_pool_limit, rng, set())
+    if not rows:
+        return []
+    prediction_ids, item_ids = [r[0] for r in rows], [r[1] for r in rows]
+    paths = dict(Prediction.objects.filter(id__in=prediction_ids).values_list("id", "item__image"))
+    model, meta = load_version(version)
+    images = item_images([paths[pid] for pid in prediction_ids], meta.input_spec)
+    needs = STRATEGY_INPUTS[batch.strategy]
+    outputs = model_outputs(model, images, meta.input_spec, embeddings="embeddings" in needs,
+                            mc_samples=project.mc_samples if "mc_probs" in needs else 0, seed=batch.seed % 2**31)
+    committee = None
+    if "committee_probs" in needs:
+        members = _committee(project, version)
+        if len(members) < 2:
+            raise InvalidInput.single("strategy", "committee needs at least two model versions that served in "
+                                                  f"production; {project.slug} has {len(members)}")
+        committee = np.stack([outputs.probs] + [
+            model_outputs(load_version(m)[0], images, meta.input_spec).probs for m in members[1:]], axis=2)
+    covered = _covered_embeddings(project, model, meta.input_spec) if "embeddings" in needs else None
+    selection = select_batch(
+        batch.strategy,
+        PoolView(probs=outputs.probs, mc_probs=outputs.mc_probs, committee_probs=committee,
+                 embeddings=outputs.embeddings, labeled_embeddings=covered if covered is not None and len(covered) else None),
+        n, rng=rng,
+        options=SelectOptions(class_balance=project.class_balance, device=str(select_device(settings.HITL_DEVICE))),
+    )
+    return [Pick(prediction_ids[i], item_ids[i], ReviewReason.STRATEGY, None if np.isnan(s) else float(s))
+            for i, s in zip(selection.indices.tolist(), selection.scores.tolist())]
+
+
+def _class_balanced_stored_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
+                                 rng: np.random.Generator) -> list[Pick]:
+    """Stored probabilities, scored and balanced over predicted classes in memory."""
+    rows = sample_pool(review_pool(version.id), project.selection_pool_limit, rng, set())
+    if not rows:
+        return []
+    blobs = dict(Prediction.objects.filter(id__in=[r[0] for r in rows]).values_list("id", "probabilities"))
+    probs = probabilities_matrix([blobs[r[0]] for r in rows], len(version.labels))
+    selection = select_batch(batch.strategy, PoolView(probs=probs), n, rng=rng,
+                             options=SelectOptions(class_balance=True))
+    return [Pick(rows[i][0], rows[i][1], ReviewReason.STRATEGY, float(s))
+            for i, s in zip(selection.indices.tolist(), selection.scores.tolist())]
+
+
+def _strategy_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
+                    rng: np.random.Generator) -> list[Pick]:
+    if n == 0:
+        return []
+    if batch.strategy == "random":
+        return [Pick(pid, item, ReviewReason.STRATEGY, None) for pid, item in sample_pool(review_pool(version.id), n, rng, set())]
+    if batch.strategy in SCORERS and not project.class_balance:
+        return _stored_score_picks(batch, version, n)
+    if batch.strategy in SCORERS:
+        return _class_balanced_stored_picks(batch, project, version, n, rng)
+    return _model_picks(batch, project, version, n, rng)
 
 
 def _fail(batch: ReviewBatch, message: str) -> ReviewBatch:
@@ -73,40 +233,26 @@ def review_batch_select(*, batch_id: int) -> ReviewBatch:
     batch = ReviewBatch.objects.select_for_update().get(pk=batch_id)
     if batch.status != ReviewBatchStatus.PENDING:
         return batch
-    Project.objects.select_for_update().get(pk=batch.project_id)  # one selection per project at a time
+    project = Project.objects.select_for_update().get(pk=batch.project_id)  # one selection per project at a time
     version = production_version(batch.project_id)
     if version is None:
         return _fail(batch, "the project has no production model whose predictions could be ranked")
     batch.model_version = version
-    pool = review_pool(batch.project_id, version.id)
-    n_strategy = batch.size - int(round(batch.size * batch.audit_fraction))
     rng = np.random.default_rng(batch.seed)
-    picks: list[tuple[int, int, ReviewReason, float | None]] = []  # prediction, item, reason, score
-    if batch.strategy != "random" and n_strategy:
-        predictions_score(model_version_id=version.id)
-        ranked = (
-            UncertaintyScore.objects.filter(model_version_id=version.id, method=batch.strategy, prediction__in=pool)
-            .order_by("-value", "prediction_id")
-            .values_list("prediction_id", "prediction__item_id", "value")[:n_strategy]
-        )
-        picks = [(pid, item_id, ReviewReason.STRATEGY, value) for pid, item_id, value in ranked]
-    chosen = {pick[1] for pick in picks}
-    remaining = [(pid, item_id) for pid, item_id in pool.order_by("id").values_list("id", "item_id")
-                 if item_id not in chosen]
-    n_random = batch.size - len(picks)
-    if n_random and remaining:
-        order = rng.permutation(len(remaining))[:n_random]
-        reason = ReviewReason.STRATEGY if batch.strategy == "random" else ReviewReason.AUDIT
-        n_strategy_random = n_strategy if batch.strategy == "random" else 0
-        for position, index in enumerate(order):
-            pid, item_id = remaining[index]
-            picks.append((pid, item_id, reason if position < n_strategy_random else ReviewReason.AUDIT, None))
+    n_audit = int(round(batch.size * batch.audit_fraction))
+    try:
+        picks = _strategy_picks(batch, project, version, batch.size - n_audit, rng)
+    except (InvalidInput, ValueError) as exc:
+        return _fail(batch, str(exc))
+    taken = {pick.item_id for pick in picks}
+    audit = sample_pool(review_pool(version.id), batch.size - len(picks), rng, taken)
+    picks += [Pick(pid, item, ReviewReason.AUDIT, None) for pid, item in audit]
     if not picks:
         return _fail(batch, f"no unlabeled items with predictions from {version.name} are left to review")
     ReviewTask.objects.bulk_create([
-        ReviewTask(batch=batch, item_id=item_id, prediction_id=pid, reason=reason, strategy=batch.strategy,
-                   score=score, rank=rank)
-        for rank, (pid, item_id, reason, score) in enumerate(picks, 1)
+        ReviewTask(batch=batch, item_id=pick.item_id, prediction_id=pick.prediction_id, reason=pick.reason,
+                   strategy=batch.strategy, score=pick.score, rank=rank)
+        for rank, pick in enumerate(picks, 1)
     ])
     batch.status = ReviewBatchStatus.SELECTED
     batch.selected_at = timezone.now()

@@ -111,3 +111,23 @@ def test_unauthenticated_reads_are_refused(client, project) -> None:
     response = client.get("/api/v1/projects/")
     assert response.status_code == 401 and response.json()["errors"]
 
+
+
+def test_operators_change_project_settings(operator_client, reviewer_client, project) -> None:
+    url = f"/api/v1/projects/{project.slug}/"
+    changes = {"selection_strategy": "bald", "batch_size": 250, "audit_fraction": 0.2, "mc_samples": 30,
+               "class_balance": True}
+    assert reviewer_client.patch(url, changes, format="json").status_code == 403
+    response = operator_client.patch(url, changes, format="json")
+    assert response.status_code == 200 and {k: response.json()[k] for k in changes} == changes
+    project.refresh_from_db()
+    assert (project.selection_strategy, project.mc_samples) == ("bald", 30)
+    bad = operator_client.patch(url, {"selection_strategy": "vibes", "mc_samples": 1, "labels": ["a", "b"],
+                                      "colour": "red"}, format="json")
+    assert bad.status_code == 400
+    assert sorted(e["field"] for e in bad.json()["errors"]) == ["labels"]
+    bad = operator_client.patch(url, {"selection_strategy": "vibes", "mc_samples": 1, "colour": "red",
+                                      "train_config": {"epochs": 0}}, format="json")
+    assert sorted(e["field"] for e in bad.json()["errors"]) == ["colour", "mc_samples", "selection_strategy", "train_config"]
+    project.refresh_from_db()
+    assert project.selection_strategy == "bald"  # nothing of a bad request is applied

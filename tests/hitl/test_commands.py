@@ -49,3 +49,13 @@ def test_bad_input_is_a_clear_error(project, version, args, message) -> None:
     with pytest.raises(CommandError, match=message):
         run(*args)
     assert Project.objects.count() == 1
+
+
+def test_configure_project(project) -> None:
+    out = run("configure-project", "--project", project.slug, "--strategy", "hybrid", "--mc-samples", "12",
+              "--class-balance", "on", "--epochs", "7")
+    project.refresh_from_db()
+    assert (project.selection_strategy, project.mc_samples, project.class_balance) == ("hybrid", 12, True)
+    assert project.train_config["epochs"] == 7 and "selection_strategy=hybrid" in out
+    with pytest.raises(CommandError, match="mc_samples: must be between 2 and 200"):
+        run("configure-project", "--project", project.slug, "--mc-samples", "1")

@@ -203,7 +203,7 @@ def test_reviewers_work_in_label_studio_comes_back_exactly(connected, reviewer_s
 
     # Lost webhooks: the receiver is unreachable while the reviewer works; Label Studio does
     # not retry. The periodic reconcile recovers all of it.
-    dead = f"http://127.0.0.1:{socket.socket().getsockname()[1] or 9}/labeling/webhook/"
+    dead = f"http://127.0.0.1:{free_port()}/labeling/webhook/"  # nothing listens there
     LabelStudioClient(label_studio.url, label_studio.token).update_webhook(
         link.webhook_id, url=dead, headers={WEBHOOK_HEADER: webhook_secret()})
     events = WebhookEvent.objects.count()
@@ -236,11 +236,8 @@ def test_reviewers_work_in_label_studio_comes_back_exactly(connected, reviewer_s
 
 def test_label_studio_down_is_retried_later_and_reported(connected, reviewer_sdk, settings) -> None:
     project, link = connected
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        dead_port = sock.getsockname()[1]
     good_url = settings.LABEL_STUDIO_URL
-    settings.LABEL_STUDIO_URL, settings.LABEL_STUDIO_RETRIES = f"http://127.0.0.1:{dead_port}", 1
+    settings.LABEL_STUDIO_URL, settings.LABEL_STUDIO_RETRIES = f"http://127.0.0.1:{free_port()}", 1
     with pytest.raises(LabelStudioUnavailable):
         ls_push(project_id=project.id)
     with pytest.raises(LabelStudioUnavailable):

@@ -1,6 +1,7 @@
 """Operator commands: ``python manage.py hitl <action> ...``.
 
     hitl create-project --slug cats --labels cat,dog [--architecture resnet18] [--strategy margin]
+    hitl configure-project --project cats [--strategy bald] [--batch-size 200] [--mc-samples 20] ...
     hitl register-model --project cats --name v0 --weights model.safetensors [--promote]
     hitl create-deployment --project cats --name edge-1 --environment edge [--model-version v0]
     hitl select-batch --project cats [--size 100] [--strategy entropy]
@@ -26,6 +27,7 @@ from hitl.services.projects import (
     model_version_register,
     production_version,
     project_create,
+    project_update,
 )
 from hitl.services.selection import review_batch_request
 from hitl.services.trust import trust_verify
@@ -49,6 +51,17 @@ class Command(BaseCommand):
         create.add_argument("--batch-size", type=int, default=100)
         create.add_argument("--audit-fraction", type=float, default=0.1)
         create.add_argument("--holdout-fraction", type=float, default=0.2)
+
+        configure = actions.add_parser("configure-project", help="change a project's settings")
+        configure.add_argument("--project", required=True)
+        configure.add_argument("--strategy", dest="selection_strategy")
+        configure.add_argument("--batch-size", type=int)
+        configure.add_argument("--audit-fraction", type=float)
+        configure.add_argument("--mc-samples", type=int)
+        configure.add_argument("--committee-size", type=int)
+        configure.add_argument("--class-balance", choices=["on", "off"])
+        configure.add_argument("--selection-pool-limit", type=int)
+        configure.add_argument("--epochs", type=int, help="training epochs per cycle")
 
         register = actions.add_parser("register-model", help="import a hitl safetensors checkpoint")
         register.add_argument("--project", required=True)
@@ -101,6 +114,18 @@ class Command(BaseCommand):
             batch_size=o["batch_size"], audit_fraction=o["audit_fraction"], holdout_fraction=o["holdout_fraction"],
         )
         self.stdout.write(f"created project {project.slug} with {len(project.labels)} labels")
+
+    def configure_project(self, o: dict[str, Any]) -> None:
+        project = self._project(o["project"])
+        names = ["selection_strategy", "batch_size", "audit_fraction", "mc_samples", "committee_size",
+                 "selection_pool_limit"]
+        changes: dict[str, Any] = {name: o[name] for name in names if o[name] is not None}
+        if o["class_balance"]:
+            changes["class_balance"] = o["class_balance"] == "on"
+        if o["epochs"] is not None:
+            changes["train_config"] = {**project.train_config, "epochs": o["epochs"]}
+        project = project_update(project_id=project.id, changes=changes)
+        self.stdout.write(f"{project.slug}: " + (", ".join(f"{k}={getattr(project, k)}" for k in changes) or "no changes"))
 
     def register_model(self, o: dict[str, Any]) -> None:
         project = self._project(o["project"])

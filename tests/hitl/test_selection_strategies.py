@@ -1,0 +1,86 @@
+"""Strategies that run the model (BALD, committee, core-set, BADGE, hybrid) through the
+selection service, on real Fashion-MNIST items and a real (small) model."""
+
+from __future__ import annotations
+
+import pytest
+
+from hitl.models import LabelSource, ReviewBatchStatus, ReviewReason, ReviewTask, ReviewTaskStatus
+from hitl.services.ingestion import items_register
+from hitl.services.labels import label_submit
+from hitl.services.modeling import model_predict_items
+from hitl.services.selection import review_batch_request, review_batch_select, selection_task
+from tests.conftest import make_version
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture()
+def pool(project, write_images, fashion, django_capture_on_commit_callbacks):
+    """60 items: 10 labeled, 50 in the pool, with predictions of production v1."""
+    ids = items_register(project=project, image_paths=write_images(range(60)))
+    for item_id, index in zip(ids[:10], range(10)):
+        label_submit(item_id=item_id, value=project.labels[fashion.targets[index]], source=LabelSource.IMPORT,
+                     reviewer_name="truth")
+    version = make_version(project, "v1", promote=True)
+    model_predict_items(model_version_id=version.id)
+    return ids
+
+
+@pytest.mark.parametrize("strategy", ["bald", "coreset", "badge", "hybrid"])
+def test_model_strategies_select_scored_unlabeled_items(project, pool, strategy) -> None:
+    project.mc_samples = 5
+    project.save()
+    batch = review_batch_request(project=project, requested_by="t", size=10, strategy=strategy, audit_fraction=0.2)
+    review_batch_select(batch_id=batch.id)
+    batch.refresh_from_db()
+    assert batch.status == ReviewBatchStatus.SELECTED, batch.error
+    tasks = list(batch.tasks.order_by("rank"))
+    assert len(tasks) == 10 and len({t.item_id for t in tasks}) == 10
+    assert not {t.item_id for t in tasks} & set(pool[:10])  # labeled items are never picked
+    picked = [t for t in tasks if t.reason == ReviewReason.STRATEGY]
+    assert len(picked) == 8 and all(t.strategy == strategy for t in tasks)
+    assert all(t.score is not None for t in picked[1:])  # core-set's very first pick may have no score
+    assert all(t.prediction.model_version.name == "v1" for t in tasks)
+
+
+def test_items_under_review_are_covered_not_picked(project, pool) -> None:
+    first = review_batch_request(project=project, requested_by="t", size=20, strategy="coreset", audit_fraction=0)
+    review_batch_select(batch_id=first.id)
+    second = review_batch_request(project=project, requested_by="t", size=20, strategy="coreset", audit_fraction=0)
+    review_batch_select(batch_id=second.id)
+    items = list(ReviewTask.objects.filter(status=ReviewTaskStatus.OPEN).values_list("item_id", flat=True))
+    assert len(items) == len(set(items)) == 40
+
+
+def test_committee_needs_two_versions_that_served(project, pool) -> None:
+    batch = review_batch_request(project=project, requested_by="t", size=5, strategy="committee")
+    review_batch_select(batch_id=batch.id)
+    batch.refresh_from_db()
+    assert batch.status == ReviewBatchStatus.FAILED and "at least two model versions" in batch.error
+    make_version(project, "v2", seed=1, promote=True)
+    from hitl.models import ModelVersion
+
+    v2 = ModelVersion.objects.get(project=project, name="v2")
+    model_predict_items(model_version_id=v2.id)
+    batch = review_batch_request(project=project, requested_by="t", size=5, strategy="committee", audit_fraction=0)
+    review_batch_select(batch_id=batch.id)
+    batch.refresh_from_db()
+    assert batch.status == ReviewBatchStatus.SELECTED and batch.model_version == v2
+    assert batch.tasks.count() == 5
+
+
+def test_class_balance_with_stored_scores(project, pool) -> None:
+    project.class_balance = True
+    project.save()
+    batch = review_batch_request(project=project, requested_by="t", size=12, strategy="entropy", audit_fraction=0)
+    review_batch_select(batch_id=batch.id)
+    batch.refresh_from_db()
+    predicted = [t.prediction.predicted_label for t in batch.tasks.select_related("prediction")]
+    assert batch.status == ReviewBatchStatus.SELECTED and len(predicted) == 12
+    assert len(set(predicted)) >= 2
+
+
+def test_model_strategies_go_to_the_gpu_queue() -> None:
+    assert selection_task("bald").endswith("with_model") and selection_task("hybrid").endswith("with_model")
+    assert selection_task("margin") == selection_task("random") == "workers.tasks.select_review_batch"
