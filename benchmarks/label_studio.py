@@ -97,21 +97,20 @@ def run(args: argparse.Namespace) -> dict:
     import django
 
     django.setup()
+    from django.conf import settings
     from label_studio_sdk import LabelStudio
     from PIL import Image
 
+    from benchmarks.common import untrained_production_version
     from hitl.models import Label, ReviewTask
     from hitl.services.ingestion import predictions_ingest
+    from hitl.services.projects import deployment_create, project_create
     from hitl.services.selection import review_batch_request, review_batch_select
     from labeling.client import LabelStudioClient
     from labeling.mapping import choice_result
     from labeling.models import LabelStudioTask
     from labeling.services.provisioning import ls_project_provision
     from labeling.services.push import ls_push, ls_task_payload
-    from django.conf import settings
-
-    from benchmarks.common import untrained_production_version
-    from hitl.services.projects import deployment_create, project_create
     from workers.ml.datasets import load_fashion_mnist
 
     data = load_fashion_mnist("test")

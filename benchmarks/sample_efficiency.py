@@ -196,7 +196,8 @@ def report(results: dict, strategies: list[str], args: argparse.Namespace, data:
     never_worse = [s for s in strategies if s != "random" and all(
         means[s][n] >= means["random"][n] - 1e-9 for n in budgets if n > args.seed_labels)]
     if plot_path is not None:
-        plot(means, stds, f"{data.name}: accuracy vs human labels ({len(next(iter(results.values())))} seeds)",
+        seeds = len(next(iter(results.values())))
+        plot(means, stds, f"{data.name}: accuracy vs human labels ({seeds} seed{'s' if seeds != 1 else ''})",
              plot_path)
     mode = "quick" if args.quick else "full"
     seeds = sorted({int(s) for runs in results.values() for s in runs})

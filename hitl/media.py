@@ -7,13 +7,14 @@ import errno
 import io
 import os
 import stat
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from PIL import Image
+
+from workers.ml.files import atomic_write
 
 ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 
@@ -120,19 +121,10 @@ def content_addressed_path(sha256: str, fmt: str) -> str:
 
 
 def write_once(relative: str, data: bytes) -> None:
-    """Write ``data`` to MEDIA_ROOT/relative unless it exists; write-then-rename, never half a file."""
+    """Write ``data`` to MEDIA_ROOT/relative unless it exists (the name is the content's hash)."""
     target = media_path(relative)
-    if target.exists():
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if not target.exists():
+        atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def model_directory(project_slug: str, version_name: str) -> str:

@@ -23,7 +23,9 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from hitl.media import model_directory
-from hitl.models import Deployment, Environment, ModelVersion, Project
+from hitl.models import Deployment, Environment, LabelSource, ModelVersion, Project
+from hitl.services.ingestion import IngestResult, items_register, predictions_ingest
+from hitl.services.labels import label_submit
 from hitl.services.projects import deployment_create, model_version_create, model_version_promote, project_create
 from workers.celery import app as celery_app
 from workers.celery import configure_queues, delete_queues
@@ -88,6 +90,33 @@ def write_images(media_root: Path, fashion: ArrayDataset):
         return paths
 
     return write
+
+
+@pytest.fixture()
+def labeled_items(project, write_images, fashion: ArrayDataset):
+    """Register Fashion-MNIST test images as items, labeled with their ground truth."""
+
+    def label(indices: range | list[int], folder: str = "imgs") -> list[int]:
+        ids = items_register(project=project, image_paths=write_images(indices, folder=folder))
+        for item_id, index in zip(ids, indices):
+            label_submit(item_id=item_id, value=project.labels[fashion.targets[index]], source=LabelSource.IMPORT,
+                         reviewer_name="ground truth")
+        return ids
+
+    return label
+
+
+@pytest.fixture()
+def ingest(deployment_and_token, write_images):
+    """Report Dirichlet-random predictions for Fashion-MNIST test images through ingestion."""
+
+    def report(indices: range | list[int], *, concentration: float = 1.0, seed: int = 0) -> IngestResult:
+        paths = write_images(indices)
+        probs = np.random.default_rng(seed).dirichlet(np.ones(10) * concentration, size=len(paths))
+        return predictions_ingest(deployment=deployment_and_token[0], payload={"predictions": [
+            {"image_path": p, "probabilities": q.tolist()} for p, q in zip(paths, probs)]})
+
+    return report
 
 
 @pytest.fixture()

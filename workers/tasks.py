@@ -8,7 +8,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from hitl.models import CycleStatus, Prediction, ReviewBatch, ReviewBatchStatus, RetrainingCycle
+from hitl.models import CycleStatus, Prediction, RetrainingCycle, ReviewBatch, ReviewBatchStatus
 from hitl.services.cycles import cycle_evaluate, cycle_train
 from hitl.services.modeling import model_predict_items
 from hitl.services.queue import enqueue

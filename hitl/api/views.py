@@ -20,7 +20,7 @@ from hitl.api.parsers import LenientJSONParser
 from hitl.api.permissions import IsDeployment, IsOperator, IsReviewer
 from hitl.errors import InvalidInput
 from hitl.media import media_path
-from hitl.models import Item, LabelSource, ReviewBatch, RetrainingCycle
+from hitl.models import Item, LabelSource, RetrainingCycle, ReviewBatch
 from hitl.services.cycles import cycle_cancel, cycle_request
 from hitl.services.ingestion import predictions_ingest
 from hitl.services.labels import label_submit

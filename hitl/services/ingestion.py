@@ -24,9 +24,9 @@ from hitl.errors import FieldError, InvalidInput
 from hitl.media import (
     ImageInfo,
     ImageRejected,
+    StorageReader,
     content_addressed_path,
     inspect_image,
-    StorageReader,
     write_once,
 )
 from hitl.models import Deployment, Item, ModelVersion, Prediction, Split

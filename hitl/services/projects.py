@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from django.conf import settings
@@ -26,7 +26,8 @@ from hitl.models import (
 )
 from hitl.services.trust import trust_record
 from workers.ml.architectures import ARCHITECTURES
-from workers.ml.checkpoint import ArtifactFile, file_sha256, read_meta
+from workers.ml.checkpoint import ArtifactFile, read_meta
+from workers.ml.files import file_sha256
 from workers.ml.strategies import STRATEGY_INPUTS
 from workers.ml.training import TrainConfig
 

@@ -9,7 +9,14 @@ from django.db.models import Count, Q
 
 from hitl.models import ReviewTaskStatus
 from labeling.client import LabelStudioClient, LabelStudioError
-from labeling.models import AnnotationState, EventState, LabelStudioAnnotation, LabelStudioProject, PushState, WebhookEvent
+from labeling.models import (
+    AnnotationState,
+    EventState,
+    LabelStudioAnnotation,
+    LabelStudioProject,
+    PushState,
+    WebhookEvent,
+)
 from labeling.services.connection import default_client
 
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
+from django.db import connections
 from playwright.sync_api import Page, expect, sync_playwright
 
-from django.db import connections
-
-from hitl.models import Label, LabelSource
+from hitl.models import Label
 from hitl.services.cycles import cycle_evaluate, cycle_request, cycle_train
-from hitl.services.ingestion import items_register, predictions_ingest
-from hitl.services.labels import label_submit
 from hitl.services.selection import review_batch_request, review_batch_select
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -41,12 +37,8 @@ def login(page: Page, live_server, username: str, password: str) -> None:
     page.click("button[type=submit]")
 
 
-def test_reviewer_accepts_and_corrects_in_the_browser(page, live_server, project, reviewer, deployment_and_token,
-                                                      write_images) -> None:
-    paths = write_images(range(5))
-    probs = np.random.default_rng(0).dirichlet(np.ones(10), size=5)
-    predictions_ingest(deployment=deployment_and_token[0], payload={"predictions": [
-        {"image_path": p, "probabilities": q.tolist()} for p, q in zip(paths, probs)]})
+def test_reviewer_accepts_and_corrects_in_the_browser(page, live_server, project, reviewer, ingest) -> None:
+    ingest(range(5))
     batch = review_batch_request(project=project, requested_by="t", size=3, audit_fraction=0)
     review_batch_select(batch_id=batch.id)
     tasks = list(batch.tasks.select_related("prediction").order_by("rank"))
@@ -75,11 +67,8 @@ def test_reviewer_accepts_and_corrects_in_the_browser(page, live_server, project
     assert 0 <= labels[tasks[1].item_id].lead_time_seconds < 60
 
 
-def test_cycles_page_shows_snapshots(page, live_server, project, reviewer, write_images, fashion) -> None:
-    ids = items_register(project=project, image_paths=write_images(range(80)))
-    for item_id, index in zip(ids, range(80)):
-        label_submit(item_id=item_id, value=project.labels[fashion.targets[index]], source=LabelSource.IMPORT,
-                     reviewer_name="truth")
+def test_cycles_page_shows_snapshots(page, live_server, project, reviewer, labeled_items) -> None:
+    labeled_items(range(80))
     cycle = cycle_request(project=project, requested_by="t")
     cycle_train(cycle_id=cycle.id)
     cycle_evaluate(cycle_id=cycle.id)

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from hitl.models import Label, LabelSource, RetrainingCycle
-from hitl.services.ingestion import predictions_ingest
 from hitl.services.labels import label_submit
 from hitl.services.selection import review_batch_select
 
@@ -14,11 +12,8 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture()
-def item_ids(deployment_and_token, write_images) -> list[int]:
-    paths = write_images(range(12))
-    probs = np.random.default_rng(0).dirichlet(np.ones(10), size=12)
-    return predictions_ingest(deployment=deployment_and_token[0], payload={"predictions": [
-        {"image_path": p, "probabilities": q.tolist()} for p, q in zip(paths, probs)]}).item_ids
+def item_ids(ingest) -> list[int]:
+    return ingest(range(12)).item_ids
 
 
 def test_openapi_schema_is_served(client) -> None:

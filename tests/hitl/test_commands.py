@@ -5,7 +5,7 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from hitl.models import Deployment, ModelVersion, Project, ReviewBatch, RetrainingCycle
+from hitl.models import Deployment, ModelVersion, Project, RetrainingCycle, ReviewBatch
 from hitl.services.projects import token_digest
 
 pytestmark = pytest.mark.django_db

@@ -15,7 +15,6 @@ from hitl.models import (
     EvaluationSnapshot,
     Item,
     Label,
-    LabelSource,
     LabelStatus,
     ModelStage,
     ModelVersion,
@@ -23,22 +22,15 @@ from hitl.models import (
     TrustEvent,
 )
 from hitl.services.cycles import cycle_cancel, cycle_evaluate, cycle_request, cycle_train, promotion_decision
-from hitl.services.ingestion import items_register
-from hitl.services.labels import label_submit
 from hitl.services.trust import trust_verify
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture()
-def labeled(project, write_images, fashion) -> list[int]:
+def labeled(labeled_items) -> list[int]:
     """150 real Fashion-MNIST items labeled with their ground truth."""
-    indices = list(range(150))
-    item_ids = items_register(project=project, image_paths=write_images(indices))
-    for item_id, index in zip(item_ids, indices):
-        label_submit(item_id=item_id, value=project.labels[fashion.targets[index]], source=LabelSource.IMPORT,
-                     reviewer_name="ground truth")
-    return item_ids
+    return labeled_items(range(150))
 
 
 def run_cycle(project, **config):

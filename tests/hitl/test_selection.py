@@ -4,12 +4,12 @@ import pytest
 from hitl.errors import InvalidInput
 from hitl.models import (
     LabelSource,
+    Prediction,
     ReviewBatchStatus,
     ReviewReason,
     ReviewTask,
     UncertaintyScore,
 )
-from hitl.services.ingestion import predictions_ingest
 from hitl.services.labels import label_submit
 from hitl.services.scoring import predictions_score
 from hitl.services.selection import review_batch_request, review_batch_select
@@ -19,13 +19,10 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture()
-def ingested(deployment_and_token, write_images):
-    deployment, _ = deployment_and_token
-    paths = write_images(range(60))
-    probs = np.random.default_rng(3).dirichlet(np.ones(10) * 0.3, size=60)
-    result = predictions_ingest(deployment=deployment, payload={"predictions": [
-        {"image_path": p, "probabilities": q.tolist()} for p, q in zip(paths, probs)]})
-    return result, probs
+def ingested(ingest):
+    result = ingest(range(60), concentration=0.3, seed=3)
+    stored = {p.item_id: p.probability_array for p in Prediction.objects.all()}
+    return result, np.stack([stored[item_id] for item_id in result.item_ids]).astype(np.float64)
 
 
 def test_scoring_stores_every_method_once(ingested, version) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from hitl.models import LabelSource, ReviewBatchStatus, ReviewReason, ReviewTask, ReviewTaskStatus
+from hitl.models import ReviewBatchStatus, ReviewReason, ReviewTask, ReviewTaskStatus
 from hitl.services.ingestion import items_register
-from hitl.services.labels import label_submit
 from hitl.services.modeling import model_predict_items
 from hitl.services.selection import review_batch_request, review_batch_select, selection_task
 from tests.conftest import make_version
@@ -16,12 +15,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture()
-def pool(project, write_images, fashion, django_capture_on_commit_callbacks):
+def pool(project, write_images, labeled_items):
     """60 items: 10 labeled, 50 in the pool, with predictions of production v1."""
-    ids = items_register(project=project, image_paths=write_images(range(60)))
-    for item_id, index in zip(ids[:10], range(10)):
-        label_submit(item_id=item_id, value=project.labels[fashion.targets[index]], source=LabelSource.IMPORT,
-                     reviewer_name="truth")
+    ids = labeled_items(range(10)) + items_register(project=project, image_paths=write_images(range(10, 60)))
     version = make_version(project, "v1", promote=True)
     model_predict_items(model_version_id=version.id)
     return ids

@@ -1,19 +1,14 @@
-import numpy as np
 import pytest
 
 from hitl.models import Label, ReviewTask, ReviewTaskStatus
-from hitl.services.ingestion import predictions_ingest
 from hitl.services.selection import review_batch_request, review_batch_select
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture()
-def open_tasks(project, deployment_and_token, write_images) -> list[ReviewTask]:
-    paths = write_images(range(6))
-    probs = np.random.default_rng(0).dirichlet(np.ones(10), size=6)
-    predictions_ingest(deployment=deployment_and_token[0], payload={"predictions": [
-        {"image_path": p, "probabilities": q.tolist()} for p, q in zip(paths, probs)]})
+def open_tasks(project, ingest) -> list[ReviewTask]:
+    ingest(range(6))
     batch = review_batch_request(project=project, requested_by="t", size=4)
     review_batch_select(batch_id=batch.id)
     return list(batch.tasks.select_related("prediction").order_by("rank"))

@@ -1,19 +1,14 @@
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from hitl.services.ingestion import predictions_ingest
 from hitl.services.selection import review_batch_request, review_batch_select
 from labeling.models import LabelStudioProject, LabelStudioTask, PushState
 
 
 @pytest.fixture()
-def review_tasks(project, deployment_and_token, write_images):
-    paths = write_images(range(10))
-    probs = np.random.default_rng(0).dirichlet(np.ones(10), size=10)
-    predictions_ingest(deployment=deployment_and_token[0], payload={"predictions": [
-        {"image_path": p, "probabilities": q.tolist()} for p, q in zip(paths, probs)]})
+def review_tasks(project, ingest):
+    ingest(range(10))
     batch = review_batch_request(project=project, requested_by="t", size=6, audit_fraction=0)
     review_batch_select(batch_id=batch.id)
     return list(batch.tasks.select_related("prediction", "item").order_by("rank"))

@@ -7,7 +7,8 @@ import torch
 
 from tests.ml.conftest import as_tensors
 from workers.ml.architectures import build_model, input_spec_for
-from workers.ml.checkpoint import CheckpointMeta, file_sha256, load_checkpoint, save_checkpoint
+from workers.ml.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from workers.ml.files import file_sha256
 from workers.ml.images import normalize
 from workers.ml.inference import predict_proba
 

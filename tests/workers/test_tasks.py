@@ -10,7 +10,6 @@ from hitl.models import (
     CycleStatus,
     EvaluationSnapshot,
     Item,
-    LabelSource,
     ModelVersion,
     Prediction,
     ReviewTask,
@@ -18,8 +17,7 @@ from hitl.models import (
     UncertaintyScore,
 )
 from hitl.services.cycles import cycle_request
-from hitl.services.ingestion import items_register, predictions_ingest
-from hitl.services.labels import label_submit
+from hitl.services.ingestion import items_register
 from hitl.services.selection import review_batch_request
 from workers import tasks
 
@@ -27,20 +25,13 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture()
-def ingested(deployment_and_token, write_images) -> list[int]:
-    deployment, _ = deployment_and_token
-    paths = write_images(range(40))
-    probs = np.random.default_rng(0).dirichlet(np.ones(10), size=40)
-    return predictions_ingest(deployment=deployment, payload={"predictions": [
-        {"image_path": p, "probabilities": q.tolist()} for p, q in zip(paths, probs)]}).item_ids
+def ingested(ingest) -> list[int]:
+    return ingest(range(40)).item_ids
 
 
 @pytest.fixture()
-def labeled_project(project, write_images, fashion):
-    ids = items_register(project=project, image_paths=write_images(range(100), folder="train"))
-    for item_id, index in zip(ids, range(100)):
-        label_submit(item_id=item_id, value=project.labels[fashion.targets[index]], source=LabelSource.IMPORT,
-                     reviewer_name="truth")
+def labeled_project(project, labeled_items):
+    labeled_items(range(100), folder="train")
     project.min_eval_labels = 1
     project.save()
     return project

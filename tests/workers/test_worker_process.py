@@ -7,20 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from hitl.models import CycleStatus, LabelSource, ModelVersion, Prediction, RetrainingCycle, ReviewBatch
+from hitl.models import CycleStatus, ModelVersion, Prediction, RetrainingCycle, ReviewBatch
 from hitl.services.ingestion import items_register
-from hitl.services.labels import label_submit
 from tests.conftest import probabilities
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture()
-def labeled_project(project, write_images, fashion):
-    ids = items_register(project=project, image_paths=write_images(range(150), folder="train"))
-    for item_id, index in zip(ids, range(150)):
-        label_submit(item_id=item_id, value=project.labels[fashion.targets[index]], source=LabelSource.IMPORT,
-                     reviewer_name="truth")
+def labeled_project(project, labeled_items):
+    labeled_items(range(150), folder="train")
     project.min_eval_labels = 1
     project.save()
     return project

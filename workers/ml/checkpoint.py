@@ -6,10 +6,7 @@ and run the model (architecture, label map, input spec, training config, metrics
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +18,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from workers.ml.architectures import InputSpec, build_model
+from workers.ml.files import atomic_write, file_sha256
 
 WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
@@ -62,26 +60,6 @@ class ArtifactFile:
     size: int
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(target: Path, write: Any) -> None:
-    """Write through ``write(tmp_path)`` then rename, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_onnx(model: nn.Module, spec: InputSpec, path: Path) -> None:
     model = model.eval().cpu()
     example = torch.zeros(1, spec.channels, spec.size, spec.size)
@@ -100,11 +78,11 @@ def save_checkpoint(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_FILE,
+    atomic_write(directory / WEIGHTS_FILE,
                   lambda tmp: save_file(state, tmp, metadata={"hitl": meta.to_json()}))
     names = [WEIGHTS_FILE]
     if onnx:
-        _atomic_write(directory / ONNX_FILE, lambda tmp: export_onnx(model, meta.input_spec, Path(tmp)))
+        atomic_write(directory / ONNX_FILE, lambda tmp: export_onnx(model, meta.input_spec, Path(tmp)))
         names.append(ONNX_FILE)
     return [ArtifactFile(n, file_sha256(directory / n), (directory / n).stat().st_size) for n in names]
 

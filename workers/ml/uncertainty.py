@@ -103,15 +103,16 @@ SAMPLE_SCORERS: dict[str, ArrayScorer] = {
 }
 
 
+def _scorer(table: dict[str, ArrayScorer], kind: str, method: str) -> ArrayScorer:
+    try:
+        return table[method]
+    except KeyError:
+        raise ValueError(f"unknown {kind} method {method!r}: use one of {', '.join(sorted(table))}") from None
+
+
 def score_samples(method: str, samples: np.ndarray) -> np.ndarray:
     """Score MC or committee samples [n, k, T] with the named method; higher is more uncertain."""
-    try:
-        scorer = SAMPLE_SCORERS[method]
-    except KeyError:
-        raise ValueError(
-            f"unknown sample method {method!r}: use one of {', '.join(sorted(SAMPLE_SCORERS))}"
-        ) from None
-    return scorer(validate_samples(samples))
+    return _scorer(SAMPLE_SCORERS, "sample", method)(validate_samples(samples))
 
 
 SCORERS: dict[str, ArrayScorer] = {
@@ -123,10 +124,4 @@ SCORERS: dict[str, ArrayScorer] = {
 
 def score_uncertainty(method: str, probs: np.ndarray) -> np.ndarray:
     """Score ``probs`` [n, k] with the named method; higher is more uncertain."""
-    try:
-        scorer = SCORERS[method]
-    except KeyError:
-        raise ValueError(
-            f"unknown uncertainty method {method!r}: use one of {', '.join(sorted(SCORERS))}"
-        ) from None
-    return scorer(validate_probabilities(probs))
+    return _scorer(SCORERS, "uncertainty", method)(validate_probabilities(probs))
