@@ -23,6 +23,20 @@ def scratch_database(name: str, admin_url: str = "postgres://postgres@127.0.0.1:
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
+ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+
+
+def database_url(name: str, admin_url: str = ADMIN_URL) -> str:
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def database_exists(name: str, admin_url: str = ADMIN_URL) -> bool:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
+
+
 def drop_database(name: str, admin_url: str = "postgres://postgres@127.0.0.1:5432/postgres") -> None:
     import psycopg
 

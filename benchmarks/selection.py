@@ -24,6 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (  # noqa: E402
+    database_exists,
+    database_url,
     drop_database,
     machine,
     manage,
@@ -102,9 +104,11 @@ def main() -> None:
     parser.add_argument("--predictions", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the filled database and reuse it next time")
     args = parser.parse_args()
 
-    url = scratch_database(DB_NAME)
+    reuse = args.keep and database_exists(DB_NAME)
+    url = database_url(DB_NAME) if reuse else scratch_database(DB_NAME)
     work = Path(tempfile.mkdtemp(prefix="hitl-bench-selection-"))
     env = {"DATABASE_URL": url, "HITL_DATA_DIR": str(work), "HITL_QUEUE_PREFIX": f"hitl-bench-sel-{os.getpid()}",
            "DJANGO_SETTINGS_MODULE": "hitl.settings", "HITL_LOG_LEVEL": "WARNING"}
@@ -117,13 +121,19 @@ def main() -> None:
         from hitl.services.projects import project_create
         from workers.celery import delete_queues
 
-        project = project_create(slug="bench", name="bench", labels=[f"c{i}" for i in range(10)])
-        version = untrained_production_version(project, work)
-        print(f"filling {args.predictions:,} predictions ...", flush=True)
-        started = time.perf_counter()
-        fill(project.id, version.id, args.predictions)
-        label_some(project, args.predictions // 100)
-        print(f"  filled in {time.perf_counter() - started:.0f}s", flush=True)
+        from hitl.models import Project, ReviewTask
+
+        if reuse:
+            project = Project.objects.get(slug="bench")
+            ReviewTask.objects.filter(batch__project=project).delete()
+        else:
+            project = project_create(slug="bench", name="bench", labels=[f"c{i}" for i in range(10)])
+            version = untrained_production_version(project, work)
+            print(f"filling {args.predictions:,} predictions ...", flush=True)
+            started = time.perf_counter()
+            fill(project.id, version.id, args.predictions)
+            label_some(project, args.predictions // 100)
+            print(f"  filled in {time.perf_counter() - started:.0f}s", flush=True)
         pure = time_selection(project, args.repeats, 1000, 0.0)
         audited = time_selection(project, args.repeats, 1000, 0.1)
         delete_queues(env["HITL_QUEUE_PREFIX"])
@@ -131,7 +141,8 @@ def main() -> None:
         from django.db import connections
 
         connections.close_all()
-        drop_database(DB_NAME)
+        if not args.keep:
+            drop_database(DB_NAME)
     cpu = coreset_seconds("cpu")
     gpu = coreset_seconds("cuda") if torch.cuda.is_available() else None
     report(args, pure, audited, cpu, gpu)

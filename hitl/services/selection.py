@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, Max, Min, OuterRef, QuerySet
+from django.db.models import Max, Min, Q
 from django.utils import timezone
 
 from hitl.errors import InvalidInput
@@ -88,58 +88,64 @@ def review_batch_request(
     return batch
 
 
-def _unlabeled_and_free(item_field: str) -> tuple[Exists, Exists]:
-    labeled = Label.objects.filter(item_id=OuterRef(item_field), status=LabelStatus.CURRENT)
-    in_review = ReviewTask.objects.filter(item_id=OuterRef(item_field), status=ReviewTaskStatus.OPEN)
-    return Exists(labeled), Exists(in_review)
+def busy_items(project_id: int) -> set[int]:
+    """Items a strategy must not pick: labeled by a human, or already under review."""
+    labeled = Label.objects.filter(item__project_id=project_id, status=LabelStatus.CURRENT).values_list("item_id", flat=True)
+    reviewing = ReviewTask.objects.filter(batch__project_id=project_id, status=ReviewTaskStatus.OPEN).values_list(
+        "item_id", flat=True)
+    return set(labeled) | set(reviewing)
 
 
-def review_pool(model_version_id: int) -> QuerySet[Prediction]:
-    """The version's predictions on items with no current label and no open review task."""
-    labeled, in_review = _unlabeled_and_free("item_id")
-    return Prediction.objects.filter(model_version_id=model_version_id).exclude(labeled).exclude(in_review)
+def sample_pool(version_id: int, n: int, rng: np.random.Generator, skip_items: set[int]) -> list[tuple[int, int]]:
+    """Up to n (prediction id, item id) of the version, drawn uniformly among items not in
+    ``skip_items``, reproducibly for a seed.
 
-
-def sample_pool(pool: QuerySet[Prediction], n: int, rng: np.random.Generator, skip_items: set[int]) -> list[tuple[int, int]]:
-    """Up to n (prediction id, item id) drawn uniformly from the pool, reproducibly for a seed.
-
-    Draws ids uniformly from the pool's id range and keeps those in the pool, so it reads about n
-    rows, not the whole pool; where the ids are too sparse it falls back to reading them all.
+    Draws ids uniformly from the predictions' id range and keeps the version's, so it reads about
+    n rows, not the whole pool; where the ids are too sparse it reads them all.
     """
     if n <= 0:
         return []
-    bounds = pool.aggregate(lo=Min("id"), hi=Max("id"))
+    predictions = Prediction.objects.filter(model_version_id=version_id)
+    bounds = predictions.aggregate(lo=Min("id"), hi=Max("id"))
     if bounds["lo"] is None:
         return []
     chosen: dict[int, int] = {}
     dense = bounds["hi"] - bounds["lo"] + 1 <= 4 * n  # reading the whole range is then as cheap
     for _ in range(0 if dense else 8):
-        wanted = n - len(chosen)
-        draws = rng.integers(bounds["lo"], bounds["hi"] + 1, size=max(64, 3 * wanted))
-        found = dict(pool.filter(id__in=np.unique(draws).tolist()).values_list("id", "item_id"))
+        draws = rng.integers(bounds["lo"], bounds["hi"] + 1, size=max(64, 3 * (n - len(chosen))))
+        found = dict(predictions.filter(id__in=np.unique(draws).tolist()).values_list("id", "item_id"))
         for prediction_id in draws.tolist():
             item_id = found.get(prediction_id)
             if item_id is not None and item_id not in skip_items and prediction_id not in chosen:
                 chosen[prediction_id] = item_id
                 if len(chosen) == n:
                     return list(chosen.items())
-    rest = [(pid, item) for pid, item in pool.order_by("id").values_list("id", "item_id")
-            if item not in skip_items and pid not in chosen]
+    taken = set(chosen.values())
+    rest = [(pid, item) for pid, item in predictions.order_by("id").values_list("id", "item_id")
+            if item not in skip_items and item not in taken]
     order = rng.permutation(len(rest))[: n - len(chosen)]
     return list(chosen.items()) + [rest[i] for i in order]
 
 
-def _stored_score_picks(batch: ReviewBatch, version: ModelVersion, n: int) -> list[Pick]:
-    """The top n by a stored score: one walk down the (version, method, value) index."""
+def _stored_score_picks(batch: ReviewBatch, version: ModelVersion, n: int, busy: set[int]) -> list[Pick]:
+    """The top n by a stored score, walking the (version, method, value) index in growing chunks
+    and skipping busy items: the cost follows the rows walked, never the size of the pool."""
     predictions_score(model_version_id=version.id)
-    labeled, in_review = _unlabeled_and_free("prediction__item_id")
-    ranked = (
-        UncertaintyScore.objects.filter(model_version_id=version.id, method=batch.strategy)
-        .exclude(labeled).exclude(in_review)
-        .order_by("-value", "prediction_id")
-        .values_list("prediction_id", "prediction__item_id", "value")[:n]
-    )
-    return [Pick(pid, item_id, ReviewReason.STRATEGY, value) for pid, item_id, value in ranked]
+    ranked = UncertaintyScore.objects.filter(model_version_id=version.id, method=batch.strategy).order_by(
+        "-value", "prediction_id")
+    picks: list[Pick] = []
+    after: tuple[float, int] | None = None
+    chunk = 2 * n
+    while len(picks) < n:
+        page = ranked if after is None else ranked.filter(
+            Q(value__lt=after[0]) | Q(value=after[0], prediction_id__gt=after[1]))
+        rows = list(page.values_list("prediction_id", "prediction__item_id", "value")[:chunk])
+        picks += [Pick(pid, item_id, ReviewReason.STRATEGY, value) for pid, item_id, value in rows
+                  if item_id not in busy][: n - len(picks)]
+        if len(rows) < chunk:
+            break
+        after, chunk = (rows[-1][2], rows[-1][0]), chunk * 2
+    return picks
 
 
 def _committee(project: Project, version: ModelVersion) -> list[ModelVersion]:
@@ -162,9 +168,9 @@ def _covered_embeddings(project: Project, model, spec) -> np.ndarray:
 
 
 def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
-                 rng: np.random.Generator) -> list[Pick]:
+                 rng: np.random.Generator, busy: set[int]) -> list[Pick]:
     """Run the production model (and committee) on a random sample of the pool, then select."""
-    rows = sample_pool(review_pool(version.id), project.selection_pool_limit, rng, set())
+    rows = sample_pool(version.id, project.selection_pool_limit, rng, busy)
     if not rows:
         return []
     prediction_ids, item_ids = [r[0] for r in rows], [r[1] for r in rows]
@@ -195,9 +201,9 @@ def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n:
 
 
 def _class_balanced_stored_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
-                                 rng: np.random.Generator) -> list[Pick]:
+                                 rng: np.random.Generator, busy: set[int]) -> list[Pick]:
     """Stored probabilities, scored and balanced over predicted classes in memory."""
-    rows = sample_pool(review_pool(version.id), project.selection_pool_limit, rng, set())
+    rows = sample_pool(version.id, project.selection_pool_limit, rng, busy)
     if not rows:
         return []
     blobs = dict(Prediction.objects.filter(id__in=[r[0] for r in rows]).values_list("id", "probabilities"))
@@ -209,16 +215,16 @@ def _class_balanced_stored_picks(batch: ReviewBatch, project: Project, version: 
 
 
 def _strategy_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
-                    rng: np.random.Generator) -> list[Pick]:
+                    rng: np.random.Generator, busy: set[int]) -> list[Pick]:
     if n == 0:
         return []
     if batch.strategy == "random":
-        return [Pick(pid, item, ReviewReason.STRATEGY, None) for pid, item in sample_pool(review_pool(version.id), n, rng, set())]
+        return [Pick(pid, item, ReviewReason.STRATEGY, None) for pid, item in sample_pool(version.id, n, rng, busy)]
     if batch.strategy in SCORERS and not project.class_balance:
-        return _stored_score_picks(batch, version, n)
+        return _stored_score_picks(batch, version, n, busy)
     if batch.strategy in SCORERS:
-        return _class_balanced_stored_picks(batch, project, version, n, rng)
-    return _model_picks(batch, project, version, n, rng)
+        return _class_balanced_stored_picks(batch, project, version, n, rng, busy)
+    return _model_picks(batch, project, version, n, rng, busy)
 
 
 def _fail(batch: ReviewBatch, message: str) -> ReviewBatch:
@@ -241,12 +247,12 @@ def review_batch_select(*, batch_id: int) -> ReviewBatch:
     batch.model_version = version
     rng = np.random.default_rng(batch.seed)
     n_audit = int(round(batch.size * batch.audit_fraction))
+    busy = busy_items(project.id)
     try:
-        picks = _strategy_picks(batch, project, version, batch.size - n_audit, rng)
+        picks = _strategy_picks(batch, project, version, batch.size - n_audit, rng, busy)
     except (InvalidInput, ValueError) as exc:
         return _fail(batch, str(exc))
-    taken = {pick.item_id for pick in picks}
-    audit = sample_pool(review_pool(version.id), batch.size - len(picks), rng, taken)
+    audit = sample_pool(version.id, batch.size - len(picks), rng, busy | {pick.item_id for pick in picks})
     picks += [Pick(pid, item, ReviewReason.AUDIT, None) for pid, item in audit]
     if not picks:
         return _fail(batch, f"no unlabeled items with predictions from {version.name} are left to review")
