@@ -118,10 +118,9 @@ def main() -> None:
         import django
 
         django.setup()
+        from hitl.models import Project, ReviewTask
         from hitl.services.projects import project_create
         from workers.celery import delete_queues
-
-        from hitl.models import Project, ReviewTask
 
         if reuse:
             project = Project.objects.get(slug="bench")

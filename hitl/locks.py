@@ -18,8 +18,9 @@ def _key(name: str) -> int:
 
 
 @contextmanager
-def exclusive(name: str) -> Iterator[bool]:
-    """Yield True if this process now holds ``name`` exclusively, False if another does.
+def exclusive(name: str, *, wait: bool = False) -> Iterator[bool]:
+    """Yield True if this process now holds ``name`` exclusively, False if another does
+    (with ``wait``, block until it is free instead).
 
     Without PostgreSQL (the embedded SQLite default runs one worker) it always yields True.
     """
@@ -28,8 +29,12 @@ def exclusive(name: str) -> Iterator[bool]:
         return
     key = _key(name)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
-        acquired = bool(cursor.fetchone()[0])
+        if wait:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [key])
+            acquired = True
+        else:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+            acquired = bool(cursor.fetchone()[0])
     try:
         yield acquired
     finally:

@@ -2,7 +2,7 @@
 
 Two paths, one result shape:
 * the stored-score path: least confidence, margin and entropy are scored when predictions
-  arrive, so picking the top of a million predictions is one indexed query;
+  arrive, so picking the top of a million predictions is a short walk down one index;
 * the model path: BALD, committee, core-set, BADGE and the hybrid need the model's own outputs
   (MC-dropout passes, embeddings, other versions), computed on a bounded random sample of the
   pool by a task on the GPU queue, then handed to ``workers.ml.strategies``.
@@ -21,6 +21,7 @@ from django.db.models import Max, Min, Q
 from django.utils import timezone
 
 from hitl.errors import InvalidInput
+from hitl.locks import exclusive
 from hitl.models import (
     Label,
     LabelStatus,
@@ -227,35 +228,41 @@ def _strategy_picks(batch: ReviewBatch, project: Project, version: ModelVersion,
     return _model_picks(batch, project, version, n, rng, busy)
 
 
-def _fail(batch: ReviewBatch, message: str) -> ReviewBatch:
-    batch.status = ReviewBatchStatus.FAILED
-    batch.error = message
-    batch.save(update_fields=["status", "error"])
-    return batch
+def review_batch_select(*, batch_id: int) -> ReviewBatch:
+    """Fill a pending batch with review tasks. Safe to run twice or in parallel: a project's
+    selections take turns (an advisory lock, so no transaction stays open while a model runs),
+    and a batch is filled once."""
+    project_id = ReviewBatch.objects.values_list("project_id", flat=True).get(pk=batch_id)
+    with exclusive(f"review-selection:{project_id}", wait=True):
+        batch = ReviewBatch.objects.select_related("project").get(pk=batch_id)
+        if batch.status != ReviewBatchStatus.PENDING:
+            return batch
+        version = production_version(project_id)
+        if version is None:
+            return _store(batch_id, None, [], "the project has no production model whose predictions could be ranked")
+        rng = np.random.default_rng(batch.seed)
+        busy = busy_items(project_id)
+        try:
+            picks = _strategy_picks(batch, batch.project, version, batch.size - round(batch.size * batch.audit_fraction),
+                                    rng, busy)
+        except (InvalidInput, ValueError) as exc:
+            return _store(batch_id, version, [], str(exc))
+        audit = sample_pool(version.id, batch.size - len(picks), rng, busy | {pick.item_id for pick in picks})
+        picks += [Pick(pid, item, ReviewReason.AUDIT, None) for pid, item in audit]
+        return _store(batch_id, version, picks,
+                      "" if picks else f"no unlabeled items with predictions from {version.name} are left to review")
 
 
 @transaction.atomic
-def review_batch_select(*, batch_id: int) -> ReviewBatch:
-    """Fill a pending batch with review tasks. Running it again changes nothing."""
+def _store(batch_id: int, version: ModelVersion | None, picks: list[Pick], error: str) -> ReviewBatch:
     batch = ReviewBatch.objects.select_for_update().get(pk=batch_id)
     if batch.status != ReviewBatchStatus.PENDING:
         return batch
-    project = Project.objects.select_for_update().get(pk=batch.project_id)  # one selection per project at a time
-    version = production_version(batch.project_id)
-    if version is None:
-        return _fail(batch, "the project has no production model whose predictions could be ranked")
     batch.model_version = version
-    rng = np.random.default_rng(batch.seed)
-    n_audit = int(round(batch.size * batch.audit_fraction))
-    busy = busy_items(project.id)
-    try:
-        picks = _strategy_picks(batch, project, version, batch.size - n_audit, rng, busy)
-    except (InvalidInput, ValueError) as exc:
-        return _fail(batch, str(exc))
-    audit = sample_pool(version.id, batch.size - len(picks), rng, busy | {pick.item_id for pick in picks})
-    picks += [Pick(pid, item, ReviewReason.AUDIT, None) for pid, item in audit]
-    if not picks:
-        return _fail(batch, f"no unlabeled items with predictions from {version.name} are left to review")
+    if error:
+        batch.status, batch.error = ReviewBatchStatus.FAILED, error
+        batch.save(update_fields=["status", "error", "model_version"])
+        return batch
     ReviewTask.objects.bulk_create([
         ReviewTask(batch=batch, item_id=pick.item_id, prediction_id=pick.prediction_id, reason=pick.reason,
                    strategy=batch.strategy, score=pick.score, rank=rank)

@@ -93,3 +93,28 @@ def test_requeue_stalled_work_is_idempotent(ingested, project, django_capture_on
     assert first == second == {"cycles": 1, "batches": 1, "scoring": 1}
     assert len(sent) == 6
     assert Item.objects.count() == 40
+
+
+@pytest.mark.django_db(transaction=True)
+def test_select_review_batch_in_parallel_fills_each_batch_once(ingest, project) -> None:
+    """Two workers on the same batch, and a second batch of the same project at the same time:
+    the selections take turns, each batch is filled once and no item is picked twice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    ingest(range(40))
+    first = review_batch_request(project=project, requested_by="t", size=15)
+    second = review_batch_request(project=project, requested_by="t", size=15)
+
+    def select(batch_id: int) -> None:
+        try:
+            tasks.select_review_batch(batch_id)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(select, [first.id, first.id, second.id, second.id]))
+    assert ReviewTask.objects.filter(batch=first).count() == ReviewTask.objects.filter(batch=second).count() == 15
+    items = list(ReviewTask.objects.values_list("item_id", flat=True))
+    assert len(items) == len(set(items)) == 30
