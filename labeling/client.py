@@ -25,6 +25,10 @@ class LabelStudioError(Exception):
     """Anything that went wrong talking to Label Studio."""
 
 
+class LabelStudioNotConfigured(LabelStudioError):
+    """LABEL_STUDIO_URL or LABEL_STUDIO_API_KEY is not set."""
+
+
 class LabelStudioUnavailable(LabelStudioError):
     """Unreachable, timing out or failing on its side: worth retrying later."""
 
@@ -53,7 +57,7 @@ class LabelStudioClient:
         self.url = (url or settings.LABEL_STUDIO_URL).rstrip("/")
         api_key = api_key or settings.LABEL_STUDIO_API_KEY
         if not self.url or not api_key:
-            raise LabelStudioError("Label Studio is not configured: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+            raise LabelStudioNotConfigured("set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
         self.retries = settings.LABEL_STUDIO_RETRIES if retries is None else retries
         self.backoff = backoff
         self._sdk = LabelStudio(base_url=self.url, api_key=api_key, max_retries=0,

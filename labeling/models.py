@@ -56,6 +56,8 @@ class LabelStudioAnnotation(models.Model):
 
     ls_annotation_id = models.PositiveIntegerField(unique=True)
     ls_task_id = models.PositiveIntegerField()
+    ls_project = models.ForeignKey(LabelStudioProject, null=True, blank=True, on_delete=models.CASCADE,
+                                   related_name="annotations")
     task = models.ForeignKey(LabelStudioTask, null=True, blank=True, on_delete=models.SET_NULL, related_name="annotations")
     label = models.ForeignKey(Label, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     state = models.CharField(max_length=20, choices=AnnotationState.choices)

@@ -92,7 +92,7 @@ def annotation_apply(*, link: LabelStudioProject, annotation: dict, task_data: d
     if record is not None and (record.state == AnnotationState.DELETED or (
             record.state in FINAL_STATES and record.ls_updated_at and updated_at and updated_at <= record.ls_updated_at)):
         return record  # deleted for good, or a replay / an older version arriving late
-    record = record or LabelStudioAnnotation(ls_annotation_id=annotation_id, ls_task_id=ls_task_id)
+    record = record or LabelStudioAnnotation(ls_annotation_id=annotation_id, ls_task_id=ls_task_id, ls_project=link)
     prediction = annotation.get("prediction")
     record.result = annotation.get("result") or []
     record.lead_time_seconds = annotation.get("lead_time")
@@ -134,11 +134,11 @@ def _reject(record: LabelStudioAnnotation, reason: str) -> LabelStudioAnnotation
 
 
 @transaction.atomic
-def annotation_delete(*, annotation_id: int, seen_via: str) -> LabelStudioAnnotation:
+def annotation_delete(*, link: LabelStudioProject, annotation_id: int, seen_via: str) -> LabelStudioAnnotation:
     """The annotation was deleted in Label Studio: its label is retracted. Final."""
     record = LabelStudioAnnotation.objects.select_for_update().filter(ls_annotation_id=annotation_id).first()
     if record is None:  # deleted before hitl saw it: remember, so a late 'created' event is ignored
-        record = LabelStudioAnnotation(ls_annotation_id=annotation_id, ls_task_id=0)
+        record = LabelStudioAnnotation(ls_annotation_id=annotation_id, ls_task_id=0, ls_project=link)
     elif record.state == AnnotationState.DELETED:
         return record
     if record.label_id:
@@ -190,7 +190,7 @@ def webhook_event_process(*, event_id: int, client: LabelStudioClient | None = N
                                  client=client)
         elif event.action in DELETE_ACTIONS:
             for annotation in _event_annotations(payload):
-                annotation_delete(annotation_id=int(annotation["id"]), seen_via="webhook")
+                annotation_delete(link=link, annotation_id=int(annotation["id"]), seen_via="webhook")
     except (MalformedEvent, KeyError, TypeError, ValueError) as exc:
         log.warning("webhook event %s rejected: %s", event.id, exc)
         WebhookEvent.objects.filter(pk=event.pk).update(state=EventState.FAILED, error=str(exc)[:2000],
@@ -241,11 +241,11 @@ def _reconcile(link: LabelStudioProject, client: LabelStudioClient) -> Reconcile
             annotation_apply(link=link, annotation=annotation, task_data=data, seen_via="reconcile", client=client)
             seen_annotations.add(int(annotation["id"]))
     confirm_reserved(link, {review_task: ls_task for ls_task, review_task in seen_tasks.items()})
-    gone = LabelStudioAnnotation.objects.filter(task__ls_project=link).exclude(state=AnnotationState.DELETED).exclude(
+    gone = LabelStudioAnnotation.objects.filter(ls_project=link).exclude(state=AnnotationState.DELETED).exclude(
         ls_annotation_id__in=seen_annotations).values_list("ls_annotation_id", flat=True)
     deleted = 0
     for annotation_id in list(gone):
-        annotation_delete(annotation_id=annotation_id, seen_via="reconcile")
+        annotation_delete(link=link, annotation_id=annotation_id, seen_via="reconcile")
         deleted += 1
     missing = LabelStudioTask.objects.filter(ls_project=link, state=PushState.PUSHED).exclude(
         ls_task_id__in=list(seen_tasks)).update(state=PushState.MISSING)

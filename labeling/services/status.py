@@ -8,7 +8,7 @@ from datetime import datetime
 from django.db.models import Count, Q
 
 from hitl.models import ReviewTaskStatus
-from labeling.client import LabelStudioClient, LabelStudioError
+from labeling.client import LabelStudioClient, LabelStudioError, LabelStudioNotConfigured
 from labeling.models import (
     AnnotationState,
     EventState,
@@ -47,6 +47,8 @@ def _reachability(client: LabelStudioClient | None) -> tuple[bool, str]:
         client = client or default_client()
         who = client.whoami()
         return True, f"reachable at {client.url} as {who.get('email')}"
+    except LabelStudioNotConfigured as exc:
+        return False, f"not configured: {exc}"
     except LabelStudioError as exc:
         return False, f"DOWN: {exc}"
 
@@ -60,7 +62,7 @@ def ls_status(*, project_id: int, client: LabelStudioClient | None = None) -> La
         missing=Count("id", filter=Q(state=PushState.MISSING)),
         pending=Count("id", filter=Q(state=PushState.PUSHED, review_task__status=ReviewTaskStatus.OPEN)),
     )
-    annotations = LabelStudioAnnotation.objects.filter(Q(task__ls_project=link) | Q(task__isnull=True))
+    annotations = LabelStudioAnnotation.objects.filter(ls_project=link)
     counts = annotations.aggregate(
         labeled=Count("task", filter=Q(state=AnnotationState.APPLIED), distinct=True),
         skipped=Count("task", filter=Q(state=AnnotationState.CANCELLED), distinct=True),

@@ -10,7 +10,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from labeling.client import LabelStudioAuthRefused, LabelStudioBadRequest, LabelStudioClient, LabelStudioUnavailable
+from labeling.client import (
+    LabelStudioAuthRefused,
+    LabelStudioBadRequest,
+    LabelStudioClient,
+    LabelStudioNotConfigured,
+    LabelStudioUnavailable,
+)
 
 
 class Scripted(BaseHTTPRequestHandler):
@@ -77,5 +83,5 @@ def test_unreachable_server() -> None:
 
 def test_a_missing_configuration_is_named(settings) -> None:
     settings.LABEL_STUDIO_URL = ""
-    with pytest.raises(Exception, match="LABEL_STUDIO_URL"):
+    with pytest.raises(LabelStudioNotConfigured, match="LABEL_STUDIO_URL"):
         LabelStudioClient()

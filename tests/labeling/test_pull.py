@@ -56,8 +56,8 @@ def test_replays_and_late_older_versions_change_nothing(pushed) -> None:
 def test_deletion_retracts_and_is_final(pushed, reviewer) -> None:
     link, rows = pushed
     apply(link, annotation(1, 101, "bag"))
-    annotation_delete(annotation_id=1, seen_via="webhook")
-    annotation_delete(annotation_id=1, seen_via="reconcile")
+    annotation_delete(link=link, annotation_id=1, seen_via="webhook")
+    annotation_delete(link=link, annotation_id=1, seen_via="reconcile")
     apply(link, annotation(1, 101, "bag", "2026-11-26T11:00:00Z"))  # a 'created' arriving after the delete
     assert current(rows[0].review_task.item_id) is None
     assert LabelStudioAnnotation.objects.get(ls_annotation_id=1).state == AnnotationState.DELETED
@@ -65,7 +65,7 @@ def test_deletion_retracts_and_is_final(pushed, reviewer) -> None:
 
 def test_delete_before_create_is_remembered(pushed) -> None:
     link, rows = pushed
-    annotation_delete(annotation_id=9, seen_via="webhook")
+    annotation_delete(link=link, annotation_id=9, seen_via="webhook")
     apply(link, annotation(9, 101, "bag"))
     assert current(rows[0].review_task.item_id) is None
 
@@ -145,3 +145,18 @@ def test_an_annotator_id_names_the_reviewer_when_no_email_is_known(pushed) -> No
     link, rows = pushed
     apply(link, {**annotation(1, 101, "bag"), "completed_by": 42})
     assert current(rows[0].review_task.item_id).reviewer_name == "Label Studio user 42"
+
+
+@override_settings(LABEL_STUDIO_URL="")
+def test_status_counts_this_projects_work_and_says_what_is_wrong(pushed) -> None:
+    from labeling.services.status import ls_status
+
+    link, rows = pushed
+    apply(link, annotation(1, 101, "bag"))
+    apply(link, annotation(2, 102, "zebra"))
+    apply(link, {**annotation(3, 103, "bag"), "result": [], "was_cancelled": True})
+    status = ls_status(project_id=link.project_id)
+    assert (status.pushed, status.labeled, status.skipped, status.rejected) == (6, 1, 1, 1)
+    assert status.pending == 4
+    assert "unknown choice 'zebra'" in status.recent_rejections[0]
+    assert not status.reachable and status.reachability.startswith("not configured")
