@@ -28,3 +28,7 @@ class InvalidInput(Exception):
 
 class Conflict(Exception):
     """The request does not fit the current state (e.g. cancelling a finished cycle). A 409."""
+
+
+class Busy(Exception):
+    """Another worker holds the work this task needs; try again later (Celery retries it)."""

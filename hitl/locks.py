@@ -7,6 +7,7 @@ ends, so a worker that dies mid-task never leaves a stale lock behind.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -18,9 +19,9 @@ def _key(name: str) -> int:
 
 
 @contextmanager
-def exclusive(name: str, *, wait: bool = False) -> Iterator[bool]:
-    """Yield True if this process now holds ``name`` exclusively, False if another does
-    (with ``wait``, block until it is free instead).
+def exclusive(name: str, *, wait_seconds: float = 0) -> Iterator[bool]:
+    """Yield True if this process now holds ``name`` exclusively, False if another still does
+    after ``wait_seconds``.
 
     Without PostgreSQL (the embedded SQLite default runs one worker) it always yields True.
     """
@@ -28,13 +29,14 @@ def exclusive(name: str, *, wait: bool = False) -> Iterator[bool]:
         yield True
         return
     key = _key(name)
+    deadline = time.monotonic() + wait_seconds
     with connection.cursor() as cursor:
-        if wait:
-            cursor.execute("SELECT pg_advisory_lock(%s)", [key])
-            acquired = True
-        else:
+        while True:
             cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
             acquired = bool(cursor.fetchone()[0])
+            if acquired or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
     try:
         yield acquired
     finally:

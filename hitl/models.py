@@ -349,6 +349,7 @@ class RetrainingCycle(models.Model):
     requested_by = models.CharField(max_length=200)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life of its worker.")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

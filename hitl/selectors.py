@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
 from django.shortcuts import get_object_or_404
 
@@ -14,9 +17,9 @@ from hitl.models import (
     Prediction,
     Project,
     RetrainingCycle,
+    ReviewReason,
     ReviewTask,
     ReviewTaskStatus,
-    UncertaintyScore,
 )
 
 
@@ -61,10 +64,6 @@ def item_labels(item: Item) -> QuerySet[Label]:
     return item.labels.order_by("created_at", "id")
 
 
-def current_label(item_id: int) -> Label | None:
-    return Label.objects.filter(item_id=item_id, status=LabelStatus.CURRENT).first()
-
-
 def cycles_list(project: Project) -> QuerySet[RetrainingCycle]:
     return (
         RetrainingCycle.objects.filter(project=project)
@@ -84,7 +83,7 @@ def model_versions_list(project: Project) -> QuerySet[ModelVersion]:
 
 def project_summary(project: Project) -> dict[str, int]:
     items = Item.objects.filter(project=project).aggregate(
-        total=Count("id"), labeled=Count("id", filter=Q(labels__status=LabelStatus.CURRENT))
+        total=Count("id", distinct=True), labeled=Count("id", filter=Q(labels__status=LabelStatus.CURRENT), distinct=True)
     )
     return {
         "items": items["total"],
@@ -94,10 +93,37 @@ def project_summary(project: Project) -> dict[str, int]:
     }
 
 
-def scores_for(prediction_ids: list[int]) -> dict[int, dict[str, float]]:
-    scores: dict[int, dict[str, float]] = {}
-    for pid, method, value in UncertaintyScore.objects.filter(prediction_id__in=prediction_ids).values_list(
-        "prediction_id", "method", "value"
-    ):
-        scores.setdefault(pid, {})[method] = value
-    return scores
+@dataclass(frozen=True)
+class AccuracyEstimate:
+    model_version: str
+    n: int
+    correct: int
+    accuracy: float
+    low: float  # 95% Wilson interval
+    high: float
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def audit_accuracy(project: Project) -> list[AccuracyEstimate]:
+    """Live accuracy per model version, from the human labels of the random audit slices: the
+    fraction of audited items where the human agreed with the model's prediction."""
+    rows = (ReviewTask.objects.filter(batch__project=project, reason=ReviewReason.AUDIT, status=ReviewTaskStatus.DONE,
+                                      item__labels__status=LabelStatus.CURRENT)
+            .values_list("prediction__model_version__name", "item_id", "prediction__predicted_label",
+                         "item__labels__value")
+            .distinct())  # an item audited twice for a version counts once
+    tally: dict[str, list[int]] = {}
+    for version, _item, predicted, value in rows:
+        counts = tally.setdefault(version, [0, 0])
+        counts[0] += 1
+        counts[1] += predicted == value
+    return [AccuracyEstimate(version, n, correct, correct / n, *wilson_interval(correct, n))
+            for version, (n, correct) in sorted(tally.items())]

@@ -41,13 +41,11 @@ def env_number(name: str, default: float, cast: type = int) -> float:
 
 
 DEBUG = env_bool("HITL_DEBUG", False)
-SECRET_KEY = env_str("HITL_SECRET_KEY", "")
-if not SECRET_KEY:
-    if not DEBUG and env_bool("HITL_REQUIRE_SECRET_KEY", False):
-        raise ImproperlyConfigured("HITL_SECRET_KEY must be set")
-    SECRET_KEY = "hitl-insecure-development-key-set-HITL_SECRET_KEY-in-production"
 ALLOWED_HOSTS = [h for h in env_str("HITL_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("HITL_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("HITL_SECURE_COOKIES", False)
+if env_bool("HITL_BEHIND_TLS_PROXY", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 DATA_DIR = Path(env_str("HITL_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 MEDIA_ROOT = Path(env_str("HITL_MEDIA_ROOT", str(DATA_DIR / "media"))).resolve()
@@ -55,6 +53,33 @@ MEDIA_URL = "/media/"
 # Deployments may reference images by path under this root (a shared volume or object-store
 # mount). It lives inside MEDIA_ROOT so that every item's image is a file under MEDIA_ROOT.
 STORAGE_ROOT = Path(env_str("HITL_STORAGE_ROOT", str(MEDIA_ROOT / "storage"))).resolve()
+
+
+def _secret_key() -> str:
+    """HITL_SECRET_KEY, or a random key kept in the data dir (made once, readable by its owner
+    only). Several hosts must share one: set HITL_SECRET_KEY on each. Sessions, the Label Studio
+    webhook secret and the image-URL signatures all derive from it."""
+    if env_str("HITL_SECRET_KEY", ""):
+        return env_str("HITL_SECRET_KEY", "")
+    path = DATA_DIR / "secret_key"
+    if not path.exists():  # first start: write a key whole, then link it into place (first one wins)
+        import secrets
+        import tempfile
+
+        DATA_DIR.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=DATA_DIR, prefix=".secret_key.")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
 if not STORAGE_ROOT.is_relative_to(MEDIA_ROOT):
     raise ImproperlyConfigured(
         f"HITL_STORAGE_ROOT ({STORAGE_ROOT}) must be inside HITL_MEDIA_ROOT ({MEDIA_ROOT})"

@@ -65,8 +65,11 @@ class LabelStudioClient:
 
     # -- the retry policy -----------------------------------------------------------------------
 
-    def _call(self, what: str, call: Callable[[], T]) -> T:
-        for attempt in range(self.retries + 1):
+    def _call(self, what: str, call: Callable[[], T], *, idempotent: bool = True) -> T:
+        """Run ``call``; transient failures are retried only for idempotent calls, since a POST
+        that timed out may still have taken effect."""
+        retries = self.retries if idempotent else 0
+        for attempt in range(retries + 1):
             try:
                 return call()
             except ApiError as exc:
@@ -79,7 +82,7 @@ class LabelStudioClient:
                 error: Exception = exc
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 error = exc
-            if attempt < self.retries:
+            if attempt < retries:
                 delay = self.backoff * 2**attempt * (1 + random.random() / 2)
                 log.warning("%s: Label Studio unavailable (%s), retry %d in %.1fs", what, error, attempt + 1, delay)
                 time.sleep(delay)
@@ -103,7 +106,8 @@ class LabelStudioClient:
 
     def create_project(self, *, title: str, label_config: str, description: str) -> int:
         created = self._call("create project", lambda: self._sdk.projects.create(
-            title=title, label_config=label_config, description=description, show_skip_button=True))
+            title=title, label_config=label_config, description=description, show_skip_button=True),
+            idempotent=False)
         return int(created.id)
 
     def update_project(self, project_id: int, *, title: str, label_config: str, description: str) -> None:
@@ -116,7 +120,7 @@ class LabelStudioClient:
     def create_webhook(self, project_id: int, *, url: str, headers: dict[str, str]) -> int:
         hook = self._call("create webhook", lambda: self._sdk.webhooks.create(
             url=url, project=project_id, send_payload=True, send_for_all_actions=False,
-            actions=WEBHOOK_ACTIONS, headers=headers, is_active=True))
+            actions=WEBHOOK_ACTIONS, headers=headers, is_active=True), idempotent=False)
         return int(hook.id)
 
     def update_webhook(self, webhook_id: int, *, url: str, headers: dict[str, str]) -> None:
@@ -127,7 +131,7 @@ class LabelStudioClient:
     def import_tasks(self, project_id: int, tasks: Sequence[dict]) -> list[int]:
         """Create tasks (with predictions); ids come back in the order of ``tasks``."""
         response = self._call(f"import {len(tasks)} tasks", lambda: self._sdk.projects.import_tasks(
-            id=project_id, request=list(tasks), return_task_ids=True))
+            id=project_id, request=list(tasks), return_task_ids=True), idempotent=False)
         ids = [int(i) for i in (response.task_ids or [])]
         if len(ids) != len(tasks):
             raise LabelStudioError(f"imported {len(tasks)} tasks but Label Studio returned {len(ids)} ids")
@@ -142,7 +146,7 @@ class LabelStudioClient:
                     project=project_id, fields="all", page=page, page_size=PAGE_SIZE))
                 items = [_as_dict(t) for t in (pager.items or [])]
             except LabelStudioBadRequest as exc:
-                if exc.status == 404:  # past the last page
+                if exc.status == 404 and page > 1:  # Label Studio's answer past the last full page
                     return
                 raise
             yield from items

@@ -15,10 +15,11 @@ from labeling.services.pull import ls_reconcile, webhook_event_process
 from labeling.services.push import ls_push
 from workers.celery import CPU_TASK_OPTIONS, TRANSIENT_ERRORS, app
 
-label_studio_task = app.task(**{
+LABEL_STUDIO_TASK_OPTIONS = {
     **CPU_TASK_OPTIONS, "autoretry_for": (*TRANSIENT_ERRORS, LabelStudioUnavailable), "max_retries": 12,
     "retry_backoff": 10, "retry_backoff_max": 600,
-})
+}
+label_studio_task = app.task(**LABEL_STUDIO_TASK_OPTIONS)
 
 
 @label_studio_task
@@ -26,9 +27,12 @@ def provision(project_id: int) -> None:
     ls_project_provision(project_id=project_id)
 
 
-@label_studio_task
-def push_review_tasks(project_id: int) -> int:
-    return ls_push(project_id=project_id).pushed
+@app.task(bind=True, **LABEL_STUDIO_TASK_OPTIONS)
+def push_review_tasks(self, project_id: int) -> int:
+    result = ls_push(project_id=project_id)
+    if result.busy:  # another push of this project is running: come back once it is done
+        raise self.retry(countdown=30)
+    return result.pushed
 
 
 @label_studio_task
@@ -43,9 +47,11 @@ def reconcile(project_id: int) -> None:
 
 @label_studio_task
 def reconcile_all() -> int:
-    """Beat: reconcile every connected project, and re-send webhook events still pending."""
+    """Beat: push and reconcile every connected project (catching up on anything a lost message
+    or a busy push left behind), and re-send webhook events still pending."""
     projects = list(LabelStudioProject.objects.filter(ls_project_id__isnull=False).values_list("project_id", flat=True))
     for project_id in projects:
+        enqueue("labeling.tasks.push_review_tasks", project_id)
         enqueue("labeling.tasks.reconcile", project_id)
     for event_id in WebhookEvent.objects.filter(state=EventState.PENDING).values_list("id", flat=True)[:1000]:
         enqueue("labeling.tasks.process_webhook_event", event_id)

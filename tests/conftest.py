@@ -219,7 +219,8 @@ def celery_worker(django_db_setup, django_db_blocker, media_root: Path, queue_pr
     hostname = f"{queue_prefix}@test"
     env = {**os.environ, "DATABASE_URL": url, "HITL_MEDIA_ROOT": str(media_root),
            "HITL_STORAGE_ROOT": str(media_root / "storage"), "HITL_QUEUE_PREFIX": queue_prefix,
-           "HITL_DATA_DIR": str(log.parent), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL}
+           "HITL_DATA_DIR": str(log.parent), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+           "HITL_SECRET_KEY": settings.SECRET_KEY}
     popen = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork", "--concurrency", "2",
          "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--hostname", hostname,

@@ -15,6 +15,8 @@ from django.db import InterfaceError, OperationalError
 from kombu import Queue
 from kombu.exceptions import OperationalError as BrokerError
 
+from hitl.errors import Busy
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hitl.settings")
 
 app = Celery("hitl")
@@ -75,7 +77,8 @@ if settings.CELERY_BROKER_URL.startswith("filesystem://"):
     use_embedded_broker(settings.DATA_DIR / "broker")
 
 app.conf.beat_schedule = {
-    "requeue-stalled-work": {"task": "workers.tasks.requeue_stalled_work", "schedule": 300.0},
+    "requeue-stalled-work": {"task": "workers.tasks.requeue_stalled_work",
+                             "schedule": float(settings.HITL_STALLED_AFTER_SECONDS)},
     "label-studio-reconcile": {"task": "labeling.tasks.reconcile_all",
                                "schedule": float(settings.LABEL_STUDIO_RECONCILE_SECONDS)},
 }
@@ -85,7 +88,7 @@ app.conf.beat_schedule = {
 # killed worker loses nothing: the broker redelivers and the services' status checks make the
 # repeat harmless. Transient failures (database or broker briefly unreachable) are retried with
 # backoff; anything else is a bug or bad data, which the services record on the row.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, BrokerError, ConnectionError)
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, BrokerError, ConnectionError, Busy)
 RETRY_POLICY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 5, "retry_backoff_max": 300,
                 "retry_jitter": True, "max_retries": 8}
 CPU_TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "soft_time_limit": 600,

@@ -6,6 +6,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import Q
 from django.utils import timezone
 
 from hitl.models import CycleStatus, Prediction, RetrainingCycle, ReviewBatch, ReviewBatchStatus
@@ -58,13 +59,16 @@ def requeue_stalled_work() -> dict[str, int]:
     """
     cutoff = timezone.now() - timedelta(seconds=settings.HITL_STALLED_AFTER_SECONDS)
     counts = {"cycles": 0, "batches": 0, "scoring": 0}
-    # A training or evaluating cycle may still be running: the advisory lock makes the
-    # re-sent task return at once then, and restart the work if its worker died.
+    # A pending cycle's message may be lost; a training or evaluating one whose worker stopped
+    # beating may have died. If it is in fact alive, its advisory lock makes the re-sent task
+    # return at once.
     stage_task = {CycleStatus.PENDING: "workers.tasks.retrain", CycleStatus.TRAINING: "workers.tasks.retrain",
                   CycleStatus.EVALUATING: "workers.tasks.evaluate"}
-    for cycle_id, status in RetrainingCycle.objects.filter(
-        status__in=stage_task, created_at__lt=cutoff
-    ).values_list("id", "status"):
+    stalled = RetrainingCycle.objects.filter(
+        Q(status=CycleStatus.PENDING, created_at__lt=cutoff)
+        | Q(status__in=[CycleStatus.TRAINING, CycleStatus.EVALUATING], heartbeat_at__lt=cutoff)
+    )
+    for cycle_id, status in stalled.values_list("id", "status"):
         enqueue(stage_task[status], cycle_id)
         counts["cycles"] += 1
     pending = ReviewBatch.objects.filter(status=ReviewBatchStatus.PENDING, created_at__lt=cutoff)

@@ -16,6 +16,7 @@ urlpatterns = [
     path("projects/<slug:slug>/review-batches/", views.ReviewBatchCreateView.as_view(), name="review-batches"),
     path("projects/<slug:slug>/cycles/", views.CycleListCreateView.as_view(), name="cycles"),
     path("projects/<slug:slug>/trust/", views.TrustHistoryView.as_view(), name="trust"),
+    path("projects/<slug:slug>/audit/", views.AuditAccuracyView.as_view(), name="audit"),
     path("review-batches/<int:pk>/", views.ReviewBatchDetailView.as_view(), name="review-batch"),
     path("items/<int:pk>/labels/", views.ItemLabelsView.as_view(), name="item-labels"),
     path("items/<int:pk>/image", views.ItemImageView.as_view(), name="item-image"),

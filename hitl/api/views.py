@@ -236,6 +236,16 @@ class CycleCancelView(APIView):
         return Response(s.CycleSerializer(cycle).data)
 
 
+class AuditAccuracyView(APIView):
+    """Live accuracy per model version, estimated from the labels of the random audit slices."""
+
+    permission_classes = [IsReviewer]
+
+    @extend_schema(responses={200: {"type": "array", "items": {"type": "object"}}})
+    def get(self, request: Request, slug: str) -> Response:
+        return Response([vars(e) for e in selectors.audit_accuracy(selectors.project_get(slug))])
+
+
 class TrustHistoryView(APIView):
     permission_classes = [IsReviewer]
 

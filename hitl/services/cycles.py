@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -52,6 +52,9 @@ from workers.ml.training import EpochStats, TrainConfig, fit
 log = logging.getLogger(__name__)
 
 ACTIVE = (CycleStatus.PENDING, CycleStatus.TRAINING, CycleStatus.EVALUATING)
+MAX_TRAINING_ATTEMPTS = 3
+# Worth a retry by Celery; any other error is recorded on the cycle as its failure.
+TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 TRANSITIONS: dict[str, set[str]] = {
     CycleStatus.PENDING: {CycleStatus.TRAINING, CycleStatus.FAILED, CycleStatus.CANCELLED},
     # training -> training: a redelivered task restarts the attempt of a worker that died
@@ -66,8 +69,9 @@ def _transition(cycle: RetrainingCycle, status: str, **fields: object) -> None:
     cycle.status = status
     for name, value in fields.items():
         setattr(cycle, name, value)
+    cycle.heartbeat_at = timezone.now()
     if status in (CycleStatus.SUCCEEDED, CycleStatus.FAILED, CycleStatus.CANCELLED):
-        cycle.finished_at = timezone.now()
+        cycle.finished_at = cycle.heartbeat_at
     cycle.save()
 
 
@@ -149,6 +153,10 @@ def _start_training(cycle_id: int) -> TrainingPlan | None:
     cycle = RetrainingCycle.objects.select_for_update().select_related("project").get(pk=cycle_id)
     if cycle.status not in (CycleStatus.PENDING, CycleStatus.TRAINING):
         return None
+    if cycle.attempts >= MAX_TRAINING_ATTEMPTS:
+        _transition(cycle, CycleStatus.FAILED, error=f"gave up after {cycle.attempts} attempts: the worker died "
+                                                     "or hit its time limit each time (see the worker logs)")
+        return None
     project = cycle.project
     base = production_version(project.id)
     data = labeled_set(project, Split.TRAIN)
@@ -169,7 +177,7 @@ def _start_training(cycle_id: int) -> TrainingPlan | None:
 
 def _progress(cycle_id: int, stats: EpochStats) -> bool:
     """Record an epoch; returns False when the cycle was cancelled meanwhile (stops training)."""
-    RetrainingCycle.objects.filter(pk=cycle_id).update(progress={
+    RetrainingCycle.objects.filter(pk=cycle_id).update(heartbeat_at=timezone.now(), progress={
         "stage": "training", "epoch": stats.epoch, "epochs": stats.epochs,
         "train_loss": round(stats.train_loss, 4), "train_accuracy": round(stats.train_accuracy, 4),
     })
@@ -224,6 +232,8 @@ def cycle_train(*, cycle_id: int) -> None:
             return
         try:
             directory, files, history = _train(plan)
+        except TRANSIENT_DB_ERRORS:
+            raise  # the task retries; the next attempt starts over
         except Exception as exc:
             log.exception("cycle %s training failed", cycle_id)
             cycle_fail(cycle_id=cycle_id, error=f"training failed: {exc}\n{traceback.format_exc(limit=5)}")
@@ -238,7 +248,7 @@ def promotion_decision(
     """The first promotion gate: promote only a candidate that is not worse than production."""
     if not has_production:
         return True, "first model of the project: nothing to compare against"
-    if n_eval < min_eval_labels:
+    if n_eval < max(1, min_eval_labels):
         return False, f"only {n_eval} held-out human labels; the gate needs at least {min_eval_labels}"
     assert candidate_accuracy is not None and production_accuracy is not None
     if candidate_accuracy >= production_accuracy + min_delta:
@@ -269,11 +279,12 @@ def cycle_evaluate(*, cycle_id: int) -> None:
             roles.append(("production", cycle.base_version))
         try:
             results = {role: _evaluate_version(v, data) for role, v in roles if len(data)}
+            _decide(cycle_id, dict(roles), data, results)
+        except TRANSIENT_DB_ERRORS:
+            raise
         except Exception as exc:
             log.exception("cycle %s evaluation failed", cycle_id)
             cycle_fail(cycle_id=cycle_id, error=f"evaluation failed: {exc}")
-            return
-        _decide(cycle_id, dict(roles), data, results)
 
 
 @transaction.atomic
@@ -299,6 +310,10 @@ def _decide(cycle_id: int, versions: dict[str, ModelVersion], data: LabeledSet, 
         has_production="production" in versions, n_eval=len(data),
         min_eval_labels=project.min_eval_labels, min_delta=project.promotion_min_delta,
     )
+    current = production_version(project.id)
+    if promote and current is not None and current.pk != getattr(versions.get("production"), "pk", None):
+        promote, reason = False, (f"production changed to {current.name} while this cycle ran; the candidate was "
+                                  "not compared with it (start a new cycle)")
     candidate = versions["candidate"]
     if promote:
         model_version_promote(model_version_id=candidate.id, actor=f"promotion gate (cycle {cycle.number})", reason=reason)

@@ -10,6 +10,9 @@ from django.utils import timezone
 from hitl.errors import InvalidInput
 from hitl.models import Item, Label, LabelSource, LabelStatus, ReviewTask, ReviewTaskStatus
 
+# Longer than this is a reviewer who left the page open, not time spent on the item.
+MAX_LEAD_TIME_SECONDS = 24 * 3600
+
 
 def _reviewer_name(reviewer: AbstractBaseUser | None, reviewer_name: str) -> str:
     if reviewer_name:
@@ -38,8 +41,8 @@ def label_submit(
         raise InvalidInput.single("value", f"unknown label {value!r}; labels are {', '.join(item.project.labels)}")
     if source not in LabelSource.values:
         raise InvalidInput.single("source", f"use one of {', '.join(LabelSource.values)}")
-    if lead_time_seconds is not None and not (0 <= lead_time_seconds < 7 * 24 * 3600):
-        raise InvalidInput.single("lead_time_seconds", "must be between 0 and one week")
+    if lead_time_seconds is not None and not (0 <= lead_time_seconds <= MAX_LEAD_TIME_SECONDS):
+        raise InvalidInput.single("lead_time_seconds", "must be between 0 and one day")
     name = _reviewer_name(reviewer, reviewer_name)
     task = None
     if review_task_id is not None:
@@ -84,9 +87,12 @@ def _close_review_tasks(item_id: int) -> None:
 
 @transaction.atomic
 def label_retract(*, label_id: int) -> Label:
-    """Withdraw a label (e.g. its annotation was deleted); the label it replaced becomes current."""
-    label = Label.objects.select_for_update().get(pk=label_id)
-    Item.objects.select_for_update().get(pk=label.item_id)
+    """Withdraw a label (e.g. its annotation was deleted). The label it replaced becomes current
+    again, unless that was an earlier version of the same external record (the same Label Studio
+    annotation, edited): a withdrawn annotation withdraws all its versions."""
+    item_id = Label.objects.values_list("item_id", flat=True).get(pk=label_id)
+    Item.objects.select_for_update().get(pk=item_id)  # items first, as label_submit locks them
+    label = Label.objects.get(pk=label_id)
     if label.status == LabelStatus.RETRACTED:
         return label
     was_current = label.status == LabelStatus.CURRENT
@@ -94,7 +100,9 @@ def label_retract(*, label_id: int) -> Label:
     label.retracted_at = timezone.now()
     label.save(update_fields=["status", "retracted_at"])
     previous = label.previous
-    while previous is not None and previous.status == LabelStatus.RETRACTED:
+    while previous is not None and (
+        previous.status == LabelStatus.RETRACTED or (label.external_id and previous.external_id == label.external_id)
+    ):
         previous = previous.previous
     if was_current and previous is not None:
         previous.status = LabelStatus.CURRENT

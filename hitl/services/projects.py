@@ -79,7 +79,7 @@ SETTING_CHECKS: dict[str, Callable[[object], str | None]] = {
     "selection_pool_limit": _between(100, 10_000_000, int),
     "train_config": _check_train_config,
     "promotion_min_delta": _between(-1, 1),
-    "min_eval_labels": _between(0, 1_000_000, int),
+    "min_eval_labels": _between(1, 1_000_000, int),
 }
 # Fixed once a project exists: models and splits depend on them.
 FIXED_SETTINGS = frozenset({"labels", "holdout_fraction"})

@@ -6,21 +6,23 @@ Two paths, one result shape:
 * the model path: BALD, committee, core-set, BADGE and the hybrid need the model's own outputs
   (MC-dropout passes, embeddings, other versions), computed on a bounded random sample of the
   pool by a task on the GPU queue, then handed to ``workers.ml.strategies``.
-The audit slice is a uniform random sample of what the strategy left, marked as such.
+The audit slice is drawn first, a uniform random sample of the pool, marked as such: its labels
+give an unbiased estimate of the live model's accuracy.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.db.models import Max, Min, Q
 from django.utils import timezone
 
-from hitl.errors import InvalidInput
+from hitl.errors import Busy, InvalidInput
 from hitl.locks import exclusive
 from hitl.models import (
     Label,
@@ -47,6 +49,8 @@ from workers.ml.uncertainty import SCORERS
 
 MODEL_INPUTS = frozenset({"mc_probs", "committee_probs", "embeddings"})
 MAX_COVERED_EMBEDDINGS = 20_000  # labeled items the diversity strategies measure distance to
+SELECTION_WAIT_SECONDS = 60  # then a Busy error, and Celery tries again later
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -233,7 +237,9 @@ def review_batch_select(*, batch_id: int) -> ReviewBatch:
     selections take turns (an advisory lock, so no transaction stays open while a model runs),
     and a batch is filled once."""
     project_id = ReviewBatch.objects.values_list("project_id", flat=True).get(pk=batch_id)
-    with exclusive(f"review-selection:{project_id}", wait=True):
+    with exclusive(f"review-selection:{project_id}", wait_seconds=SELECTION_WAIT_SECONDS) as mine:
+        if not mine:
+            raise Busy(f"another selection of project {project_id} is still running")
         batch = ReviewBatch.objects.select_related("project").get(pk=batch_id)
         if batch.status != ReviewBatchStatus.PENDING:
             return batch
@@ -242,12 +248,17 @@ def review_batch_select(*, batch_id: int) -> ReviewBatch:
             return _store(batch_id, None, [], "the project has no production model whose predictions could be ranked")
         rng = np.random.default_rng(batch.seed)
         busy = busy_items(project_id)
+        # The audit slice is drawn first, uniformly from the whole pool, so the strategy's picks
+        # cannot bias it: its labels estimate the live model's accuracy (selectors.audit_accuracy).
+        audit = sample_pool(version.id, round(batch.size * batch.audit_fraction), rng, busy)
         try:
-            picks = _strategy_picks(batch, batch.project, version, batch.size - round(batch.size * batch.audit_fraction),
-                                    rng, busy)
-        except (InvalidInput, ValueError) as exc:
-            return _store(batch_id, version, [], str(exc))
-        audit = sample_pool(version.id, batch.size - len(picks), rng, busy | {pick.item_id for pick in picks})
+            picks = _strategy_picks(batch, batch.project, version, batch.size - len(audit), rng,
+                                    busy | {item for _, item in audit})
+        except (OperationalError, InterfaceError):
+            raise  # transient: Celery retries
+        except Exception as exc:  # bad settings or data (a missing image, a model that won't load): say so
+            log.exception("selection of batch %s failed", batch_id)
+            return _store(batch_id, version, [], f"{type(exc).__name__}: {exc}")
         picks += [Pick(pid, item, ReviewReason.AUDIT, None) for pid, item in audit]
         return _store(batch_id, version, picks,
                       "" if picks else f"no unlabeled items with predictions from {version.name} are left to review")

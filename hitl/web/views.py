@@ -15,14 +15,15 @@ from django.views.decorators.http import require_POST
 from hitl import selectors
 from hitl.errors import InvalidInput
 from hitl.models import LabelSource, RetrainingCycle, ReviewTask, ReviewTaskStatus
-from hitl.services.labels import label_submit, review_task_skip
+from hitl.services.labels import MAX_LEAD_TIME_SECONDS, label_submit, review_task_skip
 
 QUEUE_PAGE_SIZE = 24
 
 
 @login_required
 def projects(request: HttpRequest) -> HttpResponse:
-    rows = [{"project": p, "summary": selectors.project_summary(p)} for p in selectors.projects_list()]
+    rows = [{"project": p, "summary": selectors.project_summary(p), "audit": selectors.audit_accuracy(p)}
+            for p in selectors.projects_list()]
     return render(request, "hitl/projects.html", {"rows": rows})
 
 
@@ -40,7 +41,7 @@ def _lead_time(request: HttpRequest) -> float | None:
         elapsed = time.time() - float(request.POST.get("shown_at", ""))
     except ValueError:
         return None
-    return elapsed if 0 <= elapsed < 24 * 3600 else None
+    return elapsed if 0 <= elapsed <= MAX_LEAD_TIME_SECONDS else None
 
 
 @login_required

@@ -15,9 +15,9 @@ from django.utils import timezone
 
 from hitl.locks import exclusive
 from hitl.models import LabelSource
-from hitl.services.labels import label_retract, label_submit, review_task_skip
+from hitl.services.labels import MAX_LEAD_TIME_SECONDS, label_retract, label_submit, review_task_skip
 from hitl.services.queue import enqueue
-from labeling.client import LabelStudioClient, LabelStudioError
+from labeling.client import LabelStudioBadRequest, LabelStudioClient, LabelStudioError
 from labeling.mapping import ResultRejected, choice_from_result
 from labeling.models import (
     AnnotationState,
@@ -49,7 +49,8 @@ def _parse_time(value: Any) -> datetime | None:
     return None
 
 
-_emails: dict[tuple[str, int], str] = {}
+_emails: dict[tuple[str, int], str] = {}  # (Label Studio URL, user id) -> email, per process
+MAX_CACHED_EMAILS = 10_000
 
 
 def reviewer_name(completed_by: Any, client: LabelStudioClient | None) -> str:
@@ -63,6 +64,8 @@ def reviewer_name(completed_by: Any, client: LabelStudioClient | None) -> str:
             client = client or default_client()
             key = (client.url, user_id)
             if key not in _emails:
+                if len(_emails) >= MAX_CACHED_EMAILS:
+                    _emails.clear()
                 _emails[key] = client.user_email(user_id)
             email = _emails[key]
         except LabelStudioError:
@@ -79,7 +82,6 @@ def _find_task(link: LabelStudioProject, ls_task_id: int, task_data: dict | None
     return task
 
 
-@transaction.atomic
 def annotation_apply(*, link: LabelStudioProject, annotation: dict, task_data: dict | None, seen_via: str,
                      client: LabelStudioClient | None = None) -> LabelStudioAnnotation:
     """Turn one Label Studio annotation into the matching change of hitl's labels."""
@@ -87,6 +89,13 @@ def annotation_apply(*, link: LabelStudioProject, annotation: dict, task_data: d
         annotation_id, ls_task_id = int(annotation["id"]), int(annotation["task"])
     except (KeyError, TypeError, ValueError):
         raise MalformedEvent(f"annotation without an id and task: {str(annotation)[:200]}") from None
+    reviewer = reviewer_name(annotation.get("completed_by"), client)  # may ask Label Studio: before any lock
+    return _apply(link, annotation, annotation_id, ls_task_id, task_data, seen_via, reviewer)
+
+
+@transaction.atomic
+def _apply(link: LabelStudioProject, annotation: dict, annotation_id: int, ls_task_id: int, task_data: dict | None,
+           seen_via: str, reviewer: str) -> LabelStudioAnnotation:
     updated_at = _parse_time(annotation.get("updated_at"))
     record = LabelStudioAnnotation.objects.select_for_update().filter(ls_annotation_id=annotation_id).first()
     if record is not None and (record.state == AnnotationState.DELETED or (
@@ -102,7 +111,7 @@ def annotation_apply(*, link: LabelStudioProject, annotation: dict, task_data: d
     record.task = task
     if task is None:
         return _reject(record, f"Label Studio task {ls_task_id} was not pushed by hitl")
-    record.completed_by = reviewer_name(annotation.get("completed_by"), client)
+    record.completed_by = reviewer
     if annotation.get("was_cancelled"):
         if record.label_id:
             label_retract(label_id=record.label_id)
@@ -118,7 +127,7 @@ def annotation_apply(*, link: LabelStudioProject, annotation: dict, task_data: d
     record.label = label_submit(
         item_id=task.review_task.item_id, value=value, source=LabelSource.LABEL_STUDIO,
         reviewer_name=record.completed_by, review_task_id=task.review_task_id,
-        lead_time_seconds=lead_time if lead_time is None or 0 <= lead_time < 7 * 24 * 3600 else None,
+        lead_time_seconds=lead_time if lead_time is None or 0 <= lead_time <= MAX_LEAD_TIME_SECONDS else None,
         external_id=f"ls-annotation:{annotation_id}",
     )
     record.state, record.reason = AnnotationState.APPLIED, ""
@@ -230,23 +239,33 @@ def ls_reconcile(*, project_id: int, client: LabelStudioClient | None = None) ->
 
 
 def _reconcile(link: LabelStudioProject, client: LabelStudioClient) -> ReconcileResult:
-    seen_tasks: dict[int, int] = {}  # Label Studio task id -> hitl review task id
+    remote = client.project(link.ls_project_id)
+    if remote is None:
+        raise LabelStudioBadRequest(f"Label Studio project {link.ls_project_id} no longer exists: run "
+                                    "`manage.py labelstudio connect` to create it again", 404)
+    expected_tasks = remote.get("task_number")
+    seen_tasks: dict[int, int | None] = {}  # Label Studio task id -> hitl review task id
     seen_annotations: set[int] = set()
     for task in client.iter_tasks(link.ls_project_id):
         data = task.get("data") or {}
-        if isinstance(data.get("hitl_review_task_id"), int):
-            seen_tasks[int(task["id"])] = data["hitl_review_task_id"]
+        review_task = data.get("hitl_review_task_id")
+        seen_tasks[int(task["id"])] = review_task if isinstance(review_task, int) else None
         for annotation in task.get("annotations") or []:
             annotation = {**annotation, "task": annotation.get("task") or task["id"]}
             annotation_apply(link=link, annotation=annotation, task_data=data, seen_via="reconcile", client=client)
             seen_annotations.add(int(annotation["id"]))
-    confirm_reserved(link, {review_task: ls_task for ls_task, review_task in seen_tasks.items()})
-    gone = LabelStudioAnnotation.objects.filter(ls_project=link).exclude(state=AnnotationState.DELETED).exclude(
-        ls_annotation_id__in=seen_annotations).values_list("ls_annotation_id", flat=True)
+    confirm_reserved(link, {review: ls_task for ls_task, review in seen_tasks.items() if review is not None})
+    # An annotation is deleted only if its task was listed without it: a task this pass did not
+    # see (a page lost, a task moved between pages) says nothing about its annotations.
+    gone = LabelStudioAnnotation.objects.filter(ls_project=link, ls_task_id__in=list(seen_tasks)).exclude(
+        state=AnnotationState.DELETED).exclude(ls_annotation_id__in=seen_annotations).values_list(
+        "ls_annotation_id", flat=True)
     deleted = 0
     for annotation_id in list(gone):
         annotation_delete(link=link, annotation_id=annotation_id, seen_via="reconcile")
         deleted += 1
-    missing = LabelStudioTask.objects.filter(ls_project=link, state=PushState.PUSHED).exclude(
-        ls_task_id__in=list(seen_tasks)).update(state=PushState.MISSING)
+    missing = 0
+    if expected_tasks is not None and len(seen_tasks) >= expected_tasks:  # a complete listing
+        missing = LabelStudioTask.objects.filter(ls_project=link, state=PushState.PUSHED).exclude(
+            ls_task_id__in=list(seen_tasks)).update(state=PushState.MISSING)
     return ReconcileResult(len(seen_tasks), len(seen_annotations), deleted, missing)

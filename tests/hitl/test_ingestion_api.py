@@ -246,3 +246,11 @@ def test_symlinks_cannot_reach_outside_the_storage_root(deployment_client, media
     assert [e["message"] for e in data["errors"]] == ["path is a symbolic link; give the file itself",
                                                       "path leaves the storage root"]
     assert_nothing_stored()
+
+
+def test_a_body_over_the_limit_is_refused_unread(deployment_client, write_images) -> None:
+    payload = json.dumps(body(write_images(range(3))))
+    with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=100):
+        response = deployment_client.post(URL, payload, content_type="application/json")
+    assert response.status_code == 413 and "the limit is 100" in response.json()["detail"]
+    assert_nothing_stored()

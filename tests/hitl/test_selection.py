@@ -99,3 +99,33 @@ def test_bad_requests_are_refused(project, kwargs, field) -> None:
     with pytest.raises(InvalidInput) as error:
         review_batch_request(project=project, requested_by="t", **kwargs)
     assert error.value.errors[0].field == field
+
+
+def test_audit_slice_is_a_uniform_sample_and_estimates_live_accuracy(ingested, project, reviewer) -> None:
+    """The audit is drawn before the strategy picks, so uncertain items are as likely to be
+    audited as any; its labels give each version's accuracy with a Wilson interval."""
+    from hitl import selectors
+
+    result, probs = ingested
+    hits = np.zeros(60)
+    for seed in range(40):
+        batch = review_batch_request(project=project, requested_by="t", size=10, strategy="margin",
+                                     audit_fraction=0.3, seed=seed)
+        review_batch_select(batch_id=batch.id)
+        for task in batch.tasks.filter(reason="audit"):
+            hits[result.item_ids.index(task.item_id)] += 1
+        ReviewTask.objects.filter(batch=batch).update(status="cancelled")
+    top = np.argsort(-margin(probs / probs.sum(axis=1, keepdims=True)))[:7]
+    assert hits[top].sum() > 0  # the strategy's favourites still turn up in audits
+    assert hits.sum() == 40 * 3
+    batch = review_batch_request(project=project, requested_by="t", size=10, audit_fraction=0.5, seed=99)
+    review_batch_select(batch_id=batch.id)
+    audited = list(batch.tasks.filter(reason="audit").select_related("prediction"))
+    for i, task in enumerate(audited):  # the reviewer agrees with the model on 3 of 5
+        value = task.prediction.predicted_label if i < 3 else next(
+            label for label in project.labels if label != task.prediction.predicted_label)
+        label_submit(item_id=task.item_id, value=value, source=LabelSource.WEB, reviewer=reviewer)
+    (estimate,) = selectors.audit_accuracy(project)
+    assert (estimate.model_version, estimate.n, estimate.correct) == ("v1", 5, 3)
+    assert estimate.low < 0.6 < estimate.high
+    assert selectors.wilson_interval(3, 5) == pytest.approx((0.2307, 0.8824), abs=1e-3)

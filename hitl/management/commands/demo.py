@@ -25,6 +25,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from PIL import Image
 
+from hitl import selectors
 from hitl.media import media_path
 from hitl.models import (
     CycleStatus,
@@ -300,6 +301,11 @@ class Demo:
 
         batch = self.select_batch(project)
         self.print_table(rows)
+        self.say("\nLive accuracy estimated from the random audit slices alone (what hitl reports without "
+                 "a test set):")
+        for e in selectors.audit_accuracy(project):
+            self.say(f"    {e.model_version}: {e.accuracy:.3f} on {e.n} audit labels (95% interval "
+                     f"{e.low:.2f}-{e.high:.2f})")
         self.say(f"\nLeft {batch.tasks.count()} items in the review queue for you. Browse the results:")
         self.say("    make web          then open http://127.0.0.1:8000/  (user 'demo', password 'demo')")
         self.say(f"Demo finished in {time.monotonic() - started:.0f}s.")
