@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from workers.ml.architectures import InputSpec, SmallCNN  # noqa: E402
-from workers.ml.datasets import load_fashion_mnist  # noqa: E402
+from workers.ml.datasets import load_fashion_mnist, load_image_folder  # noqa: E402
 from workers.ml.inference import model_outputs  # noqa: E402
 from workers.ml.strategies import STRATEGY_INPUTS, PoolView, select_batch  # noqa: E402
 from workers.ml.training import TrainConfig, fit  # noqa: E402
@@ -51,34 +51,15 @@ class Data:
     spec: InputSpec
 
 
-def load_image_folder(root: Path, channels: int, size: int, test_fraction: float = 0.2) -> Data:
-    from PIL import Image
-
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    if len(classes) < 2:
-        raise SystemExit(f"{root} needs at least two class folders (ImageFolder layout)")
-    images, targets = [], []
-    for index, name in enumerate(classes):
-        for path in sorted((root / name).iterdir()):
-            try:
-                with Image.open(path) as image:
-                    image = image.convert("L" if channels == 1 else "RGB").resize((size, size))
-                    array = np.asarray(image, dtype=np.uint8)
-            except OSError:
-                continue  # not an image
-            images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
-            targets.append(index)
-    x, y = np.stack(images), np.array(targets)
-    order = np.random.default_rng(0).permutation(len(y))
-    cut = int(len(y) * test_fraction)
-    test, pool = order[:cut], order[cut:]
-    spec = InputSpec(channels, size, (0.5,) * channels, (0.5,) * channels)
-    return Data(root.name, torch.from_numpy(x[pool]), y[pool], torch.from_numpy(x[test]), y[test], classes, spec)
-
-
 def load_data(args: argparse.Namespace) -> Data:
     if args.data != "fashion-mnist":
-        return load_image_folder(Path(args.data), args.channels, args.size)
+        folder = load_image_folder(Path(args.data), channels=args.channels, size=args.size)
+        order = np.random.default_rng(0).permutation(len(folder.targets))
+        test, pool = order[:len(order) // 5], order[len(order) // 5:]  # a fixed 20% test split
+        images = folder.images[:, None] if args.channels == 1 else folder.images.transpose(0, 3, 1, 2)
+        spec = InputSpec(args.channels, args.size, (0.5,) * args.channels, (0.5,) * args.channels)
+        return Data(Path(args.data).name, torch.from_numpy(np.ascontiguousarray(images[pool])), folder.targets[pool],
+                    torch.from_numpy(np.ascontiguousarray(images[test])), folder.targets[test], folder.labels, spec)
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
     return Data("Fashion-MNIST", torch.from_numpy(train.images[:, None].copy()), train.targets,
                 torch.from_numpy(test.images[:, None].copy()), test.targets, train.labels,

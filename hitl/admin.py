@@ -2,10 +2,16 @@ from django.contrib import admin
 
 from hitl import models
 
+# The admin is for looking and for plain settings. State changes (promotion, cycle status, labels)
+# go through the services, which keep the trust history and the state machines.
+
 
 @admin.register(models.Project)
 class ProjectAdmin(admin.ModelAdmin):
     list_display = ["slug", "name", "task_type", "architecture", "selection_strategy", "batch_size"]
+
+    def get_readonly_fields(self, request, obj=None) -> list[str]:
+        return ["labels", "holdout_fraction", "task_type"] if obj else []
 
 
 @admin.register(models.ModelVersion)
@@ -14,6 +20,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
     list_filter = ["project", "stage"]
     raw_id_fields = ["parent"]
     exclude = ["training_labels"]
+    readonly_fields = ["project", "name", "architecture", "labels", "stage", "parent", "promoted_at", "promoted_by"]
 
 
 @admin.register(models.Deployment)
@@ -26,7 +33,7 @@ class DeploymentAdmin(admin.ModelAdmin):
 class RetrainingCycleAdmin(admin.ModelAdmin):
     list_display = ["project", "number", "status", "decision", "created_at", "finished_at"]
     list_filter = ["project", "status", "decision"]
-    raw_id_fields = ["base_version", "candidate_version"]
+    readonly_fields = [f.name for f in models.RetrainingCycle._meta.fields]
 
 
 @admin.register(models.ReviewBatch)
@@ -37,6 +44,9 @@ class ReviewBatchAdmin(admin.ModelAdmin):
 @admin.register(models.TrustEvent)
 class TrustEventAdmin(admin.ModelAdmin):
     list_display = ["project", "sequence", "kind", "actor", "created_at"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
 
     def has_change_permission(self, request, obj=None) -> bool:
         return False

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.http import FileResponse, Http404
 from PIL import Image
 
 from workers.ml.files import atomic_write
@@ -129,3 +130,11 @@ def write_once(relative: str, data: bytes) -> None:
 
 def model_directory(project_slug: str, version_name: str) -> str:
     return f"models/{project_slug}/{version_name}"
+
+
+def image_response(item: object) -> FileResponse:
+    """The item's image file, or a 404 when it is gone from storage."""
+    try:
+        return FileResponse(open(media_path(item.image), "rb"))
+    except FileNotFoundError:
+        raise Http404(f"the image of item {item.pk} is missing from storage") from None

@@ -385,7 +385,8 @@ class EvaluationSnapshot(models.Model):
 
 class TrustEvent(models.Model):
     """An append-only, hash-chained record: which labels trained which model, how it scored,
-    who or what promoted it. Editing or deleting a row breaks the chain (see trust_verify)."""
+    who or what promoted it. Editing or deleting a row breaks the chain (see trust_verify);
+    cutting off the newest rows shows against a head hash kept elsewhere."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="trust_events")
     sequence = models.PositiveIntegerField()

@@ -13,6 +13,7 @@ from hitl.models import (
     Item,
     Label,
     LabelStatus,
+    ModelStage,
     ModelVersion,
     Prediction,
     Project,
@@ -21,6 +22,10 @@ from hitl.models import (
     ReviewTask,
     ReviewTaskStatus,
 )
+
+
+def production_version(project_id: int) -> ModelVersion | None:
+    return ModelVersion.objects.filter(project_id=project_id, stage=ModelStage.PRODUCTION).first()
 
 
 def project_get(slug: str) -> Project:

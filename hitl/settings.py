@@ -196,7 +196,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
-# --- hitl domain limits (read in one place: hitl.config) ---
+# --- hitl domain limits ---
 HITL_MAX_IMAGE_BYTES = int(env_number("HITL_MAX_IMAGE_BYTES", 20 * 1024 * 1024))
 HITL_MAX_IMAGE_PIXELS = int(env_number("HITL_MAX_IMAGE_PIXELS", 40_000_000))
 HITL_MAX_BULK_PREDICTIONS = int(env_number("HITL_MAX_BULK_PREDICTIONS", 10_000))

@@ -79,6 +79,7 @@ class EventState(models.TextChoices):
 
 class WebhookEvent(models.Model):
     received_at = models.DateTimeField(default=timezone.now)
+    ls_project_id = models.PositiveIntegerField(null=True, blank=True)
     action = models.CharField(max_length=40)
     payload = models.JSONField()
     state = models.CharField(max_length=20, choices=EventState.choices, default=EventState.PENDING)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import hmac
 import json
 
-from django.http import FileResponse, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from hitl.media import media_path
+from hitl.media import image_response
 from hitl.models import Item
 from labeling.services.links import WEBHOOK_HEADER, image_signature, webhook_secret
 from labeling.services.pull import MalformedEvent, webhook_event_record
@@ -37,7 +37,7 @@ def image(request: HttpRequest, item_id: int, signature: str) -> HttpResponse:
     item = get_object_or_404(Item, pk=item_id)
     if not hmac.compare_digest(signature.encode(), image_signature(item.id, item.sha256).encode()):
         return HttpResponse("bad signature", status=403)
-    response = FileResponse(open(media_path(item.image), "rb"))
+    response = image_response(item)
     response["Cache-Control"] = "private, max-age=86400"
     response["Access-Control-Allow-Origin"] = "*"  # the URL itself is the capability
     return response

@@ -44,7 +44,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, Conflict):
         return error_response([FieldError("", str(exc))], status.HTTP_409_CONFLICT)
     if isinstance(exc, (ObjectDoesNotExist, Http404)):
-        return error_response([FieldError("", "not found")], status.HTTP_404_NOT_FOUND)
+        return error_response([FieldError("", str(exc) or "not found")], status.HTTP_404_NOT_FOUND)
     if isinstance(exc, exceptions.ParseError):
         return error_response([FieldError("body", str(exc.detail))], status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, exceptions.ValidationError):

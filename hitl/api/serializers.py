@@ -105,7 +105,7 @@ class ReviewBatchRequestSerializer(serializers.Serializer):
     size = serializers.IntegerField(required=False, min_value=1, max_value=10_000)
     strategy = serializers.CharField(required=False)
     audit_fraction = serializers.FloatField(required=False, min_value=0, max_value=1)
-    seed = serializers.IntegerField(required=False, min_value=0)
+    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**62)
 
 
 class LabelSerializer(serializers.ModelSerializer):

@@ -10,6 +10,7 @@ urlpatterns = [
     path("projects/", views.ProjectListView.as_view(), name="projects"),
     path("projects/<slug:slug>/", views.ProjectDetailView.as_view(), name="project"),
     path("projects/<slug:slug>/model-versions/", views.ModelVersionListView.as_view(), name="model-versions"),
+    path("projects/<slug:slug>/deployments/", views.DeploymentListView.as_view(), name="deployments"),
     path("projects/<slug:slug>/items/", views.ItemListView.as_view(), name="items"),
     path("projects/<slug:slug>/predictions/", views.PredictionListView.as_view(), name="predictions"),
     path("projects/<slug:slug>/review-queue/", views.ReviewQueueView.as_view(), name="review-queue"),

@@ -19,7 +19,7 @@ from hitl.api import serializers as s
 from hitl.api.parsers import LenientJSONParser
 from hitl.api.permissions import IsDeployment, IsOperator, IsReviewer
 from hitl.errors import InvalidInput
-from hitl.media import media_path
+from hitl.media import image_response
 from hitl.models import Item, LabelSource, RetrainingCycle, ReviewBatch
 from hitl.services.cycles import cycle_cancel, cycle_request
 from hitl.services.ingestion import predictions_ingest
@@ -98,6 +98,15 @@ class ProjectDetailView(APIView):
         return Response(s.ProjectSerializer(project).data)
 
 
+class DeploymentListView(generics.ListAPIView):
+    permission_classes = [IsReviewer]
+    serializer_class = s.DeploymentSerializer
+    pagination_class = None
+
+    def get_queryset(self):
+        return selectors.project_get(self.kwargs["slug"]).deployments.select_related("model_version").order_by("name")
+
+
 class ModelVersionListView(generics.ListAPIView):
     permission_classes = [IsReviewer]
     serializer_class = s.ModelVersionSerializer
@@ -137,7 +146,7 @@ class PredictionListView(generics.ListAPIView):
 
     def get_queryset(self):
         item = self.request.query_params.get("item")
-        if item is not None and not item.isdigit():
+        if item is not None and not (item.isascii() and item.isdecimal()):
             raise InvalidInput.single("item", "must be an item id")
         return selectors.predictions_list(
             selectors.project_get(self.kwargs["slug"]),
@@ -200,8 +209,7 @@ class ItemImageView(APIView):
 
     @extend_schema(responses={(200, "image/*"): bytes})
     def get(self, request: Request, pk: int) -> FileResponse:
-        item = get_object_or_404(Item, pk=pk)
-        return FileResponse(open(media_path(item.image), "rb"))
+        return image_response(get_object_or_404(Item, pk=pk))
 
 
 class CycleListCreateView(APIView):
@@ -256,5 +264,6 @@ class TrustHistoryView(APIView):
         events = project.trust_events.order_by("sequence")
         return Response({
             "verified": check.ok, "problem": check.problem, "first_bad_sequence": check.first_bad_sequence,
+            "head_hash": check.head_hash,
             "events": s.TrustEventSerializer(events, many=True).data,
         })

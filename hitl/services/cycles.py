@@ -34,12 +34,12 @@ from hitl.models import (
     RetrainingCycle,
     Split,
 )
+from hitl.selectors import production_version
 from hitl.services.modeling import item_images, labeled_set_digest, load_version, weights_file
 from hitl.services.projects import (
     ensure_unique_version_name,
     model_version_create,
     model_version_promote,
-    production_version,
 )
 from hitl.services.queue import enqueue
 from hitl.services.trust import trust_record
@@ -122,7 +122,7 @@ class LabeledSet:
         return len(self.label_ids)
 
 
-def labeled_set(project: Project, split: str) -> LabeledSet:
+def _labeled_set(project: Project, split: str) -> LabeledSet:
     """Current human labels on the project's items of one split, in label-id order."""
     rows = list(
         Label.objects.filter(item__project=project, item__split=split, status=LabelStatus.CURRENT)
@@ -159,7 +159,7 @@ def _start_training(cycle_id: int) -> TrainingPlan | None:
         return None
     project = cycle.project
     base = production_version(project.id)
-    data = labeled_set(project, Split.TRAIN)
+    data = _labeled_set(project, Split.TRAIN)
     _transition(cycle, CycleStatus.TRAINING, base_version=base, attempts=cycle.attempts + 1,
                 started_at=timezone.now(), progress={"stage": "loading", "labels": len(data)})
     if len(data) == 0:
@@ -171,7 +171,7 @@ def _start_training(cycle_id: int) -> TrainingPlan | None:
         architecture = project.architecture
         start_from = Path(project.initial_weights) if project.initial_weights else None
     return TrainingPlan(cycle.id, project, base, architecture, start_from,
-                        ensure_unique_version_name(project, f"v{cycle.number}"),
+                        ensure_unique_version_name(project=project, wanted=f"v{cycle.number}"),
                         TrainConfig.from_dict(cycle.train_config), data)
 
 
@@ -273,7 +273,7 @@ def cycle_evaluate(*, cycle_id: int) -> None:
         cycle = RetrainingCycle.objects.select_related("project", "candidate_version", "base_version").get(pk=cycle_id)
         if cycle.status != CycleStatus.EVALUATING:
             return
-        data = labeled_set(cycle.project, Split.HOLDOUT)
+        data = _labeled_set(cycle.project, Split.HOLDOUT)
         roles = [("candidate", cycle.candidate_version)]
         if cycle.base_version is not None:
             roles.append(("production", cycle.base_version))

@@ -247,7 +247,8 @@ def predictions_ingest(
     with transaction.atomic():
         item_ids, items_created = _insert_items(deployment.project, images)
         created = predictions_bulk_insert(
-            item_ids, version.id, deployment.id, blobs, [labels[j] for j in predicted], confidence.tolist()
+            item_ids=item_ids, version_id=version.id, deployment_id=deployment.id, blobs=blobs,
+            predicted_labels=[labels[j] for j in predicted], confidence=confidence.tolist(),
         )
         Deployment.objects.filter(pk=deployment.pk).update(last_seen_at=timezone.now())
         if created:
@@ -294,7 +295,7 @@ def _insert_items(project: Any, images: list[_ImageRow]) -> tuple[list[int], int
 
 
 def predictions_bulk_insert(
-    item_ids: list[int], version_id: int, deployment_id: int | None, blobs: list[bytes],
+    *, item_ids: list[int], version_id: int, deployment_id: int | None, blobs: list[bytes],
     predicted_labels: list[str], confidence: list[float],
 ) -> int:
     """Insert predictions, skipping (item, version) pairs already stored; returns how many were new."""

@@ -71,8 +71,10 @@ def model_predict_items(*, model_version_id: int, unlabeled_only: bool = True) -
         predicted = probs.argmax(axis=1)
         with transaction.atomic():
             created += predictions_bulk_insert(
-                [r[0] for r in chunk], version.id, None, [row.tobytes() for row in probs.astype("<f4")],
-                [version.labels[j] for j in predicted], probs[np.arange(len(chunk)), predicted].tolist(),
+                item_ids=[r[0] for r in chunk], version_id=version.id, deployment_id=None,
+                blobs=[row.tobytes() for row in probs.astype("<f4")],
+                predicted_labels=[version.labels[j] for j in predicted],
+                confidence=probs[np.arange(len(chunk)), predicted].tolist(),
             )
     with transaction.atomic():
         enqueue("workers.tasks.score_predictions", version.id)

@@ -14,6 +14,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from hitl.errors import FieldError, InvalidInput
+from hitl.media import model_directory
 from hitl.models import (
     ArtifactKind,
     Deployment,
@@ -26,8 +27,8 @@ from hitl.models import (
 )
 from hitl.services.trust import trust_record
 from workers.ml.architectures import ARCHITECTURES
-from workers.ml.checkpoint import ArtifactFile, read_meta
-from workers.ml.files import file_sha256
+from workers.ml.checkpoint import ONNX_FILE, WEIGHTS_FILE, ArtifactFile, read_meta
+from workers.ml.files import atomic_write, file_sha256
 from workers.ml.strategies import STRATEGY_INPUTS
 from workers.ml.training import TrainConfig
 
@@ -126,7 +127,7 @@ def project_update(*, project_id: int, changes: dict[str, object]) -> Project:
 
 
 def _store_artifacts(version: ModelVersion, directory: str, files: list[ArtifactFile]) -> None:
-    kinds = {"model.safetensors": ArtifactKind.WEIGHTS, "model.onnx": ArtifactKind.ONNX}
+    kinds = {WEIGHTS_FILE: ArtifactKind.WEIGHTS, ONNX_FILE: ArtifactKind.ONNX}
     ModelArtifact.objects.bulk_create([
         ModelArtifact(model_version=version, kind=kinds[f.name], path=f"{directory}/{f.name}",
                       sha256=f.sha256, size_bytes=f.size)
@@ -153,6 +154,10 @@ def model_version_create(
 
 def model_version_register(*, project: Project, name: str, weights_path: Path, actor: str) -> ModelVersion:
     """Import a model trained elsewhere from a hitl safetensors checkpoint (e.g. exported earlier)."""
+    if not SLUG.match(name or ""):
+        raise InvalidInput.single("name", "use lowercase letters, digits and dashes (at most 64)")
+    if ModelVersion.objects.filter(project=project, name=name).exists():
+        raise InvalidInput.single("name", f"model version {name!r} already exists in {project.slug}")
     weights_path = Path(weights_path)
     try:
         meta = read_meta(weights_path)
@@ -160,11 +165,10 @@ def model_version_register(*, project: Project, name: str, weights_path: Path, a
         raise InvalidInput.single("weights", f"not a hitl checkpoint: {exc}") from None
     if meta.labels != project.labels:
         raise InvalidInput.single("weights", f"model labels {meta.labels} differ from the project's {project.labels}")
-    directory = f"models/{project.slug}/{name}"
-    target = Path(settings.MEDIA_ROOT) / directory / "model.safetensors"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights_path, target)
-    files = [ArtifactFile("model.safetensors", file_sha256(target), target.stat().st_size)]
+    directory = model_directory(project.slug, name)
+    target = Path(settings.MEDIA_ROOT) / directory / WEIGHTS_FILE
+    atomic_write(target, lambda tmp: shutil.copyfile(weights_path, tmp))
+    files = [ArtifactFile(WEIGHTS_FILE, file_sha256(target), target.stat().st_size)]
     with transaction.atomic():
         version = model_version_create(project=project, name=name, architecture=meta.architecture,
                                        labels=meta.labels, parent=None, directory=directory, files=files)
@@ -194,10 +198,6 @@ def model_version_promote(*, model_version_id: int, actor: str, reason: str) -> 
         "model_version": version.name, "replaced": previous.name if previous else None, "reason": reason,
     })
     return version
-
-
-def production_version(project_id: int) -> ModelVersion | None:
-    return ModelVersion.objects.filter(project_id=project_id, stage=ModelStage.PRODUCTION).first()
 
 
 def token_digest(token: str) -> str:
@@ -235,7 +235,7 @@ def deployment_rotate_token(*, deployment_id: int) -> str:
     return token
 
 
-def ensure_unique_version_name(project: Project, wanted: str) -> str:
+def ensure_unique_version_name(*, project: Project, wanted: str) -> str:
     if not ModelVersion.objects.filter(project=project, name=wanted).exists():
         return wanted
     suffix = 2

@@ -21,11 +21,12 @@ def probabilities_matrix(blobs: list[bytes | memoryview], k: int) -> np.ndarray:
     return probs / probs.sum(axis=1, keepdims=True)
 
 
-def predictions_score(*, model_version_id: int, chunk_size: int = SCORE_CHUNK) -> int:
+def predictions_score(*, model_version_id: int, chunk_size: int = SCORE_CHUNK, wait: bool = False) -> int:
     """Score every unscored prediction of a model version with every scorer; returns how many.
 
     Chunks are claimed with SKIP LOCKED, so parallel runs split the work instead of repeating it,
-    and a second run finds nothing left to do.
+    and a second run finds nothing left to do. With ``wait`` (selection needs every prediction
+    scored) chunks another run holds are waited for instead of skipped.
     """
     version = ModelVersion.objects.get(pk=model_version_id)
     k = len(version.labels)
@@ -33,7 +34,7 @@ def predictions_score(*, model_version_id: int, chunk_size: int = SCORE_CHUNK) -
     while True:
         with transaction.atomic():
             rows = list(
-                Prediction.objects.select_for_update(skip_locked=True)
+                Prediction.objects.select_for_update(skip_locked=not wait)
                 .filter(model_version_id=model_version_id, scored_at__isnull=True)
                 .order_by("id").values_list("id", "probabilities")[:chunk_size]
             )

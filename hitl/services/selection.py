@@ -37,8 +37,9 @@ from hitl.models import (
     ReviewTaskStatus,
     UncertaintyScore,
 )
+from hitl.selectors import production_version
 from hitl.services.modeling import item_images, load_version
-from hitl.services.projects import SELECTION_STRATEGIES, production_version
+from hitl.services.projects import SELECTION_STRATEGIES
 from hitl.services.queue import enqueue
 from hitl.services.scoring import predictions_score, probabilities_matrix
 from hitl.signals import review_batch_selected
@@ -93,7 +94,7 @@ def review_batch_request(
     return batch
 
 
-def busy_items(project_id: int) -> set[int]:
+def _busy_items(project_id: int) -> set[int]:
     """Items a strategy must not pick: labeled by a human, or already under review."""
     labeled = Label.objects.filter(item__project_id=project_id, status=LabelStatus.CURRENT).values_list("item_id", flat=True)
     reviewing = ReviewTask.objects.filter(batch__project_id=project_id, status=ReviewTaskStatus.OPEN).values_list(
@@ -101,7 +102,7 @@ def busy_items(project_id: int) -> set[int]:
     return set(labeled) | set(reviewing)
 
 
-def sample_pool(version_id: int, n: int, rng: np.random.Generator, skip_items: set[int]) -> list[tuple[int, int]]:
+def _sample_pool(version_id: int, n: int, rng: np.random.Generator, skip_items: set[int]) -> list[tuple[int, int]]:
     """Up to n (prediction id, item id) of the version, drawn uniformly among items not in
     ``skip_items``, reproducibly for a seed.
 
@@ -135,7 +136,7 @@ def sample_pool(version_id: int, n: int, rng: np.random.Generator, skip_items: s
 def _stored_score_picks(batch: ReviewBatch, version: ModelVersion, n: int, busy: set[int]) -> list[Pick]:
     """The top n by a stored score, walking the (version, method, value) index in growing chunks
     and skipping busy items: the cost follows the rows walked, never the size of the pool."""
-    predictions_score(model_version_id=version.id)
+    predictions_score(model_version_id=version.id, wait=True)
     ranked = UncertaintyScore.objects.filter(model_version_id=version.id, method=batch.strategy).order_by(
         "-value", "prediction_id")
     picks: list[Pick] = []
@@ -175,7 +176,7 @@ def _covered_embeddings(project: Project, model, spec) -> np.ndarray:
 def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
                  rng: np.random.Generator, busy: set[int]) -> list[Pick]:
     """Run the production model (and committee) on a random sample of the pool, then select."""
-    rows = sample_pool(version.id, project.selection_pool_limit, rng, busy)
+    rows = _sample_pool(version.id, project.selection_pool_limit, rng, busy)
     if not rows:
         return []
     prediction_ids, item_ids = [r[0] for r in rows], [r[1] for r in rows]
@@ -208,7 +209,7 @@ def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n:
 def _class_balanced_stored_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
                                  rng: np.random.Generator, busy: set[int]) -> list[Pick]:
     """Stored probabilities, scored and balanced over predicted classes in memory."""
-    rows = sample_pool(version.id, project.selection_pool_limit, rng, busy)
+    rows = _sample_pool(version.id, project.selection_pool_limit, rng, busy)
     if not rows:
         return []
     blobs = dict(Prediction.objects.filter(id__in=[r[0] for r in rows]).values_list("id", "probabilities"))
@@ -224,7 +225,7 @@ def _strategy_picks(batch: ReviewBatch, project: Project, version: ModelVersion,
     if n == 0:
         return []
     if batch.strategy == "random":
-        return [Pick(pid, item, ReviewReason.STRATEGY, None) for pid, item in sample_pool(version.id, n, rng, busy)]
+        return [Pick(pid, item, ReviewReason.STRATEGY, None) for pid, item in _sample_pool(version.id, n, rng, busy)]
     if batch.strategy in SCORERS and not project.class_balance:
         return _stored_score_picks(batch, version, n, busy)
     if batch.strategy in SCORERS:
@@ -247,10 +248,10 @@ def review_batch_select(*, batch_id: int) -> ReviewBatch:
         if version is None:
             return _store(batch_id, None, [], "the project has no production model whose predictions could be ranked")
         rng = np.random.default_rng(batch.seed)
-        busy = busy_items(project_id)
+        busy = _busy_items(project_id)
         # The audit slice is drawn first, uniformly from the whole pool, so the strategy's picks
         # cannot bias it: its labels estimate the live model's accuracy (selectors.audit_accuracy).
-        audit = sample_pool(version.id, round(batch.size * batch.audit_fraction), rng, busy)
+        audit = _sample_pool(version.id, round(batch.size * batch.audit_fraction), rng, busy)
         try:
             picks = _strategy_picks(batch, batch.project, version, batch.size - len(audit), rng,
                                     busy | {item for _, item in audit})

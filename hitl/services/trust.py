@@ -1,7 +1,9 @@
 """The trust history: an append-only hash chain per project.
 
-Each event's hash covers its content and the previous event's hash, so editing, deleting or
-reordering any past event is detected by `trust_verify`.
+Each event's hash covers its project, content and the previous event's hash, so editing,
+deleting or reordering any event but the newest is detected by `trust_verify`. Cutting off the
+newest events leaves a valid shorter chain: to detect that, keep the head hash somewhere else
+(`manage.py hitl verify-trust` and the trust API print it) and compare.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from hitl.models import Project, TrustEvent
 GENESIS_HASH = "0" * 64
 
 
-def _event_hash(previous_hash: str, sequence: int, kind: str, actor: str, payload: Any, created_at: str) -> str:
+def _event_hash(project_id: int, previous_hash: str, sequence: int, kind: str, actor: str, payload: Any,
+                created_at: str) -> str:
     body = json.dumps(
-        {"previous": previous_hash, "sequence": sequence, "kind": kind, "actor": actor,
+        {"project": project_id, "previous": previous_hash, "sequence": sequence, "kind": kind, "actor": actor,
          "payload": payload, "created_at": created_at},
         sort_keys=True, separators=(",", ":"),
     )
@@ -37,7 +40,7 @@ def trust_record(*, project_id: int, kind: str, actor: str, payload: dict[str, A
     previous_hash = last.hash if last else GENESIS_HASH
     created_at = timezone.now()
     payload = json.loads(json.dumps(payload))  # store exactly what was hashed
-    digest = _event_hash(previous_hash, sequence, kind, actor, payload, created_at.isoformat())
+    digest = _event_hash(project_id, previous_hash, sequence, kind, actor, payload, created_at.isoformat())
     return TrustEvent.objects.create(
         project_id=project_id, sequence=sequence, kind=kind, actor=actor, payload=payload,
         created_at=created_at, previous_hash=previous_hash, hash=digest,
@@ -50,6 +53,7 @@ class ChainCheck:
     events: int
     first_bad_sequence: int | None = None
     problem: str = ""
+    head_hash: str = GENESIS_HASH
 
 
 def trust_verify(*, project_id: int) -> ChainCheck:
@@ -60,9 +64,9 @@ def trust_verify(*, project_id: int) -> ChainCheck:
             return ChainCheck(False, count, event.sequence, f"sequence {count} is missing")
         if event.previous_hash != previous_hash:
             return ChainCheck(False, count, event.sequence, "does not link to the previous event")
-        expected = _event_hash(previous_hash, event.sequence, event.kind, event.actor, event.payload,
+        expected = _event_hash(project_id, previous_hash, event.sequence, event.kind, event.actor, event.payload,
                                event.created_at.isoformat())
         if expected != event.hash:
             return ChainCheck(False, count, event.sequence, "content does not match its hash")
         previous_hash = event.hash
-    return ChainCheck(True, count)
+    return ChainCheck(True, count, head_hash=previous_hash)

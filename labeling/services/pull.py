@@ -165,7 +165,10 @@ def webhook_event_record(*, payload: Any) -> WebhookEvent:
     """Store the event and hand it to a worker; the receiver answers right after."""
     if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
         raise MalformedEvent("a webhook body must be a JSON object with an 'action'")
-    event = WebhookEvent.objects.create(action=payload["action"][:40], payload=payload)
+    project = payload.get("project")
+    ls_project_id = project.get("id") if isinstance(project, dict) else project
+    event = WebhookEvent.objects.create(action=payload["action"][:40], payload=payload,
+                                        ls_project_id=ls_project_id if isinstance(ls_project_id, int) else None)
     enqueue("labeling.tasks.process_webhook_event", event.id)
     return event
 

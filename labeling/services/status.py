@@ -73,8 +73,8 @@ def ls_status(*, project_id: int, client: LabelStudioClient | None = None) -> La
         project=link.project.slug, ls_project_id=link.ls_project_id, reachable=reachable,
         reachability=reachability, **tasks, **counts,
         recent_rejections=[f"annotation {r.ls_annotation_id} (task {r.ls_task_id}): {r.reason}" for r in rejections],
-        webhook_events_pending=WebhookEvent.objects.filter(state=EventState.PENDING).count(),
-        webhook_events_failed=WebhookEvent.objects.filter(state=EventState.FAILED).count(),
+        webhook_events_pending=WebhookEvent.objects.filter(ls_project_id=link.ls_project_id, state=EventState.PENDING).count(),
+        webhook_events_failed=WebhookEvent.objects.filter(ls_project_id=link.ls_project_id, state=EventState.FAILED).count(),
         last_push_at=link.last_push_at, last_sync_at=link.last_sync_at, last_error=link.last_error,
         last_error_at=link.last_error_at,
     )

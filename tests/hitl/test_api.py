@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hitl.models import Label, LabelSource, RetrainingCycle
+from hitl.models import Item, Label, LabelSource, RetrainingCycle
 from hitl.services.labels import label_submit
 from hitl.services.selection import review_batch_select
 
@@ -126,3 +126,13 @@ def test_operators_change_project_settings(operator_client, reviewer_client, pro
     assert sorted(e["field"] for e in bad.json()["errors"]) == ["colour", "mc_samples", "selection_strategy", "train_config"]
     project.refresh_from_db()
     assert project.selection_strategy == "bald"  # nothing of a bad request is applied
+
+
+def test_odd_input_is_a_4xx_not_a_500(reviewer_client, operator_client, project, item_ids, media_root) -> None:
+    assert reviewer_client.get(f"/api/v1/projects/{project.slug}/predictions/?item=²").status_code == 400
+    response = operator_client.post(f"/api/v1/projects/{project.slug}/review-batches/", {"seed": 2**70}, format="json")
+    assert response.status_code == 400 and response.json()["errors"][0]["field"] == "seed"
+    item = Item.objects.get(pk=item_ids[0])
+    (media_root / item.image).unlink()
+    response = reviewer_client.get(f"/api/v1/items/{item.pk}/image")
+    assert response.status_code == 404 and "missing from storage" in response.json()["detail"]

@@ -59,3 +59,24 @@ def test_configure_project(project) -> None:
     assert project.train_config["epochs"] == 7 and "selection_strategy=hybrid" in out
     with pytest.raises(CommandError, match="mc_samples: must be between 2 and 200"):
         run("configure-project", "--project", project.slug, "--mc-samples", "1")
+
+
+def test_registering_an_existing_name_leaves_that_model_alone(project, version, tmp_path) -> None:
+    artifact = version.artifacts.get(kind="weights")
+    weights = Path(settings.MEDIA_ROOT) / artifact.path
+    before = weights.read_bytes()
+    with pytest.raises(CommandError, match="already exists"):
+        run("register-model", "--project", project.slug, "--name", "v1", "--weights", str(weights))
+    with pytest.raises(CommandError, match="lowercase letters"):
+        run("register-model", "--project", project.slug, "--name", "../../escape", "--weights", str(weights))
+    assert weights.read_bytes() == before
+
+
+def test_rotating_a_deployment_token(deployment_and_token, project, client) -> None:
+    deployment, old = deployment_and_token
+    out = run("rotate-token", "--project", project.slug, "--name", deployment.name)
+    new = out.split("store it now): ")[1].strip()
+    assert new != old
+    ok = client.post("/api/v1/predictions/", "{}", content_type="application/json", HTTP_AUTHORIZATION=f"Deployment {new}")
+    refused = client.post("/api/v1/predictions/", "{}", content_type="application/json", HTTP_AUTHORIZATION=f"Deployment {old}")
+    assert ok.status_code == 400 and refused.status_code == 401

@@ -168,3 +168,31 @@ def test_tampering_with_the_trust_history_is_detected(project, labeled) -> None:
     event.save()
     check = trust_verify(project_id=project.id)
     assert not check.ok and check.first_bad_sequence == event.sequence and "does not match" in check.problem
+
+
+def test_no_held_out_labels_means_no_promotion_over_production() -> None:
+    decided, text = promotion_decision(candidate_accuracy=None, production_accuracy=None, has_production=True,
+                                       n_eval=0, min_eval_labels=0, min_delta=0.0)
+    assert not decided and "only 0 held-out" in text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_retrain_in_parallel_trains_once(project, labeled_items) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    labeled_items(range(60))
+    cycle = cycle_request(project=project, requested_by="test")
+
+    def train() -> None:
+        try:
+            cycle_train(cycle_id=cycle.id)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(lambda _: train(), range(3)))
+    cycle.refresh_from_db()
+    assert cycle.status == CycleStatus.EVALUATING and cycle.attempts == 1
+    assert ModelVersion.objects.filter(project=project).count() == 1

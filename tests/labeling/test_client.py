@@ -85,3 +85,23 @@ def test_a_missing_configuration_is_named(settings) -> None:
     settings.LABEL_STUDIO_URL = ""
     with pytest.raises(LabelStudioNotConfigured, match="LABEL_STUDIO_URL"):
         LabelStudioClient()
+
+
+class ScriptedPost(Scripted):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.do_GET()
+
+
+def test_a_failed_import_is_not_retried() -> None:
+    """An import that timed out or failed may still have created tasks: retrying could duplicate
+    them, so the client gives up at once and the next push confirms what arrived."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedPost)
+    httpd.script, httpd.requests = [(503, {}), (201, {"task_ids": [1]})], 0
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(LabelStudioUnavailable):
+            client_for(httpd, retries=3).import_tasks(1, [{"data": {"image": "x"}}])
+        assert httpd.requests == 1
+    finally:
+        httpd.shutdown()

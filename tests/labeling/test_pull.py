@@ -7,7 +7,7 @@ import json
 import pytest
 from django.test import override_settings
 
-from hitl.models import Label, LabelStatus, ReviewTaskStatus
+from hitl.models import Label, LabelSource, LabelStatus, ReviewTaskStatus
 from labeling.mapping import choice_result
 from labeling.models import AnnotationState, EventState, LabelStudioAnnotation, PushState, WebhookEvent
 from labeling.services.links import WEBHOOK_HEADER, webhook_secret
@@ -160,3 +160,53 @@ def test_status_counts_this_projects_work_and_says_what_is_wrong(pushed) -> None
     assert status.pending == 4
     assert "unknown choice 'zebra'" in status.recent_rejections[0]
     assert not status.reachable and status.reachability.startswith("not configured")
+
+
+def test_deleting_an_edited_annotation_withdraws_every_version(pushed, reviewer) -> None:
+    """The reviewer labeled 'bag', corrected it to 'coat' in Label Studio, then deleted the
+    annotation: no version of it stays; an earlier label from hitl's own UI comes back."""
+    from hitl.services.labels import label_submit
+
+    link, rows = pushed
+    item_id = rows[0].review_task.item_id
+    label_submit(item_id=item_id, value="shirt", source=LabelSource.WEB, reviewer=reviewer)
+    apply(link, annotation(1, 101, "bag", "2026-11-26T10:00:00Z"))
+    apply(link, annotation(1, 101, "coat", "2026-11-26T10:05:00Z"))
+    annotation_delete(link=link, annotation_id=1, seen_via="webhook")
+    assert current(item_id).value == "shirt" and current(item_id).source == "web"
+    apply(link, annotation(2, 102, "bag", "2026-11-26T10:00:00Z"))
+    apply(link, annotation(2, 102, "coat", "2026-11-26T10:05:00Z"))
+    apply(link, {**annotation(2, 102, "coat", "2026-11-26T10:09:00Z"), "result": [], "was_cancelled": True})
+    assert current(rows[1].review_task.item_id) is None
+
+
+class ListingClient:
+    """Stands in for Label Studio's listing calls: a project that is gone, or one page of tasks."""
+
+    url = "http://label-studio.invalid"
+
+    def __init__(self, project: dict | None, tasks: list[dict]) -> None:
+        self._project, self._tasks = project, tasks
+
+    def project(self, project_id: int) -> dict | None:
+        return self._project
+
+    def iter_tasks(self, project_id: int):
+        yield from self._tasks
+
+
+def test_reconcile_infers_deletions_only_from_tasks_it_saw(pushed) -> None:
+    from labeling.client import LabelStudioBadRequest
+    from labeling.services.pull import ls_reconcile
+
+    link, rows = pushed
+    apply(link, annotation(1, 101, "bag"))
+    apply(link, annotation(2, 102, "coat"))
+    with pytest.raises(LabelStudioBadRequest, match="no longer exists"):
+        ls_reconcile(project_id=link.project_id, client=ListingClient(None, []))
+    # A partial listing (task 102 missing, task 101 listed without its annotation): only 101's goes.
+    partial = [{"id": 101, "data": {"hitl_review_task_id": rows[0].review_task_id}, "annotations": []}]
+    result = ls_reconcile(project_id=link.project_id, client=ListingClient({"task_number": 6}, partial))
+    assert result.deleted == 1 and result.missing_tasks == 0
+    assert current(rows[0].review_task.item_id) is None
+    assert current(rows[1].review_task.item_id).value == "coat"

@@ -60,3 +60,9 @@ def test_tampered_weights_are_detected(saved) -> None:
 def test_no_temporary_files_are_left(saved) -> None:
     _, _, directory = saved
     assert sorted(p.name for p in directory.iterdir()) == ["model.onnx", "model.safetensors"]
+
+
+def test_artifacts_get_the_usual_file_mode(saved) -> None:
+    _, _, directory = saved
+    for path in directory.iterdir():
+        assert path.stat().st_mode & 0o044 == 0o044, path  # readable by the web and worker users too

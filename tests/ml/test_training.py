@@ -50,7 +50,9 @@ def test_probabilities_are_distributions(fashion_test) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [({"epochs": 0}, "epochs"), ({"learning_rate": -1}, "learning_rate"), ({"batch_size": 0}, "batch_size"),
-     ({"label_smoothing": 1.0}, "label_smoothing")],
+     ({"label_smoothing": 1.0}, "label_smoothing"), ({"epochs": 2.5}, "epochs must be int"),
+     ({"augment": "no"}, "augment must be bool"), ({"batch_size": True}, "batch_size must be int"),
+     ({"device": "tpu"}, "device must be")],
 )
 def test_bad_config_fails_fast(options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -68,3 +70,20 @@ def test_training_input_is_checked() -> None:
         fit(model, torch.zeros(4, 1, 28, 28), torch.zeros(4, dtype=torch.int64), SPEC, TrainConfig(device="cpu"))
     with pytest.raises(ValueError, match="empty"):
         fit(model, torch.zeros(0, 1, 28, 28, dtype=torch.uint8), torch.zeros(0), SPEC, TrainConfig(device="cpu"))
+
+
+def test_image_folder_layout(tmp_path, fashion_test) -> None:
+    from PIL import Image
+
+    from workers.ml.datasets import load_image_folder
+
+    for name, start in (("boots", 0), ("coats", 10)):
+        (tmp_path / name).mkdir()
+        for i in range(start, start + 4):
+            Image.fromarray(fashion_test.images[i]).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "coats" / "notes.txt").write_text("not an image")
+    data = load_image_folder(tmp_path, channels=3, size=16)
+    assert data.labels == ["boots", "coats"] and data.images.shape == (8, 16, 16, 3)
+    assert data.targets.tolist() == [0] * 4 + [1] * 4
+    with pytest.raises(ValueError, match="two class folders"):
+        load_image_folder(tmp_path / "boots")

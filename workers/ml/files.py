@@ -18,10 +18,27 @@ def atomic_write(target: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600: give the file the usual mode
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    directory = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # and the rename survives a power cut
+    finally:
+        os.close(directory)
+
+
+def _read_umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask cannot be read without setting it
 
 
 def file_sha256(path: Path) -> str:

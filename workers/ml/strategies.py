@@ -206,7 +206,7 @@ def _covered(pool: PoolView, embeddings: np.ndarray, eligible: np.ndarray) -> np
     parts = [embeddings[~eligible]]
     if pool.labeled_embeddings is not None and len(pool.labeled_embeddings):
         parts.append(_check_embeddings("labeled_embeddings", pool.labeled_embeddings, embeddings.shape[1]))
-    return np.concatenate(parts) if parts else embeddings[:0]
+    return np.concatenate(parts)
 
 
 def _coverage(embeddings: np.ndarray, covered: np.ndarray, device: str) -> Coverage:

@@ -18,6 +18,15 @@ from workers.ml.images import normalize
 from workers.ml.inference import predict_logits
 
 
+def _is(value: object, kind: type) -> bool:
+    """Strict JSON-ish types: a bool is not an int, an int is a fine float."""
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
@@ -30,7 +39,15 @@ class TrainConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = [f"{name} must be {kind.__name__ if kind is not float else 'a number'}, got {value!r}"
+                    for name, kind in (("epochs", int), ("batch_size", int), ("seed", int), ("augment", bool),
+                                       ("learning_rate", float), ("weight_decay", float),
+                                       ("label_smoothing", float), ("device", str))
+                    if not _is(value := getattr(self, name), kind)]
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
+            problems.append(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:

@@ -41,11 +41,12 @@ from hitl.models import (
     ReviewTaskStatus,
     Split,
 )
+from hitl.selectors import production_version
 from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import items_register, predictions_ingest
 from hitl.services.labels import label_submit
 from hitl.services.modeling import load_version
-from hitl.services.projects import deployment_create, production_version, project_create
+from hitl.services.projects import deployment_create, project_create
 from hitl.services.selection import review_batch_request
 from workers.celery import app as celery_app
 from workers.celery import configure_queues, delete_queues, use_embedded_broker

@@ -4,6 +4,7 @@
     hitl configure-project --project cats [--strategy bald] [--batch-size 200] [--mc-samples 20] ...
     hitl register-model --project cats --name v0 --weights model.safetensors [--promote]
     hitl create-deployment --project cats --name edge-1 --environment edge [--model-version v0]
+    hitl rotate-token --project cats --name edge-1
     hitl select-batch --project cats [--size 100] [--strategy entropy]
     hitl start-cycle --project cats [--epochs 20]
     hitl status --project cats
@@ -19,13 +20,14 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from hitl import selectors
 from hitl.errors import Conflict, InvalidInput
-from hitl.models import ModelVersion, Project
+from hitl.models import Deployment, ModelVersion, Project
+from hitl.selectors import production_version
 from hitl.services.cycles import cycle_request
 from hitl.services.projects import (
     deployment_create,
+    deployment_rotate_token,
     model_version_promote,
     model_version_register,
-    production_version,
     project_create,
     project_update,
 )
@@ -75,6 +77,10 @@ class Command(BaseCommand):
         deploy.add_argument("--environment", required=True, help="cloud, on_prem, mobile or edge")
         deploy.add_argument("--model-version", help="default: the production model")
         deploy.add_argument("--pinned", action="store_true", help="do not follow newly promoted models")
+
+        rotate = actions.add_parser("rotate-token", help="give a deployment a new API token (the old one stops working)")
+        rotate.add_argument("--project", required=True)
+        rotate.add_argument("--name", required=True, help="deployment name")
 
         select = actions.add_parser("select-batch", help="queue a review batch selection")
         select.add_argument("--project", required=True)
@@ -149,6 +155,13 @@ class Command(BaseCommand):
         self.stdout.write(f"created deployment {deployment.name} running {version.name}")
         self.stdout.write(f"API token (shown once, store it now): {token}")
 
+    def rotate_token(self, o: dict[str, Any]) -> None:
+        deployment = Deployment.objects.filter(project=self._project(o["project"]), name=o["name"]).first()
+        if deployment is None:
+            raise CommandError(f"no deployment {o['name']!r} in {o['project']}")
+        token = deployment_rotate_token(deployment_id=deployment.id)
+        self.stdout.write(f"new API token for {deployment.name} (shown once, store it now): {token}")
+
     def select_batch(self, o: dict[str, Any]) -> None:
         batch = review_batch_request(project=self._project(o["project"]), requested_by=ACTOR, size=o["size"],
                                      strategy=o["strategy"], audit_fraction=o["audit_fraction"])
@@ -178,4 +191,5 @@ class Command(BaseCommand):
         check = trust_verify(project_id=self._project(o["project"]).id)
         if not check.ok:
             raise CommandError(f"trust history is BROKEN at event {check.first_bad_sequence}: {check.problem}")
-        self.stdout.write(f"trust history verified: {check.events} events, chain intact")
+        self.stdout.write(f"trust history verified: {check.events} events, chain intact; head hash {check.head_hash}\n"
+                          "(keep the head hash elsewhere: a later check against it also detects removed events)")
