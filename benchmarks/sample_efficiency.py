@@ -142,13 +142,15 @@ def plot(means: dict, stds: dict, title: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 6))
+    colours = iter(c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7)  # grey is random's
     for strategy, curve in means.items():
         x = np.array(sorted(curve))
         y = np.array([curve[n] for n in x])
         s = np.array([stds[strategy][n] for n in x])
-        style = {"color": "black", "linewidth": 2.5, "linestyle": "--"} if strategy == "random" else {"linewidth": 1.6}
+        style = {"color": "black", "linewidth": 2.5, "linestyle": "--"} if strategy == "random" else \
+            {"color": next(colours), "linewidth": 1.6}
         ax.plot(x, y, label=strategy, **style)
-        ax.fill_between(x, y - s, y + s, alpha=0.12, **({"color": "black"} if strategy == "random" else {}))
+        ax.fill_between(x, y - s, y + s, alpha=0.12, color=style["color"])
     if "random" in means:
         target = means["random"][max(means["random"])]
         ax.axhline(target, color="grey", linewidth=0.8, linestyle=":")
@@ -169,33 +171,34 @@ def report(results: dict, strategies: list[str], args: argparse.Namespace, data:
     target = means["random"][budgets[-1]]
     header = "| strategy | " + " | ".join(f"{n} labels" for n in shown) + f" | labels to reach random's {budgets[-1]}-label accuracy ({target:.4f}) |"
     lines = [header, "| --- |" + " ---: |" * (len(shown) + 1)]
+    seeds = sorted({int(s) for runs in results.values() for s in runs})
+    spread = len(seeds) > 1
     for strategy in strategies:
         reach = labels_to_reach(means[strategy], target)
         reach_text = f"{reach} ({reach / budgets[-1]:.2f}x)" if reach else f"not within {budgets[-1]}"
-        cells = " | ".join(f"{means[strategy][n]:.4f} ± {stds[strategy][n]:.4f}" for n in shown)
+        cells = " | ".join(f"{means[strategy][n]:.4f}" + (f" ± {stds[strategy][n]:.4f}" if spread else "")
+                           for n in shown)
         lines.append(f"| {strategy} | {cells} | {reach_text} |")
     never_worse = [s for s in strategies if s != "random" and all(
         means[s][n] >= means["random"][n] - 1e-9 for n in budgets if n > args.seed_labels)]
     if plot_path is not None:
-        seeds = len(next(iter(results.values())))
-        plot(means, stds, f"{data.name}: accuracy vs human labels ({seeds} seed{'s' if seeds != 1 else ''})",
+        plot(means, stds, f"{data.name}: accuracy vs human labels ({len(seeds)} seed{'s' if spread else ''})",
              plot_path)
     mode = "quick" if args.quick else "full"
-    seeds = sorted({int(s) for runs in results.values() for s in runs})
     return f"""
 ## Sample efficiency of the query strategies ({data.name}, {mode} run)
 
 `python benchmarks/sample_efficiency.py{' --quick' if args.quick else ''}`, measured {time.strftime('%Y-%m-%d')} on
-{machine()}; the run took {seconds / 60:.0f} minutes. Pool: {args.pool:,} training images; test: {len(data.test_targets):,}
-held-out images; seed: {args.seed_labels} random labels; then batches of {args.step} up to {args.budget}; seeds
-{', '.join(map(str, seeds))} (the same seed labels and pool for every strategy); a small CNN trained from scratch each
+{machine()}; the run took {seconds / 60:.0f} minutes (time spent running, summed when a run is resumed). Pool: {args.pool:,} training images; test: {len(data.test_targets):,}
+held-out images; start: {args.seed_labels} random labels; then batches of {args.step} up to {args.budget};
+random seed{'s' if spread else ''} {', '.join(map(str, seeds))} (the same seed labels and pool for every strategy); a small CNN trained from scratch each
 round with one recipe for all (`recipe()`: AdamW, at least 15 epochs and 6,000 samples seen); BALD with
 {args.mc_samples} MC-dropout passes; the committee is the models of the last {COMMITTEE_SIZE} rounds (margin until
-there are two). Accuracy mean ± std over the seeds:
+there are two). {'Accuracy mean ± std over the seeds' if spread else 'Accuracy (one seed, so no spread)'}:
 
 {chr(10).join(lines)}
 
-Strategies at least as good as random at every budget (mean over seeds): {', '.join(never_worse) or 'none'}.
+Strategies at least as good as random at every budget{' (mean over seeds)' if spread else ''}: {', '.join(never_worse) or 'none'}.
 
 ![accuracy vs labels](sample_efficiency{'_quick' if args.quick else ''}.png)
 """
