@@ -6,11 +6,12 @@ harmless and the two paths always agree."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from hitl.locks import exclusive
@@ -90,7 +91,18 @@ def annotation_apply(*, link: LabelStudioProject, annotation: dict, task_data: d
     except (KeyError, TypeError, ValueError):
         raise MalformedEvent(f"annotation without an id and task: {str(annotation)[:200]}") from None
     reviewer = reviewer_name(annotation.get("completed_by"), client)  # may ask Label Studio: before any lock
-    return _apply(link, annotation, annotation_id, ls_task_id, task_data, seen_via, reviewer)
+    return _first_insert_wins(lambda: _apply(link, annotation, annotation_id, ls_task_id, task_data, seen_via, reviewer))
+
+
+def _first_insert_wins(change: Callable[[], LabelStudioAnnotation]) -> LabelStudioAnnotation:
+    """Two workers can meet the same new annotation at once (its 'created' and 'updated' webhooks,
+    a webhook and reconcile, a create and a delete): neither finds a row to lock, and the one whose
+    insert loses on the unique annotation id rolls back. Run it again: now it finds the winner's
+    row, waits for its lock and applies on top of it."""
+    try:
+        return change()
+    except IntegrityError:
+        return change()
 
 
 @transaction.atomic
@@ -142,9 +154,13 @@ def _reject(record: LabelStudioAnnotation, reason: str) -> LabelStudioAnnotation
     return record
 
 
-@transaction.atomic
 def annotation_delete(*, link: LabelStudioProject, annotation_id: int, seen_via: str) -> LabelStudioAnnotation:
     """The annotation was deleted in Label Studio: its label is retracted. Final."""
+    return _first_insert_wins(lambda: _delete(link, annotation_id, seen_via))
+
+
+@transaction.atomic
+def _delete(link: LabelStudioProject, annotation_id: int, seen_via: str) -> LabelStudioAnnotation:
     record = LabelStudioAnnotation.objects.select_for_update().filter(ls_annotation_id=annotation_id).first()
     if record is None:  # deleted before hitl saw it: remember, so a late 'created' event is ignored
         record = LabelStudioAnnotation(ls_annotation_id=annotation_id, ls_task_id=0, ls_project=link)

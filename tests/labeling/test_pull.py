@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
+from django.db import connection, transaction
 from django.test import override_settings
 
 from hitl.models import Label, LabelSource, LabelStatus, ReviewTaskStatus
@@ -210,3 +213,59 @@ def test_reconcile_infers_deletions_only_from_tasks_it_saw(pushed) -> None:
     assert result.deleted == 1 and result.missing_tasks == 0
     assert current(rows[0].review_task.item_id) is None
     assert current(rows[1].review_task.item_id).value == "coat"
+
+
+def _in_thread(target, results: dict, key: str) -> threading.Thread:
+    """Run ``target`` on its own database connection, keeping its result or its exception."""
+    def run() -> None:
+        try:
+            results[key] = target()
+        except Exception as exc:  # noqa: BLE001 - handed to the test
+            results[key] = exc
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _someone_waits_for_a_lock(timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_locks WHERE NOT granted")
+            if cursor.fetchone()[0]:
+                return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_meeting_a_new_annotation_both_land(pushed) -> None:
+    """Worker A applies the 'created' event of annotation 1 and has not committed yet; worker B,
+    with the reviewer's correction, finds no row to lock, waits behind A's item lock, and then
+    loses the insert of the annotation row. B must still apply the correction."""
+    link, rows = pushed
+    first_applied, release, results = threading.Event(), threading.Event(), {}
+
+    def worker_a() -> LabelStudioAnnotation:
+        with transaction.atomic():
+            record = apply(link, annotation(1, 101, "bag", "2026-11-26T10:00:00Z"))
+            first_applied.set()
+            assert release.wait(10)
+        return record
+
+    a = _in_thread(worker_a, results, "a")
+    assert first_applied.wait(10)
+    b = _in_thread(lambda: apply(link, annotation(1, 101, "coat", "2026-11-26T10:05:00Z")), results, "b")
+    assert _someone_waits_for_a_lock()  # B is blocked behind A's uncommitted work
+    release.set()
+    a.join(10), b.join(10)
+    assert isinstance(results["a"], LabelStudioAnnotation), results["a"]
+    assert isinstance(results["b"], LabelStudioAnnotation), results["b"]
+    item_id = rows[0].review_task.item_id
+    assert list(Label.objects.filter(item_id=item_id).order_by("id").values_list("value", "status")) == [
+        ("bag", "superseded"), ("coat", "current")]
+    record = LabelStudioAnnotation.objects.get(ls_annotation_id=1)
+    assert (record.state, record.label.value) == (AnnotationState.APPLIED, "coat")
