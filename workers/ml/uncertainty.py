@@ -49,10 +49,7 @@ def margin(probs: np.ndarray) -> np.ndarray:
 
 def entropy(probs: np.ndarray) -> np.ndarray:
     """Shannon entropy in nats, -sum_c p(c) log p(c), with 0 log 0 = 0."""
-    clipped = np.clip(probs, 0.0, 1.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(clipped > 0, clipped * np.log(clipped), 0.0)
-    return -terms.sum(axis=1)
+    return _entropy_along(probs, axis=1)
 
 
 def _entropy_along(probs: np.ndarray, axis: int) -> np.ndarray:
