@@ -199,8 +199,8 @@ client share the machine's cores.
 | {args.predictions:,} | {args.bulk} | {elapsed:.2f} s | **{rate:,.0f}** | {p50 * 1000:.0f} ms | {p99 * 1000:.0f} ms |
 
 Target: at least 10,000 predictions/s, over 10x what Label Studio 1.23.2's import reaches for tasks
-with predictions on this kind of machine: about 900 tasks/s in our notes, 1,134 tasks/s in the Label
-Studio section below (a separate run of `benchmarks/label_studio.py` on the same machine).
+with predictions on this kind of machine: about 900 tasks/s in our notes; the Label Studio section
+below measures it again (a separate run of `benchmarks/label_studio.py` on the same machine).
 """)
 
 

@@ -233,14 +233,15 @@ def main() -> None:
     unknown = [s for s in strategies if s not in STRATEGY_INPUTS]
     if unknown or "random" not in strategies:
         raise SystemExit(f"unknown strategies {unknown}; 'random' must be included (the baseline)")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_data(args)
     results_path = args.results or (DOCS / f"sample_efficiency{'_quick' if args.quick else ''}.json")
     results: dict = json.loads(results_path.read_text()) if results_path.exists() else {}
-    if results.get("_config", {}).get("budget") not in (None, args.budget) or results.get("_config", {}).get("pool") not in (None, args.pool):
-        raise SystemExit(f"{results_path} holds a run with other settings; pass --results elsewhere")
-    results["_config"] = {"budget": args.budget, "pool": args.pool, "step": args.step, "seed_labels": args.seed_labels,
-                          "data": data.name, "mc_samples": args.mc_samples}
+    config = {"budget": args.budget, "pool": args.pool, "step": args.step, "seed_labels": args.seed_labels,
+              "data": data.name, "mc_samples": args.mc_samples}
+    if results.get("_config", config) != config:  # resuming another run's results would mix them
+        raise SystemExit(f"{results_path} holds a run with other settings ({results['_config']}); "
+                         "pass --results elsewhere")
+    results["_config"] = config
     started = time.monotonic() - results.get("_seconds", 0.0)
     for seed in range(args.seeds):
         for strategy in strategies:
