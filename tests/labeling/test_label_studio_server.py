@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -34,9 +33,11 @@ from labeling.services.provisioning import ls_project_provision
 from labeling.services.pull import ls_reconcile
 from labeling.services.push import ls_push, ls_task_payload
 from labeling.services.status import ls_status
+from tests.conftest import LabelStudioAddress, free_port
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 SCRIPT = Path(settings.BASE_DIR) / "scripts" / "label-studio.sh"
+REVIEWER = "reviewer@hitl.test"  # the Label Studio account the tests annotate as
 
 
 @dataclass(frozen=True)
@@ -46,20 +47,15 @@ class LabelStudioServer:
     password: str
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
-    data = tmp_path_factory.mktemp("label-studio")
-    port = free_port()
-    env = {**os.environ, "HITL_LS_DATA_DIR": str(data), "HITL_LS_PORT": str(port)}
+def label_studio(label_studio_address: LabelStudioAddress) -> Iterator[LabelStudioServer]:
+    """Label Studio at the address the worker was told about."""
+    data = label_studio_address.data_dir
+    env = {**os.environ, "HITL_LS_DATA_DIR": str(data), "HITL_LS_PORT": str(label_studio_address.port),
+           "HITL_LS_USERNAME": REVIEWER}
     subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=900)
     try:
-        yield LabelStudioServer(f"http://127.0.0.1:{port}", (data / "api-token").read_text().strip(),
+        yield LabelStudioServer(label_studio_address.url, label_studio_address.token,
                                 (data / "password").read_text().strip())
     finally:
         subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=60)
@@ -187,9 +183,9 @@ def test_reviewers_work_in_label_studio_comes_back_exactly(connected, reviewer_s
     assert skipped.status == ReviewTaskStatus.SKIPPED
     corrected = Label.objects.filter(item_id=tasks[0].data["hitl_item_id"]).order_by("id")
     assert [(lbl.value, lbl.status) for lbl in corrected] == [(labels[0], "superseded"), (labels[9], "current")]
-    first = corrected.last()
-    assert first.reviewer_name.startswith("Label Studio user") or first.reviewer_name.endswith("(Label Studio)")
-    assert first.lead_time_seconds == pytest.approx(2.0) and first.prediction_id is not None
+    correction = corrected.last()
+    assert correction.reviewer_name == f"{REVIEWER} (Label Studio)"  # the annotator's id, looked up
+    assert correction.lead_time_seconds == pytest.approx(2.0) and correction.prediction_id is not None
 
     # A duplicated webhook (Label Studio or a proxy resending) changes nothing.
     rows_before = Label.objects.count()
@@ -269,7 +265,7 @@ def test_a_reviewer_labels_in_label_studios_web_ui(connected, label_studio, monk
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.set_default_timeout(20_000)
         page.goto(f"{label_studio.url}/user/login/")
-        page.fill("input[name=email]", "admin@hitl.local")
+        page.fill("input[name=email]", REVIEWER)
         page.fill("input[name=password]", label_studio.password)
         page.click("button[type=submit]")
         page.goto(f"{label_studio.url}/projects/{link.ls_project_id}/data")
@@ -293,7 +289,6 @@ def test_a_reviewer_labels_in_label_studios_web_ui(connected, label_studio, monk
     assert applied.count() == 2
     assert "ankle boot" in set(applied.values_list("value", flat=True))
     assert ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.SKIPPED).count() == 1
-    assert all(label.reviewer_name == "admin@hitl.local (Label Studio)" or label.reviewer_name.startswith("Label Studio user")
-               for label in applied)
+    assert {label.reviewer_name for label in applied} == {f"{REVIEWER} (Label Studio)"}
     assert hitl_labels(project) == expected_labels(LabelStudio(base_url=label_studio.url, api_key=label_studio.token),
                                                    link.ls_project_id)
