@@ -3,6 +3,8 @@ Studio, imports and the demo's simulated reviewer)."""
 
 from __future__ import annotations
 
+import math
+
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
@@ -12,6 +14,15 @@ from hitl.models import Item, Label, LabelSource, LabelStatus, ReviewTask, Revie
 
 # Longer than this is a reviewer who left the page open, not time spent on the item.
 MAX_LEAD_TIME_SECONDS = 24 * 3600
+
+
+def plausible_lead_time(seconds: object) -> float | None:
+    """A measured time spent on an item (a page's clock, Label Studio's ``lead_time``), or None
+    where it cannot be one: not a number, negative, or longer than MAX_LEAD_TIME_SECONDS.
+    Measured times are dropped, not refused; a client that sends one to the API gets a 400."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return None
+    return float(seconds) if 0 <= seconds <= MAX_LEAD_TIME_SECONDS else None
 
 
 def _reviewer_name(reviewer: AbstractBaseUser | None, reviewer_name: str) -> str:

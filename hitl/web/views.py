@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 from hitl import selectors
 from hitl.errors import InvalidInput
 from hitl.models import LabelSource, RetrainingCycle, ReviewTask, ReviewTaskStatus
-from hitl.services.labels import MAX_LEAD_TIME_SECONDS, label_submit, review_task_skip
+from hitl.services.labels import label_submit, plausible_lead_time, review_task_skip
 
 QUEUE_PAGE_SIZE = 24
 
@@ -38,10 +38,9 @@ def review_queue(request: HttpRequest, slug: str) -> HttpResponse:
 
 def _lead_time(request: HttpRequest) -> float | None:
     try:
-        elapsed = time.time() - float(request.POST.get("shown_at", ""))
+        return plausible_lead_time(time.time() - float(request.POST.get("shown_at", "")))
     except ValueError:
         return None
-    return elapsed if 0 <= elapsed <= MAX_LEAD_TIME_SECONDS else None
 
 
 @login_required

@@ -14,9 +14,10 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from hitl.errors import Busy, InvalidInput
 from hitl.locks import exclusive
 from hitl.models import LabelSource
-from hitl.services.labels import MAX_LEAD_TIME_SECONDS, label_retract, label_submit, review_task_skip
+from hitl.services.labels import label_retract, label_submit, plausible_lead_time, review_task_skip
 from hitl.services.queue import enqueue
 from labeling.client import LabelStudioBadRequest, LabelStudioClient, LabelStudioError
 from labeling.mapping import ResultRejected, choice_from_result
@@ -135,13 +136,14 @@ def _apply(link: LabelStudioProject, annotation: dict, annotation_id: int, ls_ta
         value = choice_from_result(record.result, link.project.labels)
     except ResultRejected as exc:
         return _reject(record, str(exc))
-    lead_time = record.lead_time_seconds if isinstance(record.lead_time_seconds, (int, float)) else None
-    record.label = label_submit(
-        item_id=task.review_task.item_id, value=value, source=LabelSource.LABEL_STUDIO,
-        reviewer_name=record.completed_by, review_task_id=task.review_task_id,
-        lead_time_seconds=lead_time if lead_time is None or 0 <= lead_time <= MAX_LEAD_TIME_SECONDS else None,
-        external_id=f"ls-annotation:{annotation_id}",
-    )
+    try:
+        record.label = label_submit(
+            item_id=task.review_task.item_id, value=value, source=LabelSource.LABEL_STUDIO,
+            reviewer_name=record.completed_by, review_task_id=task.review_task_id,
+            lead_time_seconds=plausible_lead_time(record.lead_time_seconds), external_id=f"ls-annotation:{annotation_id}",
+        )
+    except InvalidInput as exc:  # checked before anything is written
+        return _reject(record, str(exc))
     record.state, record.reason = AnnotationState.APPLIED, ""
     record.save()
     return record
@@ -206,11 +208,10 @@ def webhook_event_process(*, event_id: int, client: LabelStudioClient | None = N
         return event
     payload = event.payload
     try:
-        project = payload.get("project")
-        ls_project_id = project.get("id") if isinstance(project, dict) else project
-        link = LabelStudioProject.objects.select_related("project").filter(ls_project_id=ls_project_id).first()
+        link = None if event.ls_project_id is None else LabelStudioProject.objects.select_related("project").filter(
+            ls_project_id=event.ls_project_id).first()
         if event.action in ANNOTATION_ACTIONS | DELETE_ACTIONS and link is None:
-            raise MalformedEvent(f"event for Label Studio project {ls_project_id!r}, which no hitl project uses")
+            raise MalformedEvent(f"event for Label Studio project {event.ls_project_id!r}, which no hitl project uses")
         if event.action in ANNOTATION_ACTIONS:
             task = payload.get("task") if isinstance(payload.get("task"), dict) else {}
             for annotation in _event_annotations(payload):
@@ -238,16 +239,16 @@ class ReconcileResult:
     annotations: int
     deleted: int
     missing_tasks: int
-    busy: bool = False
 
 
 def ls_reconcile(*, project_id: int, client: LabelStudioClient | None = None) -> ReconcileResult:
-    """Pull every annotation of the project's Label Studio tasks and bring hitl in line."""
+    """Pull every annotation of the project's Label Studio tasks and bring hitl in line; Busy
+    while another sync of the project runs."""
     link = connected_project(project_id)
     client = client or default_client()
     with exclusive(f"label-studio-sync:{project_id}") as mine:
         if not mine:
-            return ReconcileResult(0, 0, 0, 0, busy=True)
+            raise Busy(f"another sync of project {project_id} is running")
         try:
             result = _reconcile(link, client)
         except LabelStudioError as exc:

@@ -13,6 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from hitl.db import update_rows
+from hitl.errors import Busy
 from hitl.locks import exclusive
 from hitl.models import ReviewTask, ReviewTaskStatus
 from labeling.client import LabelStudioClient, LabelStudioError
@@ -28,7 +29,6 @@ IMPORT_CHUNK = 500
 class PushResult:
     pushed: int
     recovered: int
-    busy: bool = False
 
 
 def ls_task_payload(task: ReviewTask) -> dict:
@@ -97,12 +97,13 @@ def _import_reserved(link: LabelStudioProject, client: LabelStudioClient) -> int
 
 
 def ls_push(*, project_id: int, client: LabelStudioClient | None = None) -> PushResult:
-    """Push every open review task of the project not yet in Label Studio."""
+    """Push every open review task of the project not yet in Label Studio; Busy while another
+    push of the project runs."""
     link = connected_project(project_id)
     client = client or default_client()
     with exclusive(f"label-studio-push:{project_id}") as mine:
         if not mine:
-            return PushResult(0, 0, busy=True)
+            raise Busy(f"another push of project {project_id} is running")
         try:
             recovered = _recover(link, client)
             _reserve(link)

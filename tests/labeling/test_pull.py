@@ -128,7 +128,7 @@ def test_webhook_checks_the_secret_and_records_events(client, pushed, django_cap
 
 
 def test_events_for_unknown_projects_fail_visibly(pushed) -> None:
-    event = WebhookEvent.objects.create(action="ANNOTATION_CREATED", payload={
+    event = WebhookEvent.objects.create(action="ANNOTATION_CREATED", ls_project_id=12345, payload={
         "action": "ANNOTATION_CREATED", "annotation": annotation(1, 101, "bag"), "project": {"id": 12345}})
     processed = webhook_event_process(event_id=event.id)
     assert processed.state == EventState.FAILED and "no hitl project uses" in processed.error
@@ -137,7 +137,7 @@ def test_events_for_unknown_projects_fail_visibly(pushed) -> None:
 def test_delete_events(pushed) -> None:
     link, rows = pushed
     apply(link, annotation(1, 101, "bag"))
-    event = WebhookEvent.objects.create(action="ANNOTATIONS_DELETED", payload={
+    event = WebhookEvent.objects.create(action="ANNOTATIONS_DELETED", ls_project_id=7, payload={
         "action": "ANNOTATIONS_DELETED", "annotations": [{"id": 1}], "project": {"id": 7}})
     assert webhook_event_process(event_id=event.id).state == EventState.PROCESSED
     assert current(rows[0].review_task.item_id) is None

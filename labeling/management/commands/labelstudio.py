@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from hitl.errors import InvalidInput
+from hitl.errors import Busy, InvalidInput
 from hitl.models import Project
 from labeling.client import LabelStudioError
 from labeling.models import LabelStudioProject
@@ -37,6 +37,8 @@ class Command(BaseCommand):
             getattr(self, options["action"])(project)
         except (LabelStudioError, InvalidInput) as exc:
             raise CommandError(str(exc)) from None
+        except Busy as exc:
+            self.stdout.write(f"{exc}; nothing done")
 
     def connect(self, project: Project) -> None:
         result = ls_project_provision(project_id=project.id)
@@ -46,9 +48,6 @@ class Command(BaseCommand):
 
     def push(self, project: Project) -> None:
         result = ls_push(project_id=project.id)
-        if result.busy:
-            self.stdout.write("another push of this project is running; nothing done")
-            return
         self.stdout.write(f"pushed {result.pushed} tasks" + (f", confirmed {result.recovered} from an interrupted push"
                                                               if result.recovered else ""))
 
