@@ -3,9 +3,11 @@ selection service, on real Fashion-MNIST items and a real (small) model."""
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
-from hitl.models import ReviewBatchStatus, ReviewReason, ReviewTask, ReviewTaskStatus
+from hitl.models import Prediction, ReviewBatchStatus, ReviewReason, ReviewTask, ReviewTaskStatus
 from hitl.services.ingestion import items_register
 from hitl.services.modeling import model_predict_items
 from hitl.services.selection import review_batch_request, review_batch_select, selection_task
@@ -24,16 +26,18 @@ def pool(project, write_images, labeled_items):
 
 
 @pytest.mark.parametrize("strategy", ["bald", "coreset", "badge", "hybrid"])
-def test_model_strategies_select_scored_unlabeled_items(project, pool, strategy) -> None:
+def test_model_strategies_select_scored_unlabeled_items(project, pool, labeled_items, strategy) -> None:
     project.mc_samples = 5
     project.save()
+    labeled_since = set(labeled_items(range(10, 30)))  # labeled after v1 predicted them: still in its predictions
+    assert labeled_since == set(pool[10:30])
     batch = review_batch_request(project=project, requested_by="t", size=10, strategy=strategy, audit_fraction=0.2)
     review_batch_select(batch_id=batch.id)
     batch.refresh_from_db()
     assert batch.status == ReviewBatchStatus.SELECTED, batch.error
     tasks = list(batch.tasks.order_by("rank"))
     assert len(tasks) == 10 and len({t.item_id for t in tasks}) == 10
-    assert not {t.item_id for t in tasks} & set(pool[:10])  # labeled items are never picked
+    assert not {t.item_id for t in tasks} & labeled_since  # labeled items are never picked
     picked = [t for t in tasks if t.reason == ReviewReason.STRATEGY]
     assert len(picked) == 8 and all(t.strategy == strategy for t in tasks)
     assert all(t.score is not None for t in picked[1:])  # core-set's very first pick may have no score
@@ -78,9 +82,23 @@ def test_class_balance_with_stored_scores(project, pool) -> None:
     batch = review_batch_request(project=project, requested_by="t", size=12, strategy="entropy", audit_fraction=0)
     review_batch_select(batch_id=batch.id)
     batch.refresh_from_db()
-    predicted = [t.prediction.predicted_label for t in batch.tasks.select_related("prediction")]
-    assert batch.status == ReviewBatchStatus.SELECTED and len(predicted) == 12
-    assert len(set(predicted)) >= 2
+    predicted = Counter(t.prediction.predicted_label for t in batch.tasks.select_related("prediction"))
+    assert batch.status == ReviewBatchStatus.SELECTED and sum(predicted.values()) == 12
+    candidates = Counter(Prediction.objects.filter(item_id__in=pool[10:]).values_list("predicted_label", flat=True))
+    assert len(candidates) >= 2  # else there is nothing to balance
+    assert predicted == fair_shares(12, candidates)
+
+
+def fair_shares(total: int, candidates: Counter) -> Counter:
+    """Round-robin over the classes; a class with too few candidates leaves its share to the others."""
+    shares: Counter = Counter()
+    total = min(total, sum(candidates.values()))
+    while total:
+        for label in sorted(candidates):
+            if total and shares[label] < candidates[label]:
+                shares[label] += 1
+                total -= 1
+    return shares
 
 
 def test_model_strategies_go_to_the_gpu_queue() -> None:
