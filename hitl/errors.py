@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.db import InterfaceError, OperationalError
+
+# The database went away or timed out: worth a retry by Celery, never a recorded failure.
+TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+
 
 @dataclass(frozen=True)
 class FieldError:

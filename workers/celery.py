@@ -11,11 +11,10 @@ from pathlib import Path
 
 from celery import Celery
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 from kombu import Queue
 from kombu.exceptions import OperationalError as BrokerError
 
-from hitl.errors import Busy
+from hitl.errors import TRANSIENT_DB_ERRORS, Busy
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hitl.settings")
 
@@ -88,7 +87,7 @@ app.conf.beat_schedule = {
 # killed worker loses nothing: the broker redelivers and the services' status checks make the
 # repeat harmless. Transient failures (database or broker briefly unreachable) are retried with
 # backoff; anything else is a bug or bad data, which the services record on the row.
-TRANSIENT_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError, BrokerError, ConnectionError, Busy)
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (*TRANSIENT_DB_ERRORS, BrokerError, ConnectionError, Busy)
 RETRY_POLICY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 5, "retry_backoff_max": 300,
                 "retry_jitter": True, "max_retries": 8}
 CPU_TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "soft_time_limit": 600,

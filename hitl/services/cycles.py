@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from hitl.errors import Conflict, InvalidInput
+from hitl.errors import TRANSIENT_DB_ERRORS, Conflict, InvalidInput
 from hitl.locks import exclusive
 from hitl.media import media_path, model_directory
 from hitl.models import (
@@ -53,8 +53,6 @@ log = logging.getLogger(__name__)
 
 ACTIVE = (CycleStatus.PENDING, CycleStatus.TRAINING, CycleStatus.EVALUATING)
 MAX_TRAINING_ATTEMPTS = 3
-# Worth a retry by Celery; any other error is recorded on the cycle as its failure.
-TRANSIENT_DB_ERRORS = (OperationalError, InterfaceError)
 TRANSITIONS: dict[str, set[str]] = {
     CycleStatus.PENDING: {CycleStatus.TRAINING, CycleStatus.FAILED, CycleStatus.CANCELLED},
     # training -> training: a redelivered task restarts the attempt of a worker that died

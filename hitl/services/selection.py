@@ -18,11 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import transaction
 from django.db.models import Max, Min, Q
 from django.utils import timezone
 
-from hitl.errors import Busy, InvalidInput
+from hitl.errors import TRANSIENT_DB_ERRORS, Busy, InvalidInput
 from hitl.locks import exclusive
 from hitl.models import (
     Label,
@@ -45,7 +45,7 @@ from hitl.services.scoring import predictions_score, probabilities_matrix
 from hitl.signals import review_batch_selected
 from workers.ml.device import select_device
 from workers.ml.inference import model_outputs
-from workers.ml.strategies import STRATEGY_INPUTS, PoolView, SelectOptions, select_batch
+from workers.ml.strategies import COVERAGE_STRATEGIES, STRATEGY_INPUTS, PoolView, SelectOptions, select_batch
 from workers.ml.uncertainty import SCORERS
 
 MODEL_INPUTS = frozenset({"mc_probs", "committee_probs", "embeddings"})
@@ -161,15 +161,15 @@ def _committee(project: Project, version: ModelVersion) -> list[ModelVersion]:
     return members[: project.committee_size]
 
 
-def _covered_embeddings(project: Project, model, spec) -> np.ndarray:
-    """Embeddings of items humans labeled or are reviewing: the diversity strategies' 'covered'."""
+def _covered_embeddings(project: Project, model, spec) -> np.ndarray | None:
+    """Embeddings of items humans labeled or are reviewing: what coverage strategies count as covered."""
     labeled = list(Label.objects.filter(item__project=project, status=LabelStatus.CURRENT)
                    .order_by("-id").values_list("item__image", flat=True)[:MAX_COVERED_EMBEDDINGS])
     reviewing = list(ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.OPEN)
                      .values_list("item__image", flat=True)[:MAX_COVERED_EMBEDDINGS])
     paths = labeled + reviewing
     if not paths:
-        return np.zeros((0, 1), dtype=np.float32)
+        return None
     return model_outputs(model, item_images(paths, spec), spec, embeddings=True).embeddings
 
 
@@ -194,11 +194,11 @@ def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n:
                                                   f"production; {project.slug} has {len(members)}")
         committee = np.stack([outputs.probs] + [
             model_outputs(load_version(m)[0], images, meta.input_spec).probs for m in members[1:]], axis=2)
-    covered = _covered_embeddings(project, model, meta.input_spec) if "embeddings" in needs else None
+    covered = _covered_embeddings(project, model, meta.input_spec) if batch.strategy in COVERAGE_STRATEGIES else None
     selection = select_batch(
         batch.strategy,
         PoolView(probs=outputs.probs, mc_probs=outputs.mc_probs, committee_probs=committee,
-                 embeddings=outputs.embeddings, labeled_embeddings=covered if covered is not None and len(covered) else None),
+                 embeddings=outputs.embeddings, labeled_embeddings=covered),
         n, rng=rng,
         options=SelectOptions(class_balance=project.class_balance, device=str(select_device(settings.HITL_DEVICE))),
     )
@@ -255,7 +255,7 @@ def review_batch_select(*, batch_id: int) -> ReviewBatch:
         try:
             picks = _strategy_picks(batch, batch.project, version, batch.size - len(audit), rng,
                                     busy | {item for _, item in audit})
-        except (OperationalError, InterfaceError):
+        except TRANSIENT_DB_ERRORS:
             raise  # transient: Celery retries
         except Exception as exc:  # bad settings or data (a missing image, a model that won't load): say so
             log.exception("selection of batch %s failed", batch_id)

@@ -42,6 +42,8 @@ STRATEGY_INPUTS: dict[str, frozenset[str]] = {
     "hybrid": frozenset({"probs", "embeddings"}),
 }
 SCORE_STRATEGIES = ("least_confidence", "margin", "entropy", "bald", "committee")
+# Strategies that measure distance to PoolView.labeled_embeddings (what is already covered).
+COVERAGE_STRATEGIES = frozenset({"coreset", "hybrid"})
 
 
 @dataclass(frozen=True)
