@@ -1,17 +1,34 @@
+from django import forms
 from django.contrib import admin
 
 from hitl import models
+from hitl.errors import InvalidInput
+from hitl.services.projects import FIXED_SETTINGS, SETTING_CHECKS, validate_project_settings
 
 # The admin is for looking and for plain settings. State changes (promotion, cycle status, labels)
 # go through the services, which keep the trust history and the state machines.
 
 
+class ProjectForm(forms.ModelForm):
+    """The same checks as `manage.py hitl configure-project` and the API."""
+
+    def clean(self) -> dict:
+        cleaned = super().clean()
+        try:
+            validate_project_settings({name: cleaned[name] for name in SETTING_CHECKS if name in cleaned})
+        except InvalidInput as exc:
+            for error in exc.errors:
+                self.add_error(error.field if error.field in self.fields else None, error.message)
+        return cleaned
+
+
 @admin.register(models.Project)
 class ProjectAdmin(admin.ModelAdmin):
+    form = ProjectForm
     list_display = ["slug", "name", "task_type", "architecture", "selection_strategy", "batch_size"]
 
     def get_readonly_fields(self, request, obj=None) -> list[str]:
-        return ["labels", "holdout_fraction", "task_type"] if obj else []
+        return [*sorted(FIXED_SETTINGS), "task_type", "created_at"] if obj else ["created_at"]
 
 
 @admin.register(models.ModelVersion)
@@ -21,6 +38,9 @@ class ModelVersionAdmin(admin.ModelAdmin):
     raw_id_fields = ["parent"]
     exclude = ["training_labels"]
     readonly_fields = ["project", "name", "architecture", "labels", "stage", "parent", "promoted_at", "promoted_by"]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # versions come from `manage.py hitl register-model` and retraining cycles
 
 
 @admin.register(models.Deployment)
@@ -34,6 +54,9 @@ class RetrainingCycleAdmin(admin.ModelAdmin):
     list_display = ["project", "number", "status", "decision", "created_at", "finished_at"]
     list_filter = ["project", "status", "decision"]
     readonly_fields = [f.name for f in models.RetrainingCycle._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False  # cycles are started through the API, the CLI or the beat
 
 
 @admin.register(models.ReviewBatch)
