@@ -53,7 +53,7 @@ class ChainCheck:
     events: int
     first_bad_sequence: int | None = None
     problem: str = ""
-    head_hash: str = GENESIS_HASH
+    head_hash: str | None = None  # the last event's hash, only for a chain that verifies
 
 
 def trust_verify(*, project_id: int) -> ChainCheck:

@@ -100,6 +100,7 @@ def test_trust_history_endpoint(reviewer_client, project, version) -> None:
     data = reviewer_client.get(f"/api/v1/projects/{project.slug}/trust/").json()
     assert data["verified"] is True
     assert [e["kind"] for e in data["events"]] == ["model_promoted"]
+    assert data["head_hash"] == data["events"][-1]["hash"]
 
 
 def test_unauthenticated_reads_are_refused(client, project) -> None:

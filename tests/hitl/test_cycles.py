@@ -168,6 +168,7 @@ def test_tampering_with_the_trust_history_is_detected(project, labeled) -> None:
     event.save()
     check = trust_verify(project_id=project.id)
     assert not check.ok and check.first_bad_sequence == event.sequence and "does not match" in check.problem
+    assert check.head_hash is None  # no head to vouch for
 
 
 def test_no_held_out_labels_means_no_promotion_over_production() -> None:
