@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from django.db.models import Count, Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
 from django.shortcuts import get_object_or_404
 
 from hitl.models import (
@@ -120,15 +120,12 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
 def audit_accuracy(project: Project) -> list[AccuracyEstimate]:
     """Live accuracy per model version, from the human labels of the random audit slices: the
     fraction of audited items where the human agreed with the model's prediction."""
+    agreed = Q(prediction__predicted_label=F("item__labels__value"))
     rows = (ReviewTask.objects.filter(batch__project=project, reason=ReviewReason.AUDIT, status=ReviewTaskStatus.DONE,
                                       item__labels__status=LabelStatus.CURRENT)
-            .values_list("prediction__model_version__name", "item_id", "prediction__predicted_label",
-                         "item__labels__value")
-            .distinct())  # an item audited twice for a version counts once
-    tally: dict[str, list[int]] = {}
-    for version, _item, predicted, value in rows:
-        counts = tally.setdefault(version, [0, 0])
-        counts[0] += 1
-        counts[1] += predicted == value
-    return [AccuracyEstimate(version, n, correct, correct / n, *wilson_interval(correct, n))
-            for version, (n, correct) in sorted(tally.items())]
+            .values("prediction__model_version__name")
+            .annotate(n=Count("item", distinct=True),  # an item audited twice for a version counts once
+                      correct=Count("item", distinct=True, filter=agreed))
+            .order_by("prediction__model_version__name"))
+    return [AccuracyEstimate(r["prediction__model_version__name"], r["n"], r["correct"], r["correct"] / r["n"],
+                             *wilson_interval(r["correct"], r["n"])) for r in rows]
