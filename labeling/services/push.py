@@ -46,14 +46,12 @@ def ls_task_payload(task: ReviewTask) -> dict:
 
 def confirm_reserved(link: LabelStudioProject, ls_ids_by_review_task: dict[int, int]) -> int:
     """Mark reserved rows whose task is already in Label Studio as pushed; returns how many."""
-    confirmed = 0
-    for row in LabelStudioTask.objects.filter(ls_project=link, state=PushState.RESERVED):
-        ls_id = ls_ids_by_review_task.get(row.review_task_id)
-        if ls_id is not None:
-            LabelStudioTask.objects.filter(pk=row.pk).update(ls_task_id=ls_id, state=PushState.PUSHED,
-                                                             pushed_at=timezone.now())
-            confirmed += 1
-    return confirmed
+    rows = list(LabelStudioTask.objects.filter(ls_project=link, state=PushState.RESERVED,
+                                               review_task_id__in=list(ls_ids_by_review_task))
+                .values_list("pk", "review_task_id"))
+    update_rows(LabelStudioTask, ["ls_task_id"], [(pk, ls_ids_by_review_task[task_id]) for pk, task_id in rows],
+                constants={"state": PushState.PUSHED, "pushed_at": timezone.now()})
+    return len(rows)
 
 
 def _recover(link: LabelStudioProject, client: LabelStudioClient) -> int:
