@@ -112,7 +112,7 @@ def expected_labels(sdk: LabelStudio, ls_project_id: int) -> dict[int, str]:
     return expected
 
 
-def test_provisioning_is_idempotent(connected, reviewer_sdk, label_studio) -> None:
+def test_provisioning_is_idempotent(connected, reviewer_sdk) -> None:
     project, link = connected
     remote = reviewer_sdk.projects.get(id=link.ls_project_id)
     for label in project.labels:

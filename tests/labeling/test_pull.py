@@ -56,7 +56,7 @@ def test_replays_and_late_older_versions_change_nothing(pushed) -> None:
         ("bag", "superseded"), ("coat", "current")]
 
 
-def test_deletion_retracts_and_is_final(pushed, reviewer) -> None:
+def test_deletion_retracts_and_is_final(pushed) -> None:
     link, rows = pushed
     apply(link, annotation(1, 101, "bag"))
     annotation_delete(link=link, annotation_id=1, seen_via="webhook")
