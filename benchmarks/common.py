@@ -5,25 +5,25 @@ from __future__ import annotations
 import os
 import platform
 import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
+ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 
 
-def scratch_database(name: str, admin_url: str = "postgres://postgres@127.0.0.1:5432/postgres") -> str:
+def scratch_database(name: str, admin_url: str = ADMIN_URL) -> str:
     """(Re)create an empty database; returns its URL."""
     import psycopg
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
-
-
-ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
+    return database_url(name, admin_url)
 
 
 def database_url(name: str, admin_url: str = ADMIN_URL) -> str:
@@ -37,7 +37,7 @@ def database_exists(name: str, admin_url: str = ADMIN_URL) -> bool:
         return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone() is not None
 
 
-def drop_database(name: str, admin_url: str = "postgres://postgres@127.0.0.1:5432/postgres") -> None:
+def drop_database(name: str, admin_url: str = ADMIN_URL) -> None:
     import psycopg
 
     with psycopg.connect(admin_url, autocommit=True) as conn:
@@ -55,6 +55,26 @@ def machine() -> str:
     except (OSError, StopIteration):
         model = platform.processor()
     return f"{cpus} CPUs ({model}), Python {platform.python_version()}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, server: subprocess.Popen | None = None, timeout: float = 60) -> None:
+    """Wait until something listens on the port; stop early if ``server`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server is not None and server.poll() is not None:
+            raise SystemExit(f"{server.args[0]} exited before listening on port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"nothing listens on port {port}")
 
 
 def write_section(name: str, body: str) -> None:

@@ -14,7 +14,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,16 +26,19 @@ import numpy as np
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, drop_database, machine, manage, scratch_database, write_section  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    drop_database,
+    free_port,
+    machine,
+    manage,
+    scratch_database,
+    wait_port,
+    write_section,
+)
 from workers.celery import delete_queues  # noqa: E402
 
 DB_NAME = "hitl_bench_ingest"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_images(storage: Path, count: int) -> list[str]:
@@ -121,19 +123,6 @@ def post_all(port: int, token: str, payloads: list[bytes], clients: int) -> tupl
     return elapsed, latencies
 
 
-def wait_for_server(port: int, server: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit("gunicorn exited")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit("gunicorn did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--predictions", type=int, default=60_000)
@@ -161,7 +150,7 @@ def main() -> None:
             env={**os.environ, **env}, cwd=ROOT,
         )
         try:
-            wait_for_server(port, server)
+            wait_port(port, server)
             post_all(port, token, bodies(warmup, args.bulk), args.clients)  # warm every worker up
             payloads = bodies(measured, args.bulk)
             elapsed, latencies = post_all(port, token, payloads, args.clients)

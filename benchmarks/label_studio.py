@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,26 +25,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import ROOT, drop_database, machine, manage, scratch_database, write_section  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    ROOT,
+    drop_database,
+    free_port,
+    machine,
+    manage,
+    scratch_database,
+    wait_port,
+    write_section,
+)
 
 DB_NAME = "hitl_bench_label_studio"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"nothing listens on port {port}")
 
 
 def main() -> None:

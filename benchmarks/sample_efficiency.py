@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import machine, write_section  # noqa: E402
 from workers.ml.architectures import InputSpec, SmallCNN  # noqa: E402
 from workers.ml.datasets import load_fashion_mnist, load_image_folder  # noqa: E402
 from workers.ml.inference import model_outputs  # noqa: E402
@@ -163,7 +164,7 @@ def plot(means: dict, stds: dict, title: str, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def report(results: dict, strategies: list[str], args: argparse.Namespace, data: Data, seconds: float,
+def report(results: dict, strategies: list[str], args: argparse.Namespace, data: Data, seconds: float, measured: str,
            plot_path: Path | None) -> str:
     means, stds = summarise(results, strategies)
     budgets = sorted(means["random"])
@@ -188,8 +189,8 @@ def report(results: dict, strategies: list[str], args: argparse.Namespace, data:
     return f"""
 ## Sample efficiency of the query strategies ({data.name}, {mode} run)
 
-`python benchmarks/sample_efficiency.py{' --quick' if args.quick else ''}`, measured {time.strftime('%Y-%m-%d')} on
-{machine()}; the run took {seconds / 60:.0f} minutes (time spent running, summed when a run is resumed). Pool: {args.pool:,} training images; test: {len(data.test_targets):,}
+`python benchmarks/sample_efficiency.py{' --quick' if args.quick else ''}`, measured {measured} on
+{machine()}, torch {torch.__version__}; the run took {seconds / 60:.0f} minutes (time spent running, summed when a run is resumed). Pool: {args.pool:,} training images; test: {len(data.test_targets):,}
 held-out images; start: {args.seed_labels} random labels; then batches of {args.step} up to {args.budget};
 random seed{'s' if spread else ''} {', '.join(map(str, seeds))} (the same seed labels and pool for every strategy); a small CNN trained from scratch each
 round with one recipe for all (`recipe()`: AdamW, at least 15 epochs and 6,000 samples seen); BALD with
@@ -202,13 +203,6 @@ Strategies at least as good as random at every budget{' (mean over seeds)' if sp
 
 ![accuracy vs labels](sample_efficiency{'_quick' if args.quick else ''}.png)
 """
-
-
-def machine() -> str:
-    import os
-    import platform
-
-    return f"{os.cpu_count()} CPUs, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -250,15 +244,14 @@ def main() -> None:
             curve = run(strategy, seed, data, args)
             results.setdefault(strategy, {})[str(seed)] = {str(n): a for n, a in curve.items()}
             results["_seconds"] = time.monotonic() - started
+            results["_measured"] = time.strftime("%Y-%m-%d")  # the day the last run finished
             results_path.parent.mkdir(exist_ok=True)
             results_path.write_text(json.dumps(results, indent=1))
     runs = {k: v for k, v in results.items() if not k.startswith("_")}
     plot_path = None if args.no_write else DOCS / f"sample_efficiency{'_quick' if args.quick else ''}.png"
-    section = report(runs, strategies, args, data, results["_seconds"], plot_path)
+    section = report(runs, strategies, args, data, results["_seconds"], results["_measured"], plot_path)
     print(section)
     if not args.no_write:
-        from benchmarks.common import write_section
-
         write_section("sample-efficiency" + ("-quick" if args.quick else ""), section)
 
 
