@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import machine, write_section  # noqa: E402
 from workers.ml.architectures import InputSpec, SmallCNN  # noqa: E402
 from workers.ml.datasets import load_fashion_mnist, load_image_folder  # noqa: E402
-from workers.ml.inference import model_outputs  # noqa: E402
+from workers.ml.inference import model_outputs, predict_proba  # noqa: E402
 from workers.ml.strategies import STRATEGY_INPUTS, PoolView, select_batch  # noqa: E402
 from workers.ml.training import TrainConfig, fit  # noqa: E402
 
@@ -92,7 +92,7 @@ def pool_view(strategy: str, models: list[SmallCNN], data: Data, pool_index: np.
                         mc_samples=mc_samples if "mc_probs" in needs else 0, seed=seed)
     committee = None
     if "committee_probs" in needs:
-        members = [out.probs] + [model_outputs(m, images, data.spec).probs for m in models[-COMMITTEE_SIZE:-1]]
+        members = [out.probs] + [predict_proba(m, images, data.spec) for m in models[-COMMITTEE_SIZE:-1]]
         committee = np.stack(members, axis=2)
     labeled_embeddings = out.embeddings[labeled] if out.embeddings is not None else None
     return PoolView(probs=out.probs, mc_probs=out.mc_probs, committee_probs=committee, embeddings=out.embeddings,
@@ -109,7 +109,7 @@ def run(strategy: str, seed: int, data: Data, args: argparse.Namespace) -> dict[
     curve: dict[int, float] = {}
     while True:
         models = (models + [train(data, pool_index, labeled, seed)])[-COMMITTEE_SIZE:]
-        probs = model_outputs(models[-1], data.test_images, data.spec).probs
+        probs = predict_proba(models[-1], data.test_images, data.spec)
         curve[int(labeled.sum())] = float((probs.argmax(axis=1) == data.test_targets).mean())
         print(f"  {strategy:<16} seed {seed}  {int(labeled.sum()):>5} labels  accuracy {curve[int(labeled.sum())]:.4f}",
               flush=True)

@@ -44,7 +44,7 @@ from hitl.services.queue import enqueue
 from hitl.services.scoring import predictions_score, probabilities_matrix
 from hitl.signals import review_batch_selected
 from workers.ml.device import select_device
-from workers.ml.inference import model_outputs
+from workers.ml.inference import model_outputs, predict_proba
 from workers.ml.strategies import COVERAGE_STRATEGIES, STRATEGY_INPUTS, PoolView, SelectOptions, select_batch
 from workers.ml.uncertainty import SCORERS
 
@@ -193,7 +193,7 @@ def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n:
             raise InvalidInput.single("strategy", "committee needs at least two model versions that served in "
                                                   f"production; {project.slug} has {len(members)}")
         committee = np.stack([outputs.probs] + [
-            model_outputs(load_version(m)[0], images, meta.input_spec).probs for m in members[1:]], axis=2)
+            predict_proba(load_version(m)[0], images, meta.input_spec) for m in members[1:]], axis=2)
     covered = _covered_embeddings(project, model, meta.input_spec) if batch.strategy in COVERAGE_STRATEGIES else None
     selection = select_batch(
         batch.strategy,
