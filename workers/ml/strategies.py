@@ -195,10 +195,6 @@ class Coverage:
                 d2 = self.norms[:, None] + covered_norms[None, start:start + chunk] - 2 * dots
                 torch.minimum(self.d2, d2.min(dim=1).values.clamp_min(0), out=self.d2)
 
-    @property
-    def empty(self) -> bool:
-        return bool(torch.isinf(self.d2).all())
-
     def add(self, index: int) -> None:
         d2 = self.norms + self.norms[index] - 2 * (self.work @ self.work[index]).float()
         torch.minimum(self.d2, d2.clamp_min(0), out=self.d2)
@@ -223,7 +219,7 @@ def k_center_greedy(embeddings: np.ndarray, covered: np.ndarray, eligible: np.nd
     mask = torch.from_numpy(eligible).to(device)
     picked, scores = [], []
     for _ in range(min(b, int(eligible.sum()))):
-        if coverage.empty:  # nothing covered yet: start anywhere
+        if not picked and len(covered) == 0:  # nothing covered yet: start anywhere
             index, score = int(rng.choice(np.flatnonzero(mask.cpu().numpy()))), float("nan")
         else:
             index = int(torch.where(mask, coverage.d2, torch.tensor(-1.0, device=mask.device)).argmax())
@@ -279,7 +275,7 @@ def ranked_batch(uncertainty: np.ndarray, embeddings: np.ndarray, covered: np.nd
     picked, scores = [], []
     for _ in range(min(b, remaining)):
         alpha = remaining / (remaining + n_labeled)
-        score = u.clone() if n_labeled == 0 else alpha * (1 - 1 / (1 + coverage.d2.sqrt())) + (1 - alpha) * u
+        score = u if n_labeled == 0 else alpha * (1 - 1 / (1 + coverage.d2.sqrt())) + (1 - alpha) * u
         index = int(torch.where(mask, score, torch.tensor(-float("inf"), device=mask.device)).argmax())
         picked.append(index)
         scores.append(float(score[index]))
