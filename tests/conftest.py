@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -213,35 +210,8 @@ class WorkerProcess:
         return self.log.read_text()[-4000:]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass(frozen=True)
-class LabelStudioAddress:
-    """Where the tests' Label Studio listens, and its API token: fixed before it starts (the
-    start script takes a token already in its data dir), so the worker is configured for it as a
-    deployed worker would be, even though the server starts only when a test needs it."""
-
-    url: str
-    port: int
-    token: str
-    data_dir: Path
-
-
-@pytest.fixture(scope="session")
-def label_studio_address(tmp_path_factory: pytest.TempPathFactory) -> LabelStudioAddress:
-    data_dir = tmp_path_factory.mktemp("label-studio")
-    port, token = free_port(), secrets.token_hex(20)
-    (data_dir / "api-token").write_text(token + "\n")
-    return LabelStudioAddress(f"http://127.0.0.1:{port}", port, token, data_dir)
-
-
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker, media_root: Path, queue_prefix: str,
-                  label_studio_address: LabelStudioAddress,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     db = connection.settings_dict
     url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
@@ -250,8 +220,7 @@ def celery_worker(django_db_setup, django_db_blocker, media_root: Path, queue_pr
     env = {**os.environ, "DATABASE_URL": url, "HITL_MEDIA_ROOT": str(media_root),
            "HITL_STORAGE_ROOT": str(media_root / "storage"), "HITL_QUEUE_PREFIX": queue_prefix,
            "HITL_DATA_DIR": str(log.parent), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-           "HITL_SECRET_KEY": settings.SECRET_KEY, "LABEL_STUDIO_URL": label_studio_address.url,
-           "LABEL_STUDIO_API_KEY": label_studio_address.token}
+           "HITL_SECRET_KEY": settings.SECRET_KEY}
     popen = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork", "--concurrency", "2",
          "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--hostname", hostname,

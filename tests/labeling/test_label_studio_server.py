@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -30,10 +31,9 @@ from labeling.mapping import choice_result
 from labeling.models import EventState, LabelStudioTask, PushState, WebhookEvent
 from labeling.services.links import WEBHOOK_HEADER, webhook_secret
 from labeling.services.provisioning import ls_project_provision
-from labeling.services.pull import ls_reconcile
+from labeling.services.pull import ls_reconcile, reviewer_name
 from labeling.services.push import ls_push, ls_task_payload
 from labeling.services.status import ls_status
-from tests.conftest import LabelStudioAddress, free_port
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 SCRIPT = Path(settings.BASE_DIR) / "scripts" / "label-studio.sh"
@@ -47,15 +47,20 @@ class LabelStudioServer:
     password: str
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def label_studio(label_studio_address: LabelStudioAddress) -> Iterator[LabelStudioServer]:
-    """Label Studio at the address the worker was told about."""
-    data = label_studio_address.data_dir
-    env = {**os.environ, "HITL_LS_DATA_DIR": str(data), "HITL_LS_PORT": str(label_studio_address.port),
-           "HITL_LS_USERNAME": REVIEWER}
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    data = tmp_path_factory.mktemp("label-studio")
+    port = free_port()
+    env = {**os.environ, "HITL_LS_DATA_DIR": str(data), "HITL_LS_PORT": str(port), "HITL_LS_USERNAME": REVIEWER}
     subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=900)
     try:
-        yield LabelStudioServer(label_studio_address.url, label_studio_address.token,
+        yield LabelStudioServer(f"http://127.0.0.1:{port}", (data / "api-token").read_text().strip(),
                                 (data / "password").read_text().strip())
     finally:
         subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=60)
@@ -126,6 +131,11 @@ def test_provisioning_is_idempotent(connected, reviewer_sdk) -> None:
     assert titles.count(remote.title) == 1
 
 
+def test_an_annotators_email_is_looked_up(label_studio) -> None:
+    client = LabelStudioClient(label_studio.url, label_studio.token)
+    assert reviewer_name(client.whoami()["id"], client) == f"{REVIEWER} (Label Studio)"
+
+
 def test_pushing_twice_creates_no_duplicate(connected, reviewer_sdk) -> None:
     project, link = connected
     assert ls_push(project_id=project.id).pushed == 8
@@ -184,7 +194,9 @@ def test_reviewers_work_in_label_studio_comes_back_exactly(connected, reviewer_s
     corrected = Label.objects.filter(item_id=tasks[0].data["hitl_item_id"]).order_by("id")
     assert [(lbl.value, lbl.status) for lbl in corrected] == [(labels[0], "superseded"), (labels[9], "current")]
     correction = corrected.last()
-    assert correction.reviewer_name == f"{REVIEWER} (Label Studio)"  # the annotator's id, looked up
+    # The tests' worker is not configured for Label Studio, so it names the annotator by id (the
+    # email lookup is tested on its own below).
+    assert correction.reviewer_name == f"Label Studio user {reviewer_sdk.users.whoami().id}"
     assert correction.lead_time_seconds == pytest.approx(2.0) and correction.prediction_id is not None
 
     # A duplicated webhook (Label Studio or a proxy resending) changes nothing.
@@ -289,6 +301,7 @@ def test_a_reviewer_labels_in_label_studios_web_ui(connected, label_studio, monk
     assert applied.count() == 2
     assert "ankle boot" in set(applied.values_list("value", flat=True))
     assert ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.SKIPPED).count() == 1
-    assert {label.reviewer_name for label in applied} == {f"{REVIEWER} (Label Studio)"}
+    sdk = LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
+    assert {label.reviewer_name for label in applied} == {f"Label Studio user {sdk.users.whoami().id}"}
     assert hitl_labels(project) == expected_labels(LabelStudio(base_url=label_studio.url, api_key=label_studio.token),
                                                    link.ls_project_id)
