@@ -384,9 +384,10 @@ class EvaluationSnapshot(models.Model):
 
 
 class TrustEvent(models.Model):
-    """An append-only, hash-chained record: which labels trained which model, how it scored,
-    who or what promoted it. Editing or deleting a row breaks the chain (see trust_verify);
-    cutting off the newest rows shows against a head hash kept elsewhere."""
+    """An append-only, hash-chained, signed record: which labels trained which model, how it
+    scored, who or what promoted it. Editing, deleting or reordering rows breaks the chain, a
+    recomputed chain has no valid signatures, and cutting off the newest rows shows against the
+    head file kept outside the database (see hitl.services.trust)."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="trust_events")
     sequence = models.PositiveIntegerField()
@@ -396,6 +397,8 @@ class TrustEvent(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     previous_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
+    key_id = models.CharField(max_length=16, blank=True, help_text="Which trust key signed the hash.")
+    signature = models.CharField(max_length=100, blank=True, help_text="Ed25519 signature of the hash, base64.")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "sequence"], name="trust_chain_sequence")]

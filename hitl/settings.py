@@ -216,6 +216,11 @@ HITL_PUBLIC_URL = env_str("HITL_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"
 HITL_LS_WEBHOOK_SECRET = env_str("HITL_LS_WEBHOOK_SECRET", "")
 HITL_IMAGE_URL_SECRET = env_str("HITL_IMAGE_URL_SECRET", "")
 
+# --- The trust history's signing key, public keyring and head file: outside the database ---
+HITL_TRUST_KEY_FILE = Path(env_str("HITL_TRUST_KEY_FILE", str(DATA_DIR / "trust" / "signing_key.pem")))
+HITL_TRUST_PUBLIC_KEYS = Path(env_str("HITL_TRUST_PUBLIC_KEYS", str(DATA_DIR / "trust" / "public_keys.pem")))
+HITL_TRUST_HEAD_FILE = Path(env_str("HITL_TRUST_HEAD_FILE", str(DATA_DIR / "trust" / "heads.jsonl")))
+
 # --- Celery (read by workers.celery with namespace CELERY) ---
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
 HITL_QUEUE_PREFIX = env_str("HITL_QUEUE_PREFIX", "hitl")

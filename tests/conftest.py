@@ -72,6 +72,22 @@ def _media(media_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trust_files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """This session's trust signing key, keyring and head file, shared with its workers."""
+    folder = tmp_path_factory.mktemp("trust")
+    files = {"HITL_TRUST_KEY_FILE": str(folder / "signing_key.pem"),
+             "HITL_TRUST_PUBLIC_KEYS": str(folder / "public_keys.pem"),
+             "HITL_TRUST_HEAD_FILE": str(folder / "heads.jsonl")}
+    with override_settings(**{name: Path(value) for name, value in files.items()}):
+        yield files
+
+
+@pytest.fixture(autouse=True)
+def _trust(trust_files: dict[str, str]) -> dict[str, str]:
+    return trust_files
+
+
+@pytest.fixture(scope="session")
 def fashion() -> ArrayDataset:
     return load_fashion_mnist("test")
 
@@ -212,7 +228,7 @@ class WorkerProcess:
 
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker, media_root: Path, queue_prefix: str,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+                  trust_files: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     db = connection.settings_dict
     url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
     log = tmp_path_factory.mktemp("worker") / "worker.log"
@@ -220,7 +236,7 @@ def celery_worker(django_db_setup, django_db_blocker, media_root: Path, queue_pr
     env = {**os.environ, "DATABASE_URL": url, "HITL_MEDIA_ROOT": str(media_root),
            "HITL_STORAGE_ROOT": str(media_root / "storage"), "HITL_QUEUE_PREFIX": queue_prefix,
            "HITL_DATA_DIR": str(log.parent), "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-           "HITL_SECRET_KEY": settings.SECRET_KEY}
+           "HITL_SECRET_KEY": settings.SECRET_KEY, **trust_files}
     popen = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork", "--concurrency", "2",
          "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--hostname", hostname,

@@ -149,7 +149,7 @@ class CycleRequestSerializer(serializers.Serializer):
 class TrustEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = TrustEvent
-        fields = ["sequence", "kind", "actor", "payload", "created_at", "previous_hash", "hash"]
+        fields = ["sequence", "kind", "actor", "payload", "created_at", "previous_hash", "hash", "key_id", "signature"]
 
 
 class IngestResultSerializer(serializers.Serializer):

@@ -263,7 +263,7 @@ class TrustHistoryView(APIView):
         check = trust_verify(project_id=project.id)
         events = project.trust_events.order_by("sequence")
         return Response({
-            "verified": check.ok, "problem": check.problem, "first_bad_sequence": check.first_bad_sequence,
+            "verified": check.ok, "problem": check.problem, "cause": check.cause, "first_bad_sequence": check.first_bad_sequence,
             "head_hash": check.head_hash,
             "events": s.TrustEventSerializer(events, many=True).data,
         })

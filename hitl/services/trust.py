@@ -1,50 +1,112 @@
-"""The trust history: an append-only hash chain per project.
+"""The trust history: an append-only, hash-chained and signed record per project.
 
-Each event's hash covers its project, content and the previous event's hash, so editing,
-deleting or reordering any event but the newest is detected by `trust_verify`. Cutting off the
-newest events leaves a valid shorter chain: to detect that, keep the head hash somewhere else
-(`manage.py hitl verify-trust` and the trust API print it) and compare.
+Three layers, so that trusting the database is not needed:
+- each event's hash covers its project, content and the previous event's hash (editing, deleting
+  or reordering an event breaks the chain);
+- each hash is signed with an Ed25519 key that lives in a file beside the web and the workers
+  (``hitl.trust_keys``): a chain rewritten with recomputed hashes has no valid signatures;
+- after each event commits, the chain's head (sequence and hash) is appended to a file outside
+  the database (``HITL_TRUST_HEAD_FILE``): cutting off the newest events shows against it.
+
+``trust_verify`` checks all three and names the first bad event with the likely cause.
+``trust_export`` writes JSON lines that ``scripts/verify_trust_export.py`` verifies offline with
+the public keys alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from hitl.models import Project, TrustEvent
+from hitl.trust_keys import public_keys, signing_key, verify_signature
 
 GENESIS_HASH = "0" * 64
+EXPORT_FORMAT = "hitl-trust-export/1"
 
 
-def _event_hash(project_id: int, previous_hash: str, sequence: int, kind: str, actor: str, payload: Any,
-                created_at: str) -> str:
+def event_hash(project_id: int, previous_hash: str, sequence: int, kind: str, actor: str, payload: Any,
+               created_at: str) -> str:
+    """sha256 of the event's canonical JSON (sorted keys, no spaces); the offline verifier
+    computes exactly this."""
     body = json.dumps(
-        {"project": project_id, "previous": previous_hash, "sequence": sequence, "kind": kind, "actor": actor,
-         "payload": payload, "created_at": created_at},
+        {"project": project_id, "previous": previous_hash, "sequence": sequence, "kind": kind,
+         "actor": actor, "payload": payload, "created_at": created_at},
         sort_keys=True, separators=(",", ":"),
     )
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def _hash_of(event: TrustEvent) -> str:
+    return event_hash(event.project_id, event.previous_hash, event.sequence, event.kind, event.actor,
+                      event.payload, event.created_at.isoformat())
+
+
+def _append_head(project_id: int, sequence: int, digest: str) -> None:
+    """One JSON line per event, appended with O_APPEND (whole lines from many processes) and
+    fsynced. Written after the commit, so a crash in between leaves the file behind the database,
+    which verification tolerates (those events are still signed); never ahead of it."""
+    path = Path(settings.HITL_TRUST_HEAD_FILE)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"project": project_id, "sequence": sequence, "hash": digest}) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class ExternalHead:
+    sequence: int
+    hash: str
+
+
+def external_head(project_id: int) -> ExternalHead | None:
+    """The newest head the file records for the project."""
+    path = Path(settings.HITL_TRUST_HEAD_FILE)
+    if not path.exists():
+        return None
+    head: ExternalHead | None = None
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line after a crash mid-write
+            if entry.get("project") == project_id and (head is None or entry["sequence"] > head.sequence):
+                head = ExternalHead(int(entry["sequence"]), str(entry["hash"]))
+    return head
+
+
 @transaction.atomic
 def trust_record(*, project_id: int, kind: str, actor: str, payload: dict[str, Any]) -> TrustEvent:
-    """Append an event to the project's chain (serialised by locking the project row)."""
+    """Append a signed event to the project's chain (serialised by locking the project row)."""
     Project.objects.select_for_update().get(pk=project_id)
     last = TrustEvent.objects.filter(project_id=project_id).order_by("-sequence").first()
     sequence = last.sequence + 1 if last else 1
     previous_hash = last.hash if last else GENESIS_HASH
     created_at = timezone.now()
     payload = json.loads(json.dumps(payload))  # store exactly what was hashed
-    digest = _event_hash(project_id, previous_hash, sequence, kind, actor, payload, created_at.isoformat())
-    return TrustEvent.objects.create(
+    digest = event_hash(project_id, previous_hash, sequence, kind, actor, payload, created_at.isoformat())
+    key = signing_key()
+    event = TrustEvent.objects.create(
         project_id=project_id, sequence=sequence, kind=kind, actor=actor, payload=payload,
         created_at=created_at, previous_hash=previous_hash, hash=digest,
+        key_id=key.key_id, signature=key.sign(digest.encode()),
     )
+    transaction.on_commit(lambda: _append_head(project_id, sequence, digest))
+    return event
 
 
 @dataclass(frozen=True)
@@ -53,20 +115,71 @@ class ChainCheck:
     events: int
     first_bad_sequence: int | None = None
     problem: str = ""
+    cause: str = ""  # edited, deleted, reordered, truncated, forged
     head_hash: str | None = None  # the last event's hash, only for a chain that verifies
 
 
-def trust_verify(*, project_id: int) -> ChainCheck:
+def _broken(events: int, sequence: int, cause: str, problem: str) -> ChainCheck:
+    return ChainCheck(False, events, sequence, problem, cause)
+
+
+def _check_events(events: list[TrustEvent], keys: dict) -> ChainCheck | None:
+    """The first bad event, or None when links, hashes and signatures all hold."""
+    later_hashes = {event.hash for event in events}
     previous_hash = GENESIS_HASH
-    count = 0
-    for count, event in enumerate(TrustEvent.objects.filter(project_id=project_id).order_by("sequence"), 1):
-        if event.sequence != count:
-            return ChainCheck(False, count, event.sequence, f"sequence {count} is missing")
+    for position, event in enumerate(events, 1):
+        later_hashes.discard(event.hash)
+        if event.sequence != position:
+            return _broken(len(events), position, "deleted",
+                           f"event {position} is missing (the next stored event is {event.sequence})")
         if event.previous_hash != previous_hash:
-            return ChainCheck(False, count, event.sequence, "does not link to the previous event")
-        expected = _event_hash(project_id, previous_hash, event.sequence, event.kind, event.actor, event.payload,
-                               event.created_at.isoformat())
-        if expected != event.hash:
-            return ChainCheck(False, count, event.sequence, "content does not match its hash")
+            if event.previous_hash in later_hashes:
+                return _broken(len(events), position, "reordered",
+                               f"event {position} links to an event stored after it")
+            return _broken(len(events), position, "deleted",
+                           f"event {position} does not link to event {position - 1}: "
+                           "an event before it was removed and the rest renumbered")
+        if _hash_of(event) != event.hash:
+            return _broken(len(events), position, "edited",
+                           f"event {position}'s content does not match its hash")
+        if not verify_signature(keys, event.key_id, event.signature, event.hash.encode()):
+            known = "an unknown key" if event.key_id not in keys else f"key {event.key_id}"
+            return _broken(len(events), position, "forged",
+                           f"event {position}'s signature does not verify with {known}: its hash was "
+                           "recomputed or it was written without the signing key")
         previous_hash = event.hash
-    return ChainCheck(True, count, head_hash=previous_hash)
+    return None
+
+
+def trust_verify(*, project_id: int) -> ChainCheck:
+    events = list(TrustEvent.objects.filter(project_id=project_id).order_by("sequence"))
+    broken = _check_events(events, public_keys())
+    if broken is not None:
+        return broken
+    head = external_head(project_id)
+    if head is not None and head.sequence > len(events):
+        return _broken(len(events), len(events) + 1, "truncated",
+                       f"the external head records event {head.sequence}, the database ends at "
+                       f"{len(events)}: the newest events were removed")
+    if head is not None and events[head.sequence - 1].hash != head.hash:
+        return _broken(len(events), head.sequence, "forged",
+                       f"event {head.sequence} differs from the external head's hash: "
+                       "the chain was rewritten")
+    return ChainCheck(True, len(events), head_hash=events[-1].hash if events else GENESIS_HASH)
+
+
+def export_lines(project: Project, events: Iterable[TrustEvent]) -> Iterator[str]:
+    """A header line, then one JSON line per event with everything needed to verify it."""
+    yield json.dumps({"format": EXPORT_FORMAT, "project": project.slug, "project_id": project.id,
+                      "exported_at": timezone.now().isoformat()})
+    for event in events:
+        yield json.dumps({
+            "sequence": event.sequence, "kind": event.kind, "actor": event.actor, "payload": event.payload,
+            "created_at": event.created_at.isoformat(), "previous_hash": event.previous_hash,
+            "hash": event.hash, "key_id": event.key_id, "signature": event.signature,
+        }, sort_keys=True)
+
+
+def trust_export(*, project_id: int) -> Iterator[str]:
+    project = Project.objects.get(pk=project_id)
+    return export_lines(project, TrustEvent.objects.filter(project_id=project_id).order_by("sequence").iterator())

@@ -9,6 +9,8 @@
     hitl start-cycle --project cats [--epochs 20]
     hitl status --project cats
     hitl verify-trust --project cats
+    hitl export-trust --project cats --output cats-trust.jsonl
+    hitl rotate-trust-key
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from hitl import selectors
@@ -32,7 +35,8 @@ from hitl.services.projects import (
     project_update,
 )
 from hitl.services.selection import review_batch_request
-from hitl.services.trust import trust_verify
+from hitl.services.trust import trust_export, trust_verify
+from hitl.trust_keys import rotate_signing_key
 
 ACTOR = "operator (manage.py hitl)"
 
@@ -95,8 +99,14 @@ class Command(BaseCommand):
         status = actions.add_parser("status", help="show a project's models, cycles and queue")
         status.add_argument("--project", required=True)
 
-        verify = actions.add_parser("verify-trust", help="check the project's trust history chain")
+        verify = actions.add_parser("verify-trust", help="check the trust history: links, hashes, signatures, head file")
         verify.add_argument("--project", required=True)
+
+        export = actions.add_parser("export-trust", help="write the trust history as JSON lines for offline checks")
+        export.add_argument("--project", required=True)
+        export.add_argument("--output", help="file to write (default: standard output)")
+
+        actions.add_parser("rotate-trust-key", help="sign new trust events with a new key (old events still verify)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"].replace("-", "_")
@@ -190,6 +200,25 @@ class Command(BaseCommand):
     def verify_trust(self, o: dict[str, Any]) -> None:
         check = trust_verify(project_id=self._project(o["project"]).id)
         if not check.ok:
-            raise CommandError(f"trust history is BROKEN at event {check.first_bad_sequence}: {check.problem}")
-        self.stdout.write(f"trust history verified: {check.events} events, chain intact; head hash {check.head_hash}\n"
-                          "(keep the head hash elsewhere: a later check against it also detects removed events)")
+            raise CommandError(f"trust history is BROKEN at event {check.first_bad_sequence} "
+                               f"(likely {check.cause}): {check.problem}")
+        self.stdout.write(f"trust history verified: {check.events} events, chain intact, signatures valid, "
+                          f"matches the head file; head hash {check.head_hash}")
+
+    def export_trust(self, o: dict[str, Any]) -> None:
+        lines = trust_export(project_id=self._project(o["project"]).id)
+        if not o["output"]:
+            for line in lines:
+                self.stdout.write(line)
+            return
+        target = Path(o["output"])
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_text("".join(f"{line}\n" for line in lines))
+        partial.replace(target)  # whole or not at all
+        self.stderr.write(f"wrote {o['output']}; verify it offline with scripts/verify_trust_export.py "
+                          f"{o['output']} --public-keys {settings.HITL_TRUST_PUBLIC_KEYS}")
+
+    def rotate_trust_key(self, o: dict[str, Any]) -> None:
+        old, new = rotate_signing_key()
+        self.stdout.write(f"trust events are now signed with key {new} (was {old}); copy "
+                          f"{settings.HITL_TRUST_KEY_FILE} and {settings.HITL_TRUST_PUBLIC_KEYS} to every host")
