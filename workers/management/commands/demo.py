@@ -45,13 +45,13 @@ from hitl.selectors import production_version
 from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import items_register, predictions_ingest
 from hitl.services.labels import label_submit
-from hitl.services.modeling import load_version
 from hitl.services.projects import deployment_create, project_create
 from hitl.services.selection import review_batch_request
 from workers.celery import app as celery_app
 from workers.celery import configure_queues, delete_queues, use_embedded_broker
 from workers.ml.datasets import ArrayDataset, load_fashion_mnist
 from workers.ml.inference import predict_proba
+from workers.pipelines.versions import load_version
 
 PROJECT_SLUG = "fashion-mnist-demo"
 REVIEWER = "simulated reviewer (Fashion-MNIST ground truth)"
