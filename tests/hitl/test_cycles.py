@@ -21,8 +21,9 @@ from hitl.models import (
     Split,
     TrustEvent,
 )
-from hitl.services.cycles import cycle_cancel, cycle_evaluate, cycle_request, cycle_train, promotion_decision
+from hitl.services.cycles import cycle_cancel, cycle_request, promotion_decision
 from hitl.services.trust import trust_verify
+from workers.pipelines.cycles import cycle_evaluate, cycle_train
 
 pytestmark = pytest.mark.django_db
 
