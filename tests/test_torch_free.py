@@ -28,7 +28,7 @@ def loaded_model_modules(body: str, tmp_path: Path) -> list[str]:
     """Run ``body`` in a fresh interpreter; returns the torch-side modules it ended up loading."""
     env = {"HITL_DATA_DIR": str(tmp_path), "DATABASE_URL": f"sqlite:///{tmp_path}/probe.sqlite3",
            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", PROBE.format(body=textwrap.dedent(body))], env=env,
+    result = subprocess.run([sys.executable, "-c", PROBE.format(body=textwrap.dedent(body))], env=env, check=False,
                             cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
