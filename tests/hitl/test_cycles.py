@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 from django.conf import settings
@@ -102,6 +104,13 @@ def test_a_cycle_another_worker_holds_is_left_alone(project, labeled) -> None:
         cycle_train(cycle_id=cycle.id)
         cycle.refresh_from_db()
         assert cycle.status == CycleStatus.PENDING and cycle.attempts == 0
+        other_pid = other.info.backend_pid
+    with connection.cursor() as cursor:  # its backend frees the lock as it exits, just after the close
+        for _ in range(100):
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [other_pid])
+            if cursor.fetchone()[0] == 0:
+                break
+            time.sleep(0.05)
     cycle_train(cycle_id=cycle.id)  # the lock went with the other connection
     cycle.refresh_from_db()
     assert cycle.status == CycleStatus.EVALUATING
