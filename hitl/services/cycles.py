@@ -75,7 +75,7 @@ def cycle_request(*, project: Project, requested_by: str, train_config: dict | N
         raise Conflict(f"cycle {active.number} is still {active.status}; wait for it or cancel it")
     number = (RetrainingCycle.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
     if train_config is not None:
-        train_config_clean(train_config)  # the request's own options, named as the caller gave them
+        train_config_clean(train_config)  # refuses a non-object before it is merged below
     config = train_config_clean({"seed": number, **project.train_config, **(train_config or {})})
     cycle = RetrainingCycle.objects.create(
         project=project, number=number, train_config=config, requested_by=requested_by,

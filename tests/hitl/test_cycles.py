@@ -149,9 +149,11 @@ def test_a_training_error_fails_the_cycle_with_the_reason(project, labeled, medi
 
 
 def test_bad_training_options_are_refused(project) -> None:
-    with pytest.raises(InvalidInput, match="epochs must be >= 1"):
+    with pytest.raises(InvalidInput, match="train_config.epochs: must be between 1 and 1000"):
         cycle_request(project=project, requested_by="test", train_config={"epochs": 0})
-    with pytest.raises(InvalidInput, match="unknown training options: speed"):
+    with pytest.raises(InvalidInput, match="train_config: must be an object of training options"):
+        cycle_request(project=project, requested_by="test", train_config=[["epochs", 3]])
+    with pytest.raises(InvalidInput, match="train_config.speed: unknown training option"):
         cycle_request(project=project, requested_by="test", train_config={"speed": 11})
 
 
