@@ -69,3 +69,15 @@ def test_the_torch_free_header_reader_agrees_with_the_checkpoint_reader(tmp_path
     read = checkpoint.read_meta(weights)
     assert (header["architecture"], header["labels"]) == (read.architecture, read.labels) == ("small_cnn", ["a", "b", "c"])
     assert header["input_spec"] == read.input_spec.to_dict()
+
+
+def test_the_header_reader_refuses_what_is_not_a_hitl_checkpoint(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="no hitl metadata"):
+        checkpoint_meta_read(tmp_path / "plain.safetensors")
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "odd.safetensors"),
+              metadata={"hitl": '{"format_version": 1, "architecture": "vgg", "labels": ["a", "b"]}'})
+    with pytest.raises(ValueError, match="unknown architecture 'vgg'"):
+        checkpoint_meta_read(tmp_path / "odd.safetensors")

@@ -124,13 +124,13 @@ class Demo:
         log_path = Path(settings.DATA_DIR) / "demo-worker.log"
         prefix = env["HITL_QUEUE_PREFIX"]
         self.worker_log = log_path
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo", "--loglevel", "INFO",
-             "--without-mingle", "--without-gossip", "--without-heartbeat", "-Q", f"{prefix}.cpu,{prefix}.gpu",
-             "--hostname", f"demo-{os.getpid()}@%h"],
-            env={**os.environ, **env}, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
-            cwd=settings.BASE_DIR,
-        )
+        with open(log_path, "w") as log:  # the worker writes to its own copy of the descriptor
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo", "--loglevel", "INFO",
+                 "--without-mingle", "--without-gossip", "--without-heartbeat", "-Q", f"{prefix}.cpu,{prefix}.gpu",
+                 "--hostname", f"demo-{os.getpid()}@%h"],
+                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=settings.BASE_DIR,
+            )
         self.say(f"Started a Celery worker process (pid {self.worker.pid}, log {log_path})")
 
     def stop_worker(self) -> None:
