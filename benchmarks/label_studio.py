@@ -96,13 +96,14 @@ def run(args: argparse.Namespace) -> dict:
     from hitl.models import Label, ReviewTask
     from hitl.services.ingestion import predictions_ingest
     from hitl.services.projects import deployment_create, project_create
-    from hitl.services.selection import review_batch_request, review_batch_select
+    from hitl.services.selection import review_batch_request
     from labeling.client import LabelStudioClient
     from labeling.mapping import choice_result
     from labeling.models import LabelStudioTask
     from labeling.services.provisioning import ls_project_provision
     from labeling.services.push import ls_push, ls_task_payload
     from workers.ml.datasets import load_fashion_mnist
+    from workers.pipelines.selection import review_batch_select
 
     data = load_fashion_mnist("test")
     project = project_create(slug="bench", name="bench", labels=data.labels)

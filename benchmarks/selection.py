@@ -70,7 +70,8 @@ def label_some(project, count: int) -> None:
 
 
 def time_selection(project, repeats: int, size: int, audit: float) -> list[float]:
-    from hitl.services.selection import review_batch_request, review_batch_select
+    from hitl.services.selection import review_batch_request
+    from workers.pipelines.selection import review_batch_select
 
     timings = []
     for seed in range(repeats):

@@ -3,7 +3,7 @@ from django.contrib import admin
 
 from hitl import models
 from hitl.errors import InvalidInput
-from hitl.services.projects import FIXED_SETTINGS, SETTING_CHECKS, validate_project_settings
+from hitl.services.projects import FIXED_SETTINGS, PROJECT_SETTINGS, validate_project_settings
 
 # The admin is for looking and for plain settings. State changes (promotion, cycle status, labels)
 # go through the services, which keep the trust history and the state machines.
@@ -15,10 +15,12 @@ class ProjectForm(forms.ModelForm):
     def clean(self) -> dict:
         cleaned = super().clean()
         try:
-            validate_project_settings({name: cleaned[name] for name in SETTING_CHECKS if name in cleaned})
+            validate_project_settings({name: cleaned[name] for name in PROJECT_SETTINGS if name in cleaned})
         except InvalidInput as exc:
             for error in exc.errors:
-                self.add_error(error.field if error.field in self.fields else None, error.message)
+                field = error.field.split(".")[0]  # train_config.epochs -> the train_config field
+                self.add_error(field if field in self.fields else None, str(error) if field != error.field
+                               else error.message)
         return cleaned
 
 

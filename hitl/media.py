@@ -15,7 +15,7 @@ from django.conf import settings
 from django.http import FileResponse, Http404
 from PIL import Image
 
-from workers.ml.files import atomic_write
+from hitl.files import atomic_write
 
 ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
 

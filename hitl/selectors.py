@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
 from django.shortcuts import get_object_or_404
 
+from hitl.media import media_path
 from hitl.models import (
+    ArtifactKind,
     EvaluationSnapshot,
     Item,
     Label,
     LabelStatus,
+    ModelArtifact,
     ModelStage,
     ModelVersion,
     Prediction,
@@ -26,6 +30,12 @@ from hitl.models import (
 
 def production_version(project_id: int) -> ModelVersion | None:
     return ModelVersion.objects.filter(project_id=project_id, stage=ModelStage.PRODUCTION).first()
+
+
+def model_weights_file(version: ModelVersion) -> tuple[Path, str]:
+    """Where a version's safetensors weights lie, and the sha256 recorded for them."""
+    artifact = ModelArtifact.objects.get(model_version=version, kind=ArtifactKind.WEIGHTS)
+    return media_path(artifact.path), artifact.sha256
 
 
 def project_get(slug: str) -> Project:

@@ -53,6 +53,8 @@ MEDIA_URL = "/media/"
 # Deployments may reference images by path under this root (a shared volume or object-store
 # mount). It lives inside MEDIA_ROOT so that every item's image is a file under MEDIA_ROOT.
 STORAGE_ROOT = Path(env_str("HITL_STORAGE_ROOT", str(MEDIA_ROOT / "storage"))).resolve()
+# Weights files a project may start its first model from (initial_weights) must lie in here.
+MODELS_ROOT = Path(env_str("HITL_MODELS_ROOT", str(DATA_DIR / "models"))).resolve()
 
 
 def _secret_key() -> str:
@@ -98,6 +100,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "hitl",
     "labeling",
+    "workers",  # its management commands (the demo); the web never imports its tasks or pipelines
 ]
 
 MIDDLEWARE = [

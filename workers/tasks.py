@@ -1,53 +1,79 @@
-"""Thin Celery tasks: take ids, call a service, return. Every task is safe to run twice."""
+"""Thin Celery tasks: take ids, call a pipeline or a service, return. Every task is safe to run
+twice.
+
+Tasks import their pipeline when they run, not at module level: Celery beat imports this module
+too (to know the tasks it schedules), and beat, like the web, must not load torch. A worker
+loads the pipelines once at start-up instead (``_load_pipelines``), so its pool processes
+share them.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from datetime import timedelta
 
+from celery.signals import worker_init
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
 from hitl.models import CycleStatus, Prediction, RetrainingCycle, ReviewBatch, ReviewBatchStatus
-from hitl.services.cycles import cycle_evaluate, cycle_train
-from hitl.services.modeling import model_predict_items
 from hitl.services.queue import enqueue
-from hitl.services.scoring import predictions_score
-from hitl.services.selection import review_batch_select, selection_task
+from hitl.services.selection import selection_task
 from workers.celery import cpu_task, gpu_task
 
 log = logging.getLogger(__name__)
+PIPELINES = ("workers.pipelines.scoring", "workers.pipelines.selection", "workers.pipelines.cycles",
+             "workers.pipelines.inference")
+
+
+@worker_init.connect
+def _load_pipelines(**kwargs: object) -> None:
+    for name in PIPELINES:
+        importlib.import_module(name)
 
 
 @cpu_task
 def score_predictions(model_version_id: int) -> int:
+    from workers.pipelines.scoring import predictions_score
+
     return predictions_score(model_version_id=model_version_id)
 
 
 @cpu_task
 def select_review_batch(batch_id: int) -> None:
+    from workers.pipelines.selection import review_batch_select
+
     review_batch_select(batch_id=batch_id)
 
 
 @gpu_task
 def select_review_batch_with_model(batch_id: int) -> None:
-    """The same service, for strategies that run the model (BALD, committee, core-set, ...)."""
+    """The same pipeline, for strategies that run the model (BALD, committee, core-set, ...)."""
+    from workers.pipelines.selection import review_batch_select
+
     review_batch_select(batch_id=batch_id)
 
 
 @gpu_task
 def retrain(cycle_id: int) -> None:
+    from workers.pipelines.cycles import cycle_train
+
     cycle_train(cycle_id=cycle_id)
 
 
 @gpu_task
 def evaluate(cycle_id: int) -> None:
+    from workers.pipelines.cycles import cycle_evaluate
+
     cycle_evaluate(cycle_id=cycle_id)
 
 
 @gpu_task
 def predict_items(model_version_id: int) -> int:
+    from workers.pipelines.inference import model_predict_items
+
     return model_predict_items(model_version_id=model_version_id)
 
 

@@ -4,24 +4,24 @@ human-labeled set, and promotes the candidate only if the gate passes.
 
     pending -> training -> evaluating -> succeeded (promoted | rejected)
        any active state -> failed | cancelled
+
+This module records and decides; the model work (training, evaluation) is done by
+``workers.pipelines.cycles``, which calls the services here at each step.
 """
 
 from __future__ import annotations
 
-import logging
-import traceback
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from hitl.errors import TRANSIENT_DB_ERRORS, Conflict, InvalidInput
-from hitl.locks import exclusive
-from hitl.media import media_path, model_directory
+from hitl.errors import Conflict
+from hitl.mlspec import train_config_clean
 from hitl.models import (
     CycleDecision,
     CycleStatus,
@@ -34,22 +34,15 @@ from hitl.models import (
     RetrainingCycle,
     Split,
 )
-from hitl.selectors import production_version
-from hitl.services.modeling import item_images, labeled_set_digest, load_version, weights_file
+from hitl.selectors import model_weights_file, production_version
 from hitl.services.projects import (
+    ArtifactFile,
     ensure_unique_version_name,
     model_version_create,
     model_version_promote,
 )
 from hitl.services.queue import enqueue
 from hitl.services.trust import trust_record
-from workers.ml.architectures import build_model, input_spec_for
-from workers.ml.checkpoint import CheckpointMeta, save_checkpoint
-from workers.ml.inference import predict_proba
-from workers.ml.metrics import classification_metrics
-from workers.ml.training import EpochStats, TrainConfig, fit
-
-log = logging.getLogger(__name__)
 
 ACTIVE = (CycleStatus.PENDING, CycleStatus.TRAINING, CycleStatus.EVALUATING)
 MAX_TRAINING_ATTEMPTS = 3
@@ -81,13 +74,11 @@ def cycle_request(*, project: Project, requested_by: str, train_config: dict | N
     if active is not None:
         raise Conflict(f"cycle {active.number} is still {active.status}; wait for it or cancel it")
     number = (RetrainingCycle.objects.filter(project=project).aggregate(n=Max("number"))["n"] or 0) + 1
-    options = {"seed": number, **project.train_config, **(train_config or {})}
-    try:
-        config = TrainConfig.from_dict(options)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput.single("train_config", str(exc)) from None
+    if train_config is not None:
+        train_config_clean(train_config)  # refuses a non-object before it is merged below
+    config = train_config_clean({"seed": number, **project.train_config, **(train_config or {})})
     cycle = RetrainingCycle.objects.create(
-        project=project, number=number, train_config=config.to_dict(), requested_by=requested_by,
+        project=project, number=number, train_config=config, requested_by=requested_by,
     )
     enqueue("workers.tasks.retrain", cycle.id)
     return cycle
@@ -120,7 +111,15 @@ class LabeledSet:
         return len(self.label_ids)
 
 
-def _labeled_set(project: Project, split: str) -> LabeledSet:
+def labeled_set_digest(rows: Sequence[tuple[int, str, str]]) -> str:
+    """A digest of (label id, item sha256, value) rows: names an exact labeled set."""
+    digest = hashlib.sha256()
+    for label_id, sha256, value in sorted(rows):
+        digest.update(f"{label_id}:{sha256}:{value}\n".encode())
+    return digest.hexdigest()
+
+
+def labeled_set(project: Project, split: str) -> LabeledSet:
     """Current human labels on the project's items of one split, in label-id order."""
     rows = list(
         Label.objects.filter(item__project=project, item__split=split, status=LabelStatus.CURRENT)
@@ -140,14 +139,17 @@ class TrainingPlan:
     project: Project
     base: ModelVersion | None
     architecture: str
-    start_from: Path | None  # weights the candidate starts from (transfer learning)
+    start_from: Path | None  # the production model's weights the candidate starts from
+    initial_weights: str  # else the project's initial weights (projects.initial_weights_file)
     version_name: str
-    config: TrainConfig
+    config: dict
     data: LabeledSet
 
 
 @transaction.atomic
-def _start_training(cycle_id: int) -> TrainingPlan | None:
+def cycle_training_start(*, cycle_id: int) -> TrainingPlan | None:
+    """Start (or restart, after a worker died) a cycle's training: what to train, from what, on
+    which labels. None when there is nothing to train (finished, cancelled, no labels, gave up)."""
     cycle = RetrainingCycle.objects.select_for_update().select_related("project").get(pk=cycle_id)
     if cycle.status not in (CycleStatus.PENDING, CycleStatus.TRAINING):
         return None
@@ -157,48 +159,35 @@ def _start_training(cycle_id: int) -> TrainingPlan | None:
         return None
     project = cycle.project
     base = production_version(project.id)
-    data = _labeled_set(project, Split.TRAIN)
+    data = labeled_set(project, Split.TRAIN)
     _transition(cycle, CycleStatus.TRAINING, base_version=base, attempts=cycle.attempts + 1,
                 started_at=timezone.now(), progress={"stage": "loading", "labels": len(data)})
     if len(data) == 0:
         _transition(cycle, CycleStatus.FAILED, error="no human labels on training-split items yet: label some items first")
         return None
     if base is not None and base.architecture == project.architecture:
-        architecture, start_from = base.architecture, weights_file(base)[0]
+        architecture, start_from, initial = base.architecture, model_weights_file(base)[0], ""
     else:  # first model, or the project moved to another architecture
-        architecture = project.architecture
-        start_from = Path(project.initial_weights) if project.initial_weights else None
-    return TrainingPlan(cycle.id, project, base, architecture, start_from,
+        architecture, start_from, initial = project.architecture, None, project.initial_weights
+    return TrainingPlan(cycle.id, project, base, architecture, start_from, initial,
                         ensure_unique_version_name(project=project, wanted=f"v{cycle.number}"),
-                        TrainConfig.from_dict(cycle.train_config), data)
+                        dict(cycle.train_config), data)
 
 
-def _progress(cycle_id: int, stats: EpochStats) -> bool:
+def cycle_progress_record(*, cycle_id: int, epoch: int, epochs: int, train_loss: float,
+                          train_accuracy: float) -> bool:
     """Record an epoch; returns False when the cycle was cancelled meanwhile (stops training)."""
     RetrainingCycle.objects.filter(pk=cycle_id).update(heartbeat_at=timezone.now(), progress={
-        "stage": "training", "epoch": stats.epoch, "epochs": stats.epochs,
-        "train_loss": round(stats.train_loss, 4), "train_accuracy": round(stats.train_accuracy, 4),
+        "stage": "training", "epoch": epoch, "epochs": epochs,
+        "train_loss": round(train_loss, 4), "train_accuracy": round(train_accuracy, 4),
     })
     return RetrainingCycle.objects.filter(pk=cycle_id, status=CycleStatus.TRAINING).exists()
 
 
-def _train(plan: TrainingPlan) -> tuple[str, list, list[EpochStats]]:
-    labels = list(plan.project.labels)
-    spec = input_spec_for(plan.architecture)
-    model = build_model(plan.architecture, len(labels), weights_path=plan.start_from)
-    images = item_images(plan.data.image_paths, spec)
-    targets = torch.tensor(plan.data.targets, dtype=torch.int64)
-    history = fit(model, images, targets, spec, plan.config, on_epoch=lambda s: _progress(plan.cycle_id, s))
-    directory = model_directory(plan.project.slug, plan.version_name)
-    metrics = {"train_loss": history[-1].train_loss, "train_accuracy": history[-1].train_accuracy,
-               "epochs_run": len(history)}
-    meta = CheckpointMeta(plan.architecture, labels, spec, plan.config.to_dict(), metrics)
-    files = save_checkpoint(model, meta, media_path(directory))
-    return directory, files, history
-
-
 @transaction.atomic
-def _finish_training(plan: TrainingPlan, directory: str, files: list, history: list[EpochStats]) -> None:
+def cycle_candidate_record(*, plan: TrainingPlan, directory: str, files: Sequence[ArtifactFile],
+                           epochs_run: int, train_loss: float) -> None:
+    """Record the trained candidate and hand the cycle to evaluation (unless it was cancelled)."""
     cycle = RetrainingCycle.objects.select_for_update().get(pk=plan.cycle_id)
     if cycle.status != CycleStatus.TRAINING:
         return  # cancelled while training: the candidate is not recorded
@@ -208,35 +197,14 @@ def _finish_training(plan: TrainingPlan, directory: str, files: list, history: l
     )
     version.training_labels.set(plan.data.label_ids)
     _transition(cycle, CycleStatus.EVALUATING, candidate_version=version, progress={
-        "stage": "evaluating", "epochs_run": len(history), "train_loss": round(history[-1].train_loss, 4),
+        "stage": "evaluating", "epochs_run": epochs_run, "train_loss": round(train_loss, 4),
     })
     trust_record(project_id=plan.project.id, kind="model_trained", actor=f"cycle {cycle.number}", payload={
         "model_version": version.name, "parent": plan.base.name if plan.base else None,
         "training_labels": len(plan.data), "training_set_sha256": plan.data.digest,
-        "artifacts": {f.name: f.sha256 for f in files}, "train_config": plan.config.to_dict(),
+        "artifacts": {f.name: f.sha256 for f in files}, "train_config": plan.config,
     })
     enqueue("workers.tasks.evaluate", cycle.id)
-
-
-def cycle_train(*, cycle_id: int) -> None:
-    """Train the cycle's candidate. Safe to run twice or in parallel: one worker trains,
-    a second returns at once; a redelivered task after a worker died starts a new attempt."""
-    with exclusive(f"cycle:{cycle_id}") as mine:
-        if not mine:
-            log.info("cycle %s is being worked on by another worker", cycle_id)
-            return
-        plan = _start_training(cycle_id)
-        if plan is None:
-            return
-        try:
-            directory, files, history = _train(plan)
-        except TRANSIENT_DB_ERRORS:
-            raise  # the task retries; the next attempt starts over
-        except Exception as exc:
-            log.exception("cycle %s training failed", cycle_id)
-            cycle_fail(cycle_id=cycle_id, error=f"training failed: {exc}\n{traceback.format_exc(limit=5)}")
-            return
-        _finish_training(plan, directory, files, history)
 
 
 def promotion_decision(
@@ -256,37 +224,10 @@ def promotion_decision(
                    f" + {min_delta:g} on {n_eval} held-out labels")
 
 
-def _evaluate_version(version: ModelVersion, data: LabeledSet) -> dict:
-    model, meta = load_version(version)
-    probs = predict_proba(model, item_images(data.image_paths, meta.input_spec), meta.input_spec)
-    return classification_metrics(np.array(data.targets), probs, meta.labels)
-
-
-def cycle_evaluate(*, cycle_id: int) -> None:
-    """Evaluate candidate and production on the same held-out labels, store both snapshots,
-    decide. Safe to run twice: snapshots are unique per cycle and model, decisions made once."""
-    with exclusive(f"cycle:{cycle_id}") as mine:
-        if not mine:
-            return
-        cycle = RetrainingCycle.objects.select_related("project", "candidate_version", "base_version").get(pk=cycle_id)
-        if cycle.status != CycleStatus.EVALUATING:
-            return
-        data = _labeled_set(cycle.project, Split.HOLDOUT)
-        roles = [("candidate", cycle.candidate_version)]
-        if cycle.base_version is not None:
-            roles.append(("production", cycle.base_version))
-        try:
-            results = {role: _evaluate_version(v, data) for role, v in roles if len(data)}
-            _decide(cycle_id, dict(roles), data, results)
-        except TRANSIENT_DB_ERRORS:
-            raise
-        except Exception as exc:
-            log.exception("cycle %s evaluation failed", cycle_id)
-            cycle_fail(cycle_id=cycle_id, error=f"evaluation failed: {exc}")
-
-
 @transaction.atomic
-def _decide(cycle_id: int, versions: dict[str, ModelVersion], data: LabeledSet, results: dict[str, dict]) -> None:
+def cycle_decide(*, cycle_id: int, versions: dict[str, ModelVersion], data: LabeledSet,
+                 results: dict[str, dict]) -> None:
+    """Store each version's evaluation snapshot and apply the promotion gate, once per cycle."""
     cycle = RetrainingCycle.objects.select_for_update().select_related("project").get(pk=cycle_id)
     if cycle.status != CycleStatus.EVALUATING:
         return

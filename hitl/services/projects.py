@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 import shutil
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from safetensors import SafetensorError, safe_open
 
+from hitl import mlspec
 from hitl.errors import FieldError, InvalidInput
+from hitl.files import atomic_write, file_sha256
 from hitl.media import model_directory
 from hitl.models import (
     ArtifactKind,
@@ -26,13 +32,8 @@ from hitl.models import (
     TaskType,
 )
 from hitl.services.trust import trust_record
-from workers.ml.architectures import ARCHITECTURES
-from workers.ml.checkpoint import ONNX_FILE, WEIGHTS_FILE, ArtifactFile, read_meta
-from workers.ml.files import atomic_write, file_sha256
-from workers.ml.strategies import STRATEGY_INPUTS
-from workers.ml.training import TrainConfig
 
-SELECTION_STRATEGIES = tuple(STRATEGY_INPUTS)
+SELECTION_STRATEGIES = mlspec.STRATEGIES
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 TOKEN_PREFIX = "hitl_dep_"
 
@@ -47,12 +48,35 @@ def _check_labels(labels: object) -> str | None:
     return None
 
 
-def _check_train_config(options: object) -> str | None:
-    if not isinstance(options, dict):
-        return "must be an object of training options"
+def initial_weights_file(value: str) -> Path:
+    """The weights file ``value`` names (absolute, or relative to HITL_MODELS_ROOT), resolved.
+
+    It must be a regular file inside the models folder once every symbolic link is followed, so
+    a project cannot make a worker read an arbitrary file. Checked when the setting is made and
+    again when a worker reads it. Raises ValueError saying what to fix.
+    """
+    root = Path(settings.MODELS_ROOT).resolve()
+    hint = f"give a weights file inside the models folder {root} (HITL_MODELS_ROOT)"
+    if not isinstance(value, str) or not 0 < len(value) <= 500 or "\x00" in value:
+        raise ValueError(f"{hint}, as a path of at most 500 characters")
     try:
-        TrainConfig.from_dict(options)
-    except (TypeError, ValueError) as exc:
+        path = (root / value).resolve(strict=True)
+        mode = path.stat().st_mode
+    except (OSError, RuntimeError):
+        raise ValueError(f"no file at {value}; {hint}") from None
+    if not path.is_relative_to(root):
+        raise ValueError(f"{value} lies outside the models folder; {hint}")
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{value} is not a regular file; {hint}")
+    return path
+
+
+def _check_initial_weights(value: object) -> str | None:
+    if value == "":
+        return None
+    try:
+        initial_weights_file(value)  # type: ignore[arg-type]
+    except ValueError as exc:
         return str(exc)
     return None
 
@@ -68,8 +92,8 @@ def _between(low: float, high: float, kind: type = float) -> Callable[[object], 
 SETTING_CHECKS: dict[str, Callable[[object], str | None]] = {
     "name": lambda v: None if isinstance(v, str) and 0 < len(v) <= 200 else "must be 1 to 200 characters",
     "labels": _check_labels,
-    "architecture": lambda v: None if v in ARCHITECTURES else f"unknown; use one of {', '.join(sorted(ARCHITECTURES))}",
-    "initial_weights": lambda v: None if v == "" or (isinstance(v, str) and Path(v).is_file()) else f"no file at {v}",
+    "architecture": lambda v: None if v in mlspec.ARCHITECTURES else f"unknown; use one of {', '.join(mlspec.ARCHITECTURES)}",
+    "initial_weights": _check_initial_weights,
     "holdout_fraction": _between(0.01, 0.99),
     "selection_strategy": lambda v: None if v in SELECTION_STRATEGIES else f"unknown; use one of {', '.join(SELECTION_STRATEGIES)}",
     "batch_size": _between(1, 10_000, int),
@@ -77,18 +101,27 @@ SETTING_CHECKS: dict[str, Callable[[object], str | None]] = {
     "mc_samples": _between(2, 200, int),
     "committee_size": _between(2, 10, int),
     "class_balance": lambda v: None if isinstance(v, bool) else "must be true or false",
-    "selection_pool_limit": _between(100, 10_000_000, int),
-    "train_config": _check_train_config,
+    # model strategies hold the pool's images and outputs in memory: a million is the most
+    "selection_pool_limit": _between(100, 1_000_000, int),
     "promotion_min_delta": _between(-1, 1),
     "min_eval_labels": _between(1, 1_000_000, int),
 }
+# Every setting validate_project_settings knows; training options are checked by mlspec.
+PROJECT_SETTINGS = frozenset(SETTING_CHECKS) | {"train_config"}
 # Fixed once a project exists: models and splits depend on them.
 FIXED_SETTINGS = frozenset({"labels", "holdout_fraction"})
 
 
 def validate_project_settings(values: dict[str, object]) -> None:
-    errors = [FieldError(name, problem) for name, value in values.items()
-              if (problem := SETTING_CHECKS[name](value) if name in SETTING_CHECKS else "unknown setting")]
+    """The one check of project settings: API, CLI and admin. Raises InvalidInput naming each
+    bad field (a training option as ``train_config.<option>``)."""
+    errors = [FieldError(name, problem) for name, value in values.items() if name != "train_config"
+              and (problem := SETTING_CHECKS[name](value) if name in PROJECT_SETTINGS else "unknown setting")]
+    if "train_config" in values:
+        try:
+            mlspec.train_config_clean(values["train_config"])
+        except InvalidInput as exc:
+            errors += exc.errors
     if errors:
         raise InvalidInput(errors)
 
@@ -126,8 +159,25 @@ def project_update(*, project_id: int, changes: dict[str, object]) -> Project:
     return project
 
 
-def _store_artifacts(version: ModelVersion, directory: str, files: list[ArtifactFile]) -> None:
-    kinds = {WEIGHTS_FILE: ArtifactKind.WEIGHTS, ONNX_FILE: ArtifactKind.ONNX}
+class ArtifactFile(Protocol):
+    """A model file written under MEDIA_ROOT (workers.ml.checkpoint.ArtifactFile is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+
+
+class CopiedFile(NamedTuple):
+    name: str
+    sha256: str
+    size: int
+
+
+def _store_artifacts(version: ModelVersion, directory: str, files: Sequence[ArtifactFile]) -> None:
+    kinds = {mlspec.WEIGHTS_FILE: ArtifactKind.WEIGHTS, mlspec.ONNX_FILE: ArtifactKind.ONNX}
     ModelArtifact.objects.bulk_create([
         ModelArtifact(model_version=version, kind=kinds[f.name], path=f"{directory}/{f.name}",
                       sha256=f.sha256, size_bytes=f.size)
@@ -138,7 +188,7 @@ def _store_artifacts(version: ModelVersion, directory: str, files: list[Artifact
 @transaction.atomic
 def model_version_create(
     *, project: Project, name: str, architecture: str, labels: list[str], parent: ModelVersion | None,
-    directory: str, files: list[ArtifactFile],
+    directory: str, files: Sequence[ArtifactFile],
 ) -> ModelVersion:
     """Record a trained model whose artifact files already lie under MEDIA_ROOT/directory."""
     try:
@@ -152,6 +202,23 @@ def model_version_create(
     return version
 
 
+def checkpoint_meta_read(weights_path: Path) -> dict:
+    """A hitl checkpoint's header metadata (architecture, labels, ...), read without torch: the
+    safetensors header is JSON. workers.ml.checkpoint.read_meta reads the same with torch."""
+    with safe_open(str(weights_path), framework="numpy") as handle:
+        metadata = handle.metadata() or {}
+    if mlspec.CHECKPOINT_METADATA_KEY not in metadata:
+        raise ValueError(f"{weights_path} has no hitl metadata")
+    meta = json.loads(metadata[mlspec.CHECKPOINT_METADATA_KEY])
+    if meta.get("format_version") != mlspec.CHECKPOINT_FORMAT_VERSION:
+        raise ValueError(f"unsupported checkpoint format {meta.get('format_version')!r}")
+    if meta.get("architecture") not in mlspec.ARCHITECTURES:
+        raise ValueError(f"unknown architecture {meta.get('architecture')!r}")
+    if not isinstance(meta.get("labels"), list) or not all(isinstance(x, str) for x in meta["labels"]):
+        raise ValueError("its labels are not a list of class names")
+    return meta
+
+
 def model_version_register(*, project: Project, name: str, weights_path: Path, actor: str) -> ModelVersion:
     """Import a model trained elsewhere from a hitl safetensors checkpoint (e.g. exported earlier)."""
     if not SLUG.match(name or ""):
@@ -160,18 +227,18 @@ def model_version_register(*, project: Project, name: str, weights_path: Path, a
         raise InvalidInput.single("name", f"model version {name!r} already exists in {project.slug}")
     weights_path = Path(weights_path)
     try:
-        meta = read_meta(weights_path)
-    except Exception as exc:
+        meta = checkpoint_meta_read(weights_path)
+    except (OSError, ValueError, SafetensorError) as exc:  # JSONDecodeError is a ValueError
         raise InvalidInput.single("weights", f"not a hitl checkpoint: {exc}") from None
-    if meta.labels != project.labels:
-        raise InvalidInput.single("weights", f"model labels {meta.labels} differ from the project's {project.labels}")
+    if meta["labels"] != project.labels:
+        raise InvalidInput.single("weights", f"model labels {meta['labels']} differ from the project's {project.labels}")
     directory = model_directory(project.slug, name)
-    target = Path(settings.MEDIA_ROOT) / directory / WEIGHTS_FILE
+    target = Path(settings.MEDIA_ROOT) / directory / mlspec.WEIGHTS_FILE
     atomic_write(target, lambda tmp: shutil.copyfile(weights_path, tmp))
-    files = [ArtifactFile(WEIGHTS_FILE, file_sha256(target), target.stat().st_size)]
+    files = [CopiedFile(mlspec.WEIGHTS_FILE, file_sha256(target), target.stat().st_size)]
     with transaction.atomic():
-        version = model_version_create(project=project, name=name, architecture=meta.architecture,
-                                       labels=meta.labels, parent=None, directory=directory, files=files)
+        version = model_version_create(project=project, name=name, architecture=meta["architecture"],
+                                       labels=meta["labels"], parent=None, directory=directory, files=files)
         trust_record(project_id=project.id, kind="model_registered", actor=actor,
                      payload={"model_version": name, "weights_sha256": files[0].sha256})
     return version

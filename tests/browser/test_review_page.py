@@ -7,8 +7,10 @@ from django.db import connections
 from playwright.sync_api import Page, expect, sync_playwright
 
 from hitl.models import Label
-from hitl.services.cycles import cycle_evaluate, cycle_request, cycle_train
-from hitl.services.selection import review_batch_request, review_batch_select
+from hitl.services.cycles import cycle_request
+from hitl.services.selection import review_batch_request
+from workers.pipelines.cycles import cycle_evaluate, cycle_train
+from workers.pipelines.selection import review_batch_select
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",

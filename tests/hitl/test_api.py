@@ -6,7 +6,7 @@ import pytest
 
 from hitl.models import Item, Label, LabelSource, RetrainingCycle
 from hitl.services.labels import label_submit
-from hitl.services.selection import review_batch_select
+from workers.pipelines.selection import review_batch_select
 
 pytestmark = pytest.mark.django_db
 
@@ -83,7 +83,7 @@ def test_cycles_endpoints(operator_client, reviewer_client, project) -> None:
     url = f"/api/v1/projects/{project.slug}/cycles/"
     assert reviewer_client.post(url, {}, format="json").status_code == 403
     bad = operator_client.post(url, {"train_config": {"epochs": -1}}, format="json")
-    assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "train_config"
+    assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "train_config.epochs"
     created = operator_client.post(url, {"train_config": {"epochs": 3}}, format="json")
     assert created.status_code == 202 and created.json()["train_config"]["epochs"] == 3
     conflict = operator_client.post(url, {}, format="json")
@@ -124,7 +124,8 @@ def test_operators_change_project_settings(operator_client, reviewer_client, pro
     assert sorted(e["field"] for e in bad.json()["errors"]) == ["labels"]
     bad = operator_client.patch(url, {"selection_strategy": "vibes", "mc_samples": 1, "colour": "red",
                                       "train_config": {"epochs": 0}}, format="json")
-    assert sorted(e["field"] for e in bad.json()["errors"]) == ["colour", "mc_samples", "selection_strategy", "train_config"]
+    assert sorted(e["field"] for e in bad.json()["errors"]) == [
+        "colour", "mc_samples", "selection_strategy", "train_config.epochs"]
     project.refresh_from_db()
     assert project.selection_strategy == "bald"  # nothing of a bad request is applied
 

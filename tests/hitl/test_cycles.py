@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 from django.conf import settings
@@ -21,8 +23,9 @@ from hitl.models import (
     Split,
     TrustEvent,
 )
-from hitl.services.cycles import cycle_cancel, cycle_evaluate, cycle_request, cycle_train, promotion_decision
+from hitl.services.cycles import cycle_cancel, cycle_request, promotion_decision
 from hitl.services.trust import trust_verify
+from workers.pipelines.cycles import cycle_evaluate, cycle_train
 
 pytestmark = pytest.mark.django_db
 
@@ -101,6 +104,13 @@ def test_a_cycle_another_worker_holds_is_left_alone(project, labeled) -> None:
         cycle_train(cycle_id=cycle.id)
         cycle.refresh_from_db()
         assert cycle.status == CycleStatus.PENDING and cycle.attempts == 0
+        other_pid = other.info.backend_pid
+    with connection.cursor() as cursor:  # its backend frees the lock as it exits, just after the close
+        for _ in range(100):
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", [other_pid])
+            if cursor.fetchone()[0] == 0:
+                break
+            time.sleep(0.05)
     cycle_train(cycle_id=cycle.id)  # the lock went with the other connection
     cycle.refresh_from_db()
     assert cycle.status == CycleStatus.EVALUATING
@@ -139,9 +149,11 @@ def test_a_training_error_fails_the_cycle_with_the_reason(project, labeled, medi
 
 
 def test_bad_training_options_are_refused(project) -> None:
-    with pytest.raises(InvalidInput, match="epochs must be >= 1"):
+    with pytest.raises(InvalidInput, match="train_config.epochs: must be between 1 and 1000"):
         cycle_request(project=project, requested_by="test", train_config={"epochs": 0})
-    with pytest.raises(InvalidInput, match="unknown training options: speed"):
+    with pytest.raises(InvalidInput, match="train_config: must be an object of training options"):
+        cycle_request(project=project, requested_by="test", train_config=[["epochs", 3]])
+    with pytest.raises(InvalidInput, match="train_config.speed: unknown training option"):
         cycle_request(project=project, requested_by="test", train_config={"speed": 11})
 
 

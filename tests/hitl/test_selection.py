@@ -11,9 +11,10 @@ from hitl.models import (
     UncertaintyScore,
 )
 from hitl.services.labels import label_submit
-from hitl.services.scoring import predictions_score
-from hitl.services.selection import review_batch_request, review_batch_select
+from hitl.services.selection import review_batch_request
 from workers.ml.uncertainty import margin
+from workers.pipelines.scoring import predictions_score
+from workers.pipelines.selection import review_batch_select
 
 pytestmark = pytest.mark.django_db
 

@@ -9,9 +9,10 @@ import pytest
 
 from hitl.models import Prediction, ReviewBatchStatus, ReviewReason, ReviewTask, ReviewTaskStatus
 from hitl.services.ingestion import items_register
-from hitl.services.modeling import model_predict_items
-from hitl.services.selection import review_batch_request, review_batch_select, selection_task
+from hitl.services.selection import review_batch_request, selection_task
 from tests.conftest import make_version
+from workers.pipelines.inference import model_predict_items
+from workers.pipelines.selection import review_batch_select
 
 pytestmark = pytest.mark.django_db
 

@@ -1,7 +1,8 @@
 import pytest
 
 from hitl.models import Label, ReviewTask, ReviewTaskStatus
-from hitl.services.selection import review_batch_request, review_batch_select
+from hitl.services.selection import review_batch_request
+from workers.pipelines.selection import review_batch_select
 
 pytestmark = pytest.mark.django_db
 

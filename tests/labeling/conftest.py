@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from hitl.services.selection import review_batch_request, review_batch_select
+from hitl.services.selection import review_batch_request
 from labeling.models import LabelStudioProject, LabelStudioTask, PushState
+from workers.pipelines.selection import review_batch_select
 
 
 @pytest.fixture()

@@ -23,9 +23,9 @@ from django.db import connections
 from label_studio_sdk import LabelStudio
 
 from hitl.models import Label, LabelStatus, ReviewTask, ReviewTaskStatus, Split
-from hitl.services.cycles import cycle_request, cycle_train
+from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import predictions_ingest
-from hitl.services.selection import review_batch_request, review_batch_select
+from hitl.services.selection import review_batch_request
 from labeling.client import LabelStudioClient, LabelStudioUnavailable
 from labeling.mapping import choice_result
 from labeling.models import EventState, LabelStudioTask, PushState, WebhookEvent
@@ -34,6 +34,8 @@ from labeling.services.provisioning import ls_project_provision
 from labeling.services.pull import ls_reconcile, reviewer_name
 from labeling.services.push import ls_push, ls_task_payload
 from labeling.services.status import ls_status
+from workers.pipelines.cycles import cycle_train
+from workers.pipelines.selection import review_batch_select
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 SCRIPT = Path(settings.BASE_DIR) / "scripts" / "label-studio.sh"

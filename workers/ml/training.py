@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workers.ml.architectures import InputSpec
-from workers.ml.device import select_device
+from workers.ml.device import is_device_name, select_device
 from workers.ml.images import normalize
 from workers.ml.inference import predict_logits
 
@@ -29,6 +29,9 @@ def _is(value: object, kind: type) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """What a training run needs; checked to make sense here. The web's limits on what a user may
+    ask for (upper bounds) are hitl.mlspec.TRAIN_OPTIONS, whose names and defaults match these."""
+
     epochs: int = 20
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -46,16 +49,18 @@ class TrainConfig:
                     if not _is(value := getattr(self, name), kind)]
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
-        if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
-            problems.append(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        if not is_device_name(self.device):
+            problems.append(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.epochs < 1:
             problems.append(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             problems.append(f"batch_size must be >= 1, got {self.batch_size}")
         if not (0 < self.learning_rate < 10):
             problems.append(f"learning_rate must be in (0, 10), got {self.learning_rate}")
-        if self.weight_decay < 0:
-            problems.append(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (0 <= self.weight_decay < math.inf):
+            problems.append(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0, got {self.seed}")
         if not (0 <= self.label_smoothing < 1):
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if problems:
@@ -65,7 +70,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -178,7 +178,7 @@ class Command(BaseCommand):
         self.stdout.write(f"queued review batch {batch.id} ({batch.strategy}, {batch.size} items)")
 
     def start_cycle(self, o: dict[str, Any]) -> None:
-        config = {"epochs": o["epochs"]} if o["epochs"] else None
+        config = {"epochs": o["epochs"]} if o["epochs"] is not None else None
         cycle = cycle_request(project=self._project(o["project"]), requested_by=ACTOR, train_config=config)
         self.stdout.write(f"queued cycle {cycle.number} (id {cycle.id})")
 

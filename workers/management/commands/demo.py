@@ -45,13 +45,13 @@ from hitl.selectors import production_version
 from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import items_register, predictions_ingest
 from hitl.services.labels import label_submit
-from hitl.services.modeling import load_version
 from hitl.services.projects import deployment_create, project_create
 from hitl.services.selection import review_batch_request
 from workers.celery import app as celery_app
 from workers.celery import configure_queues, delete_queues, use_embedded_broker
 from workers.ml.datasets import ArrayDataset, load_fashion_mnist
 from workers.ml.inference import predict_proba
+from workers.pipelines.versions import load_version
 
 PROJECT_SLUG = "fashion-mnist-demo"
 REVIEWER = "simulated reviewer (Fashion-MNIST ground truth)"
@@ -124,13 +124,13 @@ class Demo:
         log_path = Path(settings.DATA_DIR) / "demo-worker.log"
         prefix = env["HITL_QUEUE_PREFIX"]
         self.worker_log = log_path
-        self.worker = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo", "--loglevel", "INFO",
-             "--without-mingle", "--without-gossip", "--without-heartbeat", "-Q", f"{prefix}.cpu,{prefix}.gpu",
-             "--hostname", f"demo-{os.getpid()}@%h"],
-            env={**os.environ, **env}, stdout=open(log_path, "w"), stderr=subprocess.STDOUT,
-            cwd=settings.BASE_DIR,
-        )
+        with open(log_path, "w") as log:  # the worker writes to its own copy of the descriptor
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "solo", "--loglevel", "INFO",
+                 "--without-mingle", "--without-gossip", "--without-heartbeat", "-Q", f"{prefix}.cpu,{prefix}.gpu",
+                 "--hostname", f"demo-{os.getpid()}@%h"],
+                env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, cwd=settings.BASE_DIR,
+            )
         self.say(f"Started a Celery worker process (pid {self.worker.pid}, log {log_path})")
 
     def stop_worker(self) -> None:

@@ -1,53 +1,17 @@
-"""Glue between database rows and ``workers.ml``: images of items, models of versions."""
+"""Running a model version over its project's items."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Sequence
-from pathlib import Path
-
 import numpy as np
-import torch
-from django.conf import settings
 from django.db import transaction
-from torch import nn
 
-from hitl.media import media_path
-from hitl.models import ArtifactKind, Item, ModelArtifact, ModelVersion
+from hitl.models import Item, ModelVersion
 from hitl.services.ingestion import predictions_bulk_insert
 from hitl.services.queue import enqueue
-from workers.ml.architectures import InputSpec
-from workers.ml.checkpoint import CheckpointMeta, load_checkpoint
-from workers.ml.device import select_device
-from workers.ml.images import decode_images
 from workers.ml.inference import predict_proba
+from workers.pipelines.versions import item_images, load_version
 
 PREDICT_CHUNK = 2048
-
-
-def item_images(image_paths: Sequence[str], spec: InputSpec) -> torch.Tensor:
-    """uint8 ``[n, c, h, w]`` tensor for item image paths (relative to MEDIA_ROOT)."""
-    return decode_images([media_path(p) for p in image_paths], spec)
-
-
-def weights_file(version: ModelVersion) -> tuple[Path, str]:
-    artifact = ModelArtifact.objects.get(model_version=version, kind=ArtifactKind.WEIGHTS)
-    return media_path(artifact.path), artifact.sha256
-
-
-def load_version(version: ModelVersion) -> tuple[nn.Module, CheckpointMeta]:
-    """The version's model on the configured device, its digest checked against the record."""
-    path, sha256 = weights_file(version)
-    model, meta = load_checkpoint(path, expected_sha256=sha256)
-    return model.to(select_device(settings.HITL_DEVICE)), meta
-
-
-def labeled_set_digest(rows: Sequence[tuple[int, str, str]]) -> str:
-    """A digest of (label id, item sha256, value) rows: names an exact labeled set."""
-    digest = hashlib.sha256()
-    for label_id, sha256, value in sorted(rows):
-        digest.update(f"{label_id}:{sha256}:{value}\n".encode())
-    return digest.hexdigest()
 
 
 def model_predict_items(*, model_version_id: int, unlabeled_only: bool = True) -> int:

@@ -1,0 +1,93 @@
+"""What the web needs to know about hitl's models without loading them: architecture and strategy
+names, the checkpoint's file names, and the training options with their defaults and bounds.
+
+Torch-free on purpose: the web, the API and the admin validate with this module and never import
+``workers.ml``. ``workers.ml`` keeps the implementations; tests/test_mlspec.py asserts that the
+names, fields and defaults here agree with it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from hitl.errors import FieldError, InvalidInput
+
+ARCHITECTURES = ("small_cnn", "resnet18", "mobilenet_v3_small")
+
+STRATEGIES = ("random", "least_confidence", "margin", "entropy", "bald", "committee", "coreset", "badge",
+              "hybrid")
+# Scored once when predictions arrive (workers.ml.uncertainty.SCORERS): selection reads stored scores.
+STORED_SCORE_STRATEGIES = ("least_confidence", "margin", "entropy")
+# Strategies that need the model's own outputs (MC dropout, other versions, embeddings): GPU work.
+MODEL_STRATEGIES = frozenset({"bald", "committee", "coreset", "badge", "hybrid"})
+
+WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+CHECKPOINT_METADATA_KEY = "hitl"
+CHECKPOINT_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TrainOption:
+    kind: type
+    default: int | float | bool | str
+    low: float | None = None
+    high: float | None = None
+
+
+# The order and defaults are workers.ml.training.TrainConfig's. The upper bounds keep one cycle
+# within what a worker can hold and finish; they are the only upper bounds (TrainConfig checks
+# that values make sense, not how much they cost).
+TRAIN_OPTIONS: dict[str, TrainOption] = {
+    "epochs": TrainOption(int, 20, 1, 1000),
+    "batch_size": TrainOption(int, 64, 1, 4096),
+    "learning_rate": TrainOption(float, 1e-3, 1e-8, 1.0),
+    "weight_decay": TrainOption(float, 1e-4, 0.0, 1.0),
+    "label_smoothing": TrainOption(float, 0.0, 0.0, 0.5),
+    "augment": TrainOption(bool, False),
+    "seed": TrainOption(int, 0, 0, 2**32 - 1),
+    "device": TrainOption(str, "auto"),
+}
+MAX_CUDA_INDEX = 63
+DEVICE_SYNTAX = re.compile(r"auto|cpu|cuda(?::(0|[1-9][0-9]?))?")
+DEVICE_HINT = f"use auto, cpu, cuda or cuda:N with N from 0 to {MAX_CUDA_INDEX}"
+
+
+def device_problem(value: object) -> str | None:
+    """Why ``value`` is not a device name hitl accepts, or None."""
+    match = DEVICE_SYNTAX.fullmatch(value) if isinstance(value, str) else None
+    if match is None or (match.group(1) is not None and int(match.group(1)) > MAX_CUDA_INDEX):
+        return f"{DEVICE_HINT}; got {value!r}"[:300]
+    return None
+
+
+def _option_problem(option: TrainOption, value: object) -> str | None:
+    if option.kind is str:
+        return device_problem(value)
+    if option.kind is bool:
+        return None if isinstance(value, bool) else "must be true or false"
+    numeric = (int, float) if option.kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, numeric):
+        return "must be a number" if option.kind is float else "must be an integer"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    assert option.low is not None and option.high is not None
+    if not option.low <= value <= option.high:
+        return f"must be between {option.low:g} and {option.high:g}"
+    return None
+
+
+def train_config_clean(options: object, *, field: str = "train_config") -> dict[str, object]:
+    """The complete training options (defaults filled in) for ``options``, or an InvalidInput
+    naming each bad option as ``<field>.<option>``. The one check the API, CLI and admin use."""
+    if not isinstance(options, dict):
+        raise InvalidInput.single(field, "must be an object of training options")
+    errors = [FieldError(f"{field}.{str(name)[:50]}", f"unknown training option; use {', '.join(TRAIN_OPTIONS)}")
+              for name in options if name not in TRAIN_OPTIONS]
+    errors += [FieldError(f"{field}.{name}", problem) for name, value in options.items()
+               if name in TRAIN_OPTIONS and (problem := _option_problem(TRAIN_OPTIONS[name], value))]
+    if errors:
+        raise InvalidInput(errors)
+    return {name: option.kind(options.get(name, option.default)) for name, option in TRAIN_OPTIONS.items()}

@@ -1,0 +1,215 @@
+"""Picking a review batch's items: the audit slice, then the strategy's picks, from stored
+scores or by running the production model (and committee) on a bounded sample of the pool."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from django.conf import settings
+from django.db.models import Max, Min, Q
+
+from hitl.errors import TRANSIENT_DB_ERRORS, Busy, InvalidInput
+from hitl.locks import exclusive
+from hitl.models import (
+    Label,
+    LabelStatus,
+    ModelVersion,
+    Prediction,
+    Project,
+    ReviewBatch,
+    ReviewBatchStatus,
+    ReviewReason,
+    ReviewTask,
+    ReviewTaskStatus,
+    UncertaintyScore,
+)
+from hitl.selectors import production_version
+from hitl.services.selection import Pick, review_batch_store
+from workers.ml.device import select_device
+from workers.ml.inference import model_outputs, predict_proba
+from workers.ml.strategies import (
+    COVERAGE_STRATEGIES,
+    STRATEGY_INPUTS,
+    PoolView,
+    SelectOptions,
+    select_batch,
+)
+from workers.ml.uncertainty import SCORERS
+from workers.pipelines.scoring import predictions_score, probabilities_matrix
+from workers.pipelines.versions import item_images, load_version
+
+MAX_COVERED_EMBEDDINGS = 20_000  # labeled items the diversity strategies measure distance to
+SELECTION_WAIT_SECONDS = 60  # then a Busy error, and Celery tries again later
+log = logging.getLogger(__name__)
+
+
+def _busy_items(project_id: int) -> set[int]:
+    """Items a strategy must not pick: labeled by a human, or already under review."""
+    labeled = Label.objects.filter(item__project_id=project_id, status=LabelStatus.CURRENT).values_list("item_id", flat=True)
+    reviewing = ReviewTask.objects.filter(batch__project_id=project_id, status=ReviewTaskStatus.OPEN).values_list(
+        "item_id", flat=True)
+    return set(labeled) | set(reviewing)
+
+
+def _sample_pool(version_id: int, n: int, rng: np.random.Generator, skip_items: set[int]) -> list[tuple[int, int]]:
+    """Up to n (prediction id, item id) of the version, drawn uniformly among items not in
+    ``skip_items``, reproducibly for a seed.
+
+    Draws ids uniformly from the predictions' id range and keeps the version's, so it reads about
+    n rows, not the whole pool; where the ids are too sparse it reads them all.
+    """
+    if n <= 0:
+        return []
+    predictions = Prediction.objects.filter(model_version_id=version_id)
+    bounds = predictions.aggregate(lo=Min("id"), hi=Max("id"))
+    if bounds["lo"] is None:
+        return []
+    chosen: dict[int, int] = {}
+    dense = bounds["hi"] - bounds["lo"] + 1 <= 4 * n  # reading the whole range is then as cheap
+    for _ in range(0 if dense else 8):
+        draws = rng.integers(bounds["lo"], bounds["hi"] + 1, size=max(64, 3 * (n - len(chosen))))
+        found = dict(predictions.filter(id__in=np.unique(draws).tolist()).values_list("id", "item_id"))
+        for prediction_id in draws.tolist():
+            item_id = found.get(prediction_id)
+            if item_id is not None and item_id not in skip_items and prediction_id not in chosen:
+                chosen[prediction_id] = item_id
+                if len(chosen) == n:
+                    return list(chosen.items())
+    taken = set(chosen.values())
+    rest = [(pid, item) for pid, item in predictions.order_by("id").values_list("id", "item_id")
+            if item not in skip_items and item not in taken]
+    order = rng.permutation(len(rest))[: n - len(chosen)]
+    return list(chosen.items()) + [rest[i] for i in order]
+
+
+def _stored_score_picks(batch: ReviewBatch, version: ModelVersion, n: int, busy: set[int]) -> list[Pick]:
+    """The top n by a stored score, walking the (version, method, value) index in growing chunks
+    and skipping busy items: the cost follows the rows walked, never the size of the pool."""
+    predictions_score(model_version_id=version.id, wait=True)
+    ranked = UncertaintyScore.objects.filter(model_version_id=version.id, method=batch.strategy).order_by(
+        "-value", "prediction_id")
+    picks: list[Pick] = []
+    after: tuple[float, int] | None = None
+    chunk = 2 * n
+    while len(picks) < n:
+        page = ranked if after is None else ranked.filter(
+            Q(value__lt=after[0]) | Q(value=after[0], prediction_id__gt=after[1]))
+        rows = list(page.values_list("prediction_id", "prediction__item_id", "value")[:chunk])
+        picks += [Pick(pid, item_id, ReviewReason.STRATEGY, value) for pid, item_id, value in rows
+                  if item_id not in busy][: n - len(picks)]
+        if len(rows) < chunk:
+            break
+        after, chunk = (rows[-1][2], rows[-1][0]), chunk * 2
+    return picks
+
+
+def _committee(project: Project, version: ModelVersion) -> list[ModelVersion]:
+    """The production model and the versions that served before it, newest first."""
+    earlier = ModelVersion.objects.filter(project=project, promoted_at__isnull=False).exclude(pk=version.pk)
+    members = [version] + [v for v in earlier.order_by("-promoted_at") if v.labels == version.labels]
+    return members[: project.committee_size]
+
+
+def _covered_embeddings(project: Project, model, spec) -> np.ndarray | None:
+    """Embeddings of items humans labeled or are reviewing: what coverage strategies count as covered."""
+    labeled = list(Label.objects.filter(item__project=project, status=LabelStatus.CURRENT)
+                   .order_by("-id").values_list("item__image", flat=True)[:MAX_COVERED_EMBEDDINGS])
+    reviewing = list(ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.OPEN)
+                     .values_list("item__image", flat=True)[:MAX_COVERED_EMBEDDINGS])
+    paths = labeled + reviewing
+    if not paths:
+        return None
+    return model_outputs(model, item_images(paths, spec), spec, embeddings=True).embeddings
+
+
+def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
+                 rng: np.random.Generator, busy: set[int]) -> list[Pick]:
+    """Run the production model (and committee) on a random sample of the pool, then select."""
+    rows = _sample_pool(version.id, project.selection_pool_limit, rng, busy)
+    if not rows:
+        return []
+    prediction_ids, item_ids = [r[0] for r in rows], [r[1] for r in rows]
+    paths = dict(Prediction.objects.filter(id__in=prediction_ids).values_list("id", "item__image"))
+    model, meta = load_version(version)
+    images = item_images([paths[pid] for pid in prediction_ids], meta.input_spec)
+    needs = STRATEGY_INPUTS[batch.strategy]
+    outputs = model_outputs(model, images, meta.input_spec, embeddings="embeddings" in needs,
+                            mc_samples=project.mc_samples if "mc_probs" in needs else 0, seed=batch.seed % 2**31)
+    committee = None
+    if "committee_probs" in needs:
+        members = _committee(project, version)
+        if len(members) < 2:
+            raise InvalidInput.single("strategy", "committee needs at least two model versions that served in "
+                                                  f"production; {project.slug} has {len(members)}")
+        committee = np.stack([outputs.probs] + [
+            predict_proba(load_version(m)[0], images, meta.input_spec) for m in members[1:]], axis=2)
+    covered = _covered_embeddings(project, model, meta.input_spec) if batch.strategy in COVERAGE_STRATEGIES else None
+    selection = select_batch(
+        batch.strategy,
+        PoolView(probs=outputs.probs, mc_probs=outputs.mc_probs, committee_probs=committee,
+                 embeddings=outputs.embeddings, labeled_embeddings=covered),
+        n, rng=rng,
+        options=SelectOptions(class_balance=project.class_balance, device=str(select_device(settings.HITL_DEVICE))),
+    )
+    return [Pick(prediction_ids[i], item_ids[i], ReviewReason.STRATEGY, None if np.isnan(s) else float(s))
+            for i, s in zip(selection.indices.tolist(), selection.scores.tolist())]
+
+
+def _class_balanced_stored_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
+                                 rng: np.random.Generator, busy: set[int]) -> list[Pick]:
+    """Stored probabilities, scored and balanced over predicted classes in memory."""
+    rows = _sample_pool(version.id, project.selection_pool_limit, rng, busy)
+    if not rows:
+        return []
+    blobs = dict(Prediction.objects.filter(id__in=[r[0] for r in rows]).values_list("id", "probabilities"))
+    probs = probabilities_matrix([blobs[r[0]] for r in rows], len(version.labels))
+    selection = select_batch(batch.strategy, PoolView(probs=probs), n, rng=rng,
+                             options=SelectOptions(class_balance=True))
+    return [Pick(rows[i][0], rows[i][1], ReviewReason.STRATEGY, float(s))
+            for i, s in zip(selection.indices.tolist(), selection.scores.tolist())]
+
+
+def _strategy_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
+                    rng: np.random.Generator, busy: set[int]) -> list[Pick]:
+    if n == 0:
+        return []
+    if batch.strategy == "random":
+        return [Pick(pid, item, ReviewReason.STRATEGY, None) for pid, item in _sample_pool(version.id, n, rng, busy)]
+    if batch.strategy in SCORERS and not project.class_balance:
+        return _stored_score_picks(batch, version, n, busy)
+    if batch.strategy in SCORERS:
+        return _class_balanced_stored_picks(batch, project, version, n, rng, busy)
+    return _model_picks(batch, project, version, n, rng, busy)
+
+
+def review_batch_select(*, batch_id: int) -> ReviewBatch:
+    """Fill a pending batch with review tasks. Safe to run twice or in parallel: a project's
+    selections take turns (an advisory lock, so no transaction stays open while a model runs),
+    and a batch is filled once."""
+    project_id = ReviewBatch.objects.values_list("project_id", flat=True).get(pk=batch_id)
+    with exclusive(f"review-selection:{project_id}", wait_seconds=SELECTION_WAIT_SECONDS) as mine:
+        if not mine:
+            raise Busy(f"another selection of project {project_id} is still running")
+        batch = ReviewBatch.objects.select_related("project").get(pk=batch_id)
+        if batch.status != ReviewBatchStatus.PENDING:
+            return batch
+        version = production_version(project_id)
+        if version is None:
+            return review_batch_store(batch_id=batch_id, version=None, picks=[], error="the project has no production model whose predictions could be ranked")
+        rng = np.random.default_rng(batch.seed)
+        busy = _busy_items(project_id)
+        # The audit slice is drawn first, uniformly from the whole pool, so the strategy's picks
+        # cannot bias it: its labels estimate the live model's accuracy (selectors.audit_accuracy).
+        audit = _sample_pool(version.id, round(batch.size * batch.audit_fraction), rng, busy)
+        try:
+            picks = _strategy_picks(batch, batch.project, version, batch.size - len(audit), rng,
+                                    busy | {item for _, item in audit})
+        except TRANSIENT_DB_ERRORS:
+            raise  # transient: Celery retries
+        except Exception as exc:  # bad settings or data (a missing image, a model that won't load): say so
+            log.exception("selection of batch %s failed", batch_id)
+            return review_batch_store(batch_id=batch_id, version=version, picks=[], error=f"{type(exc).__name__}: {exc}")
+        picks += [Pick(pid, item, ReviewReason.AUDIT, None) for pid, item in audit]
+        return review_batch_store(batch_id=batch_id, version=version, picks=picks,
+                                  error="" if picks else f"no unlabeled items with predictions from {version.name} are left to review")
