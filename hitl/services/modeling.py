@@ -12,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from torch import nn
 
-from hitl.media import media_path
+from hitl.media import item_image_bytes, media_path
 from hitl.models import ArtifactKind, Item, ModelArtifact, ModelVersion
 from hitl.services.ingestion import predictions_bulk_insert
 from hitl.services.queue import enqueue
@@ -26,8 +26,9 @@ PREDICT_CHUNK = 2048
 
 
 def item_images(image_paths: Sequence[str], spec: InputSpec) -> torch.Tensor:
-    """uint8 ``[n, c, h, w]`` tensor for item image paths (relative to MEDIA_ROOT)."""
-    return decode_images([media_path(p) for p in image_paths], spec)
+    """uint8 ``[n, c, h, w]`` tensor for item images (``Item.image``), read from the content
+    store through the same opener that serves them."""
+    return decode_images((item_image_bytes(p) for p in image_paths), len(image_paths), spec)
 
 
 def weights_file(version: ModelVersion) -> tuple[Path, str]:
