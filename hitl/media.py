@@ -187,13 +187,16 @@ class StorageReader:
     the root can be read, and a FIFO or device is refused without blocking (``read_beneath``).
     """
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str | None = None) -> None:
+        """``prefix``: a deployment's storage prefix; None (operators' paths) for the whole root."""
         self.root = settings.STORAGE_ROOT
-        self.prefix = prefix.strip("/")
+        self.prefix = None if prefix is None else prefix.strip("/")
 
     def read(self, user_path: str) -> bytes:
         relative = storage_relative(user_path)
-        if self.prefix and not (relative == self.prefix or relative.startswith(self.prefix + "/")):
+        if self.prefix == "":
+            raise ImageRejected("this deployment has no storage prefix: an operator must set one")
+        if self.prefix is not None and not (relative == self.prefix or relative.startswith(self.prefix + "/")):
             raise ImageRejected(f"path must lie under this deployment's storage prefix {self.prefix + '/'!r}")
         try:
             return read_beneath(self.root, relative)

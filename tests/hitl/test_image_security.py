@@ -407,3 +407,9 @@ def test_migration_copies_old_rows_into_the_store_or_records_why_not(
     # running it again copies nothing twice and finds the same three
     assert migration.copy_items_into_store(Item, media_root) == not_copied
     (media_root / migration.NOT_COPIED_RECORD).unlink()
+
+
+def test_a_deployment_without_a_prefix_reads_nothing(deployment_and_token, deployment_client, write_images) -> None:
+    Deployment.objects.filter(pk=deployment_and_token[0].pk).update(storage_prefix="")
+    status, body = post(deployment_client, path_records(write_images([1])))
+    assert status == 400 and "no storage prefix" in body["errors"][0]["message"]
