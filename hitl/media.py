@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -115,7 +116,9 @@ def _no_follow_fd(root: str | os.PathLike, relative: str) -> int:
                 inner = os.open(part, _DIRECTORY_FLAGS, dir_fd=directory)
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise ImageRejected(f"{part!r} on the path is a symbolic link or not a folder") from None
+                    raise ImageRejected(
+                        f"{part!r} on the path is a symbolic link or not a folder"
+                    ) from None
                 raise
             os.close(directory)
             directory = inner
@@ -197,7 +200,9 @@ class StorageReader:
         if self.prefix == "":
             raise ImageRejected("this deployment has no storage prefix: an operator must set one")
         if self.prefix is not None and not (relative == self.prefix or relative.startswith(self.prefix + "/")):
-            raise ImageRejected(f"path must lie under this deployment's storage prefix {self.prefix + '/'!r}")
+            raise ImageRejected(
+                f"path must lie under this deployment's storage prefix {self.prefix + '/'!r}"
+            )
         try:
             return read_beneath(self.root, relative)
         except FileNotFoundError:
@@ -238,13 +243,14 @@ def model_directory(project_slug: str, version_name: str) -> str:
 
 def image_response(request: HttpRequest, item: Any) -> HttpResponse:
     """The item's image as hitl decoded it: Content-Type from its format (never a file name),
-    sandboxed, cross-origin readable only by the origins HITL_IMAGE_CORS_ORIGINS lists. A 404
+    sandboxed, cross-origin readable only by the listed origins (``_image_cors_origins``). A 404
     when the stored file is gone, unsafe, or no longer matches the item's hash."""
     try:
         data = item_image_bytes(item.image)
     except (ImageRejected, OSError) as exc:
         reason = "it is missing from storage" if isinstance(exc, FileNotFoundError) else str(exc)
-        return JsonResponse({"detail": f"the image of item {item.pk} cannot be served: {reason}"}, status=404)
+        detail = f"the image of item {item.pk} cannot be served: {reason}"
+        return JsonResponse({"detail": detail}, status=404)
     if hashlib.sha256(data).hexdigest() != item.sha256:
         return JsonResponse(
             {"detail": f"the image of item {item.pk} in storage no longer matches its sha256"}, status=404
@@ -252,9 +258,20 @@ def image_response(request: HttpRequest, item: Any) -> HttpResponse:
     response = HttpResponse(data, content_type=CONTENT_TYPES[item.format])
     response["Content-Security-Policy"] = "default-src 'none'; sandbox"
     response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Disposition"] = f'inline; filename="item-{item.pk}.{ALLOWED_FORMATS[item.format]}"'
+    name = f"item-{item.pk}.{ALLOWED_FORMATS[item.format]}"
+    response["Content-Disposition"] = f'inline; filename="{name}"'
     origin = request.headers.get("Origin")
-    if origin and origin in settings.HITL_IMAGE_CORS_ORIGINS:
+    if origin and origin in _image_cors_origins():
         response["Access-Control-Allow-Origin"] = origin
     response["Vary"] = "Origin"
     return response
+
+
+def _image_cors_origins() -> set[str]:
+    """HITL_IMAGE_CORS_ORIGINS, and the connected Label Studio's origin: its UI fetches the
+    signed image URLs from script (CORS) to show them."""
+    origins = set(settings.HITL_IMAGE_CORS_ORIGINS)
+    if settings.LABEL_STUDIO_URL:
+        parts = urlsplit(settings.LABEL_STUDIO_URL)
+        origins.add(f"{parts.scheme}://{parts.netloc}")
+    return origins

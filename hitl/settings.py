@@ -85,7 +85,9 @@ if not STORAGE_ROOT.is_relative_to(MEDIA_ROOT):
         f"HITL_STORAGE_ROOT ({STORAGE_ROOT}) must be inside HITL_MEDIA_ROOT ({MEDIA_ROOT})"
     )
 # Deployments write under the storage root: it must not be, or lie in, hitl's own folders.
-if STORAGE_ROOT == MEDIA_ROOT or any(STORAGE_ROOT.is_relative_to(MEDIA_ROOT / d) for d in ("items", "models")):
+if STORAGE_ROOT == MEDIA_ROOT or any(
+    STORAGE_ROOT.is_relative_to(MEDIA_ROOT / folder) for folder in ("items", "models")
+):
     raise ImproperlyConfigured(
         f"HITL_STORAGE_ROOT ({STORAGE_ROOT}) must be a folder of its own inside HITL_MEDIA_ROOT, "
         "not the media root itself nor inside its items/ or models/"

@@ -36,7 +36,7 @@ def image(request: HttpRequest, item_id: int, signature: str) -> HttpResponse:
     """The URL is the capability: no session, a signature bound to the item, its content and its
     project, that expires. Unknown items and bad signatures look alike (403)."""
     item = Item.objects.filter(pk=item_id).first()
-    problem = "bad signature for this image" if item is None else image_signature_check(item, signature)
+    problem = image_signature_check(item, signature) if item else "bad signature for this image"
     if problem:
         return JsonResponse({"detail": problem}, status=403)
     response = image_response(request, item)

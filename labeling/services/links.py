@@ -32,7 +32,8 @@ IMAGE_URL_SALT = "hitl.labeling.signed-image-url"
 
 
 def _image_signer() -> signing.TimestampSigner:
-    return signing.TimestampSigner(key=settings.HITL_IMAGE_URL_SECRET or settings.SECRET_KEY, salt=IMAGE_URL_SALT)
+    key = settings.HITL_IMAGE_URL_SECRET or settings.SECRET_KEY
+    return signing.TimestampSigner(key=key, salt=IMAGE_URL_SALT)
 
 
 def _image_claim(item: Item) -> str:
@@ -46,11 +47,12 @@ def image_signature(item: Item) -> str:
 
 
 def image_signature_check(item: Item, signature: str) -> str | None:
-    """None when ``signature`` is this item's and younger than HITL_IMAGE_URL_MAX_AGE; else why not."""
+    """None when ``signature`` is this item's and younger than HITL_IMAGE_URL_MAX_AGE, else why not."""
+    signed = f"{_image_claim(item)}:{signature}"
     try:
-        _image_signer().unsign(f"{_image_claim(item)}:{signature}", max_age=settings.HITL_IMAGE_URL_MAX_AGE)
+        _image_signer().unsign(signed, max_age=settings.HITL_IMAGE_URL_MAX_AGE)
     except signing.SignatureExpired:
-        return "the signed image URL has expired; ask hitl for a new one (push the task again)"
+        return f"the signed image URL has expired (valid {settings.HITL_IMAGE_URL_MAX_AGE} s)"
     except signing.BadSignature:
         return "bad signature for this image"
     return None
@@ -59,5 +61,6 @@ def image_signature_check(item: Item, signature: str) -> str | None:
 def signed_image_url(item: Item) -> str:
     """A URL reviewers' browsers can load in Label Studio without a hitl session, valid for
     HITL_IMAGE_URL_MAX_AGE seconds."""
-    path = reverse("labeling:image", kwargs={"item_id": item.id, "signature": image_signature(item)})
+    kwargs = {"item_id": item.id, "signature": image_signature(item)}
+    path = reverse("labeling:image", kwargs=kwargs)
     return settings.HITL_PUBLIC_URL + path

@@ -219,6 +219,10 @@ def test_no_cross_origin_access_unless_a_listed_origin_asks(stored, client) -> N
         allowed = client.get(url, HTTP_ORIGIN="https://ls.example")
         assert allowed["Access-Control-Allow-Origin"] == "https://ls.example"
         assert "Origin" in allowed["Vary"]
+    with override_settings(LABEL_STUDIO_URL="http://ls.internal:8080/"):  # its UI fetches images by script
+        assert client.get(url, HTTP_ORIGIN="http://ls.internal:8080")["Access-Control-Allow-Origin"] == (
+            "http://ls.internal:8080")
+        assert "Access-Control-Allow-Origin" not in client.get(url, HTTP_ORIGIN="https://evil.example")
 
 
 # --- 3. signed URLs ------------------------------------------------------------------------------
