@@ -165,6 +165,10 @@ def storage_relative(user_path: str) -> str:
     """A user's path under the storage root, normalised; ImageRejected if it leaves the root."""
     if not user_path or "\x00" in user_path:
         raise ImageRejected("path is empty or contains a NUL byte")
+    try:
+        user_path.encode()
+    except UnicodeEncodeError:
+        raise ImageRejected("path is not valid text (a lone surrogate?)") from None
     if user_path.startswith("/"):
         raise ImageRejected("path must be relative to the storage root, not absolute")
     relative = posixpath.normpath(user_path)

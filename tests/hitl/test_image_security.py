@@ -27,7 +27,7 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 from PIL import Image
 
-from hitl.media import ImageRejected, content_addressed_path, read_beneath
+from hitl.media import ImageRejected, StorageReader, content_addressed_path, read_beneath
 from hitl.models import Deployment, Environment, Item, Split
 from hitl.services.modeling import item_images
 from hitl.services.projects import deployment_create
@@ -417,3 +417,8 @@ def test_a_deployment_without_a_prefix_reads_nothing(deployment_and_token, deplo
     Deployment.objects.filter(pk=deployment_and_token[0].pk).update(storage_prefix="")
     status, body = post(deployment_client, path_records(write_images([1])))
     assert status == 400 and "no storage prefix" in body["errors"][0]["message"]
+
+
+def test_a_path_that_is_not_text_is_refused_as_bad_input() -> None:
+    with pytest.raises(ImageRejected, match="not valid text"):
+        StorageReader().read("imgs/\ud800.png")
