@@ -68,7 +68,7 @@ def setup(env: dict[str, str]) -> str:
         "from benchmarks.common import untrained_production_version;"
         "p = project_create(slug='bench', name='bench', labels=[f'c{i}' for i in range(10)]);"
         "v = untrained_production_version(p, pathlib.Path(tempfile.mkdtemp()));"
-        "d, token = deployment_create(project=p, name='cam', environment='edge', model_version=v);"
+        "d, token = deployment_create(project=p, name='cam', environment='edge', model_version=v, storage_prefix='cam');"
         "print(token)"
     )
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env, "DJANGO_SETTINGS_MODULE": "hitl.settings"},

@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> dict:
     data = load_fashion_mnist("test")
     project = project_create(slug="bench", name="bench", labels=data.labels)
     version = untrained_production_version(project, Path(tempfile.mkdtemp()))
-    deployment, _ = deployment_create(project=project, name="cam", environment="edge", model_version=version)
+    deployment, _ = deployment_create(project=project, name="cam", environment="edge", model_version=version,
+                                      storage_prefix="cam")
     storage = Path(settings.STORAGE_ROOT) / "cam"
     storage.mkdir(parents=True)
     for i in range(args.tasks):

@@ -9,6 +9,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from hitl.media import validate_storage_prefix
+
 
 class TaskType(models.TextChoices):
     CLASSIFICATION = "classification", "Classification"
@@ -121,6 +123,11 @@ class Deployment(models.Model):
     )
     token_digest = models.CharField(max_length=64, unique=True)
     token_prefix = models.CharField(max_length=12)
+    storage_prefix = models.CharField(
+        max_length=300, validators=[validate_storage_prefix],
+        help_text="Folder under the storage root that this deployment's image_path values must lie in "
+        "(default <project-slug>/<deployment-name>).",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     last_seen_at = models.DateTimeField(null=True, blank=True)
 

@@ -86,6 +86,14 @@ if not STORAGE_ROOT.is_relative_to(MEDIA_ROOT):
     raise ImproperlyConfigured(
         f"HITL_STORAGE_ROOT ({STORAGE_ROOT}) must be inside HITL_MEDIA_ROOT ({MEDIA_ROOT})"
     )
+# Deployments write under the storage root: it must not be, or lie in, hitl's own folders.
+if STORAGE_ROOT == MEDIA_ROOT or any(
+    STORAGE_ROOT.is_relative_to(MEDIA_ROOT / folder) for folder in ("items", "models")
+):
+    raise ImproperlyConfigured(
+        f"HITL_STORAGE_ROOT ({STORAGE_ROOT}) must be a folder of its own inside HITL_MEDIA_ROOT, "
+        "not the media root itself nor inside its items/ or models/"
+    )
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -202,6 +210,8 @@ SPECTACULAR_SETTINGS = {
 # --- hitl domain limits ---
 HITL_MAX_IMAGE_BYTES = int(env_number("HITL_MAX_IMAGE_BYTES", 20 * 1024 * 1024))
 HITL_MAX_IMAGE_PIXELS = int(env_number("HITL_MAX_IMAGE_PIXELS", 40_000_000))
+# Models see one frame: animated or multi-page images are refused above this many frames.
+HITL_MAX_IMAGE_FRAMES = max(1, int(env_number("HITL_MAX_IMAGE_FRAMES", 1)))
 HITL_MAX_BULK_PREDICTIONS = int(env_number("HITL_MAX_BULK_PREDICTIONS", 10_000))
 HITL_PROBABILITY_TOLERANCE = float(env_number("HITL_PROBABILITY_TOLERANCE", 0.01, float))
 HITL_DEVICE = env_str("HITL_DEVICE", "auto")
@@ -218,6 +228,9 @@ HITL_PUBLIC_URL = env_str("HITL_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/"
 # Secrets derive from SECRET_KEY unless set: the webhook header and the image-URL signatures.
 HITL_LS_WEBHOOK_SECRET = env_str("HITL_LS_WEBHOOK_SECRET", "")
 HITL_IMAGE_URL_SECRET = env_str("HITL_IMAGE_URL_SECRET", "")
+HITL_IMAGE_URL_MAX_AGE = int(env_number("HITL_IMAGE_URL_MAX_AGE", 7 * 24 * 3600))  # seconds
+# Origins (scheme://host[:port]) whose scripts may read image responses; none by default.
+HITL_IMAGE_CORS_ORIGINS = [o for o in env_str("HITL_IMAGE_CORS_ORIGINS", "").split(",") if o]
 
 # --- The trust history's signing key, public keyring and head file: outside the database ---
 HITL_TRUST_KEY_FILE = Path(env_str("HITL_TRUST_KEY_FILE", str(DATA_DIR / "trust" / "signing_key.pem")))

@@ -7,13 +7,12 @@ import hmac
 import json
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from hitl.media import image_response
 from hitl.models import Item
-from labeling.services.links import WEBHOOK_HEADER, image_signature, webhook_secret
+from labeling.services.links import WEBHOOK_HEADER, image_signature_check, webhook_secret
 from labeling.services.pull import MalformedEvent, webhook_event_record
 
 
@@ -34,10 +33,13 @@ def webhook(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 def image(request: HttpRequest, item_id: int, signature: str) -> HttpResponse:
-    item = get_object_or_404(Item, pk=item_id)
-    if not hmac.compare_digest(signature.encode(), image_signature(item.id, item.sha256).encode()):
-        return HttpResponse("bad signature", status=403)
-    response = image_response(item)
-    response["Cache-Control"] = "private, max-age=86400"
-    response["Access-Control-Allow-Origin"] = "*"  # the URL itself is the capability
+    """The URL is the capability: no session, a signature bound to the item, its content and its
+    project, that expires. Unknown items and bad signatures look alike (403)."""
+    item = Item.objects.filter(pk=item_id).first()
+    problem = image_signature_check(item, signature) if item else "bad signature for this image"
+    if problem:
+        return JsonResponse({"detail": problem}, status=403)
+    response = image_response(request, item)
+    if response.status_code == 200:
+        response["Cache-Control"] = "private, max-age=3600"
     return response

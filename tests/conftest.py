@@ -163,7 +163,8 @@ def version(project: Project) -> ModelVersion:
 
 @pytest.fixture()
 def deployment_and_token(project: Project, version: ModelVersion) -> tuple[Deployment, str]:
-    return deployment_create(project=project, name="edge-1", environment=Environment.EDGE, model_version=version)
+    return deployment_create(project=project, name="edge-1", environment=Environment.EDGE, model_version=version,
+                             storage_prefix="imgs")  # where write_images puts files by default
 
 
 @pytest.fixture()

@@ -52,7 +52,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     class Meta:
         model = Deployment
         fields = ["id", "name", "environment", "model_version", "follows_production", "token_prefix",
-                  "created_at", "last_seen_at"]
+                  "storage_prefix", "created_at", "last_seen_at"]
 
 
 class ItemSerializer(serializers.ModelSerializer):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from django.http import FileResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
@@ -208,8 +208,8 @@ class ItemImageView(APIView):
     permission_classes = [IsReviewer]
 
     @extend_schema(responses={(200, "image/*"): bytes})
-    def get(self, request: Request, pk: int) -> FileResponse:
-        return image_response(get_object_or_404(Item, pk=pk))
+    def get(self, request: Request, pk: int) -> HttpResponse:
+        return image_response(request, get_object_or_404(Item, pk=pk))
 
 
 class CycleListCreateView(APIView):

@@ -53,7 +53,6 @@ class _ImageRow:
     image: str  # relative to MEDIA_ROOT
     info: ImageInfo
     size_bytes: int
-    data: bytes | None  # bytes still to be written (uploads and base64); None for storage paths
 
 
 def split_for(sha256: str, holdout_fraction: float) -> str:
@@ -142,7 +141,7 @@ def _load_image(record: dict, uploads: Mapping[str, UploadedFile], storage: Stor
         path = record["image_path"]
         if not isinstance(path, str):
             raise ImageRejected("image_path must be a string")
-        data, relative = storage.read(path)
+        data = storage.read(path)  # copied into the content store: never read at that path again
     elif "image_base64" in record:
         encoded = record["image_base64"]
         if not isinstance(encoded, str):
@@ -153,7 +152,6 @@ def _load_image(record: dict, uploads: Mapping[str, UploadedFile], storage: Stor
             data = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
             raise ImageRejected("image_base64 is not valid base64") from None
-        relative = None
     else:
         name = record["image_upload"]
         upload = uploads.get(name) if isinstance(name, str) else None
@@ -163,16 +161,17 @@ def _load_image(record: dict, uploads: Mapping[str, UploadedFile], storage: Stor
             raise ImageRejected(f"image is {upload.size} bytes, more than the limit of {settings.HITL_MAX_IMAGE_BYTES}")
         upload.seek(0)
         data = upload.read()
-        relative = None
     info = inspect_image(data)
     sha256 = hashlib.sha256(data).hexdigest()
-    if relative is None:
-        return _ImageRow(sha256, content_addressed_path(sha256, info.format), info, len(data), data)
-    return _ImageRow(sha256, relative, info, len(data), None)
+    relative = content_addressed_path(sha256, info.format)
+    # Stored at once, so a bulk holds one image in memory at a time. Content-addressed: a bulk
+    # rejected later leaves at most unreferenced files, never a wrong one.
+    write_once(relative, data)
+    return _ImageRow(sha256, relative, info, len(data))
 
 
 def _validate(
-    records: list[Any], version: ModelVersion, uploads: Mapping[str, UploadedFile]
+    records: list[Any], version: ModelVersion, uploads: Mapping[str, UploadedFile], deployment: Deployment
 ) -> tuple[np.ndarray, list[int], list[_ImageRow]]:
     labels: list[str] = version.labels
     k = len(labels)
@@ -184,7 +183,7 @@ def _validate(
     predicted = probs.argmax(axis=1) if len(good) else np.zeros(0, dtype=np.int64)
     images: list[_ImageRow] = []
     first_seen: dict[str, int] = {}
-    storage = StorageReader()
+    storage = StorageReader(prefix=deployment.storage_prefix)
     for position, i in enumerate(good):
         record = records[i]
         if "predicted_label" in record:
@@ -237,10 +236,7 @@ def predictions_ingest(
     version = model_version or _resolve_version(deployment, payload.get("model_version"))
     if version.project_id != deployment.project_id:
         raise InvalidInput.single("model_version", "belongs to another project than the deployment")
-    probs, predicted, images = _validate(records, version, uploads or {})
-    for image in images:
-        if image.data is not None:
-            write_once(image.image, image.data)  # content-addressed: a rollback leaves no wrong file
+    probs, predicted, images = _validate(records, version, uploads or {}, deployment)
     labels = version.labels
     confidence = probs[np.arange(len(predicted)), predicted]
     blobs = [row.tobytes() for row in probs.astype("<f4")]

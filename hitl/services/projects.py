@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from safetensors import SafetensorError, safe_open
@@ -20,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 from hitl import mlspec
 from hitl.errors import FieldError, InvalidInput
 from hitl.files import atomic_write, file_sha256
-from hitl.media import model_directory
+from hitl.media import model_directory, validate_storage_prefix
 from hitl.models import (
     ArtifactKind,
     Deployment,
@@ -274,11 +275,19 @@ def token_digest(token: str) -> str:
 @transaction.atomic
 def deployment_create(
     *, project: Project, name: str, environment: str, model_version: ModelVersion,
-    follows_production: bool = True,
+    follows_production: bool = True, storage_prefix: str | None = None,
 ) -> tuple[Deployment, str]:
-    """Create a deployment and its API token. The token is returned once and stored only hashed."""
+    """Create a deployment and its API token. The token is returned once and stored only hashed.
+
+    The deployment may reference images only under ``storage_prefix`` in the storage root
+    (default ``<project-slug>/<deployment-name>``)."""
     if environment not in Environment.values:
         raise InvalidInput.single("environment", f"use one of {', '.join(Environment.values)}")
+    storage_prefix = (f"{project.slug}/{name}" if storage_prefix is None else storage_prefix).strip("/")
+    try:
+        validate_storage_prefix(storage_prefix)
+    except ValidationError as exc:
+        raise InvalidInput.single("storage_prefix", exc.messages[0]) from None
     if model_version.project_id != project.id:
         raise InvalidInput.single("model_version", "belongs to another project")
     if Deployment.objects.filter(project=project, name=name).exists():
@@ -287,7 +296,7 @@ def deployment_create(
     deployment = Deployment.objects.create(
         project=project, name=name, environment=environment, model_version=model_version,
         follows_production=follows_production, token_digest=token_digest(token),
-        token_prefix=token[: len(TOKEN_PREFIX) + 3],
+        token_prefix=token[: len(TOKEN_PREFIX) + 3], storage_prefix=storage_prefix,
     )
     return deployment, token
 

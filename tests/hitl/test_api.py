@@ -74,7 +74,7 @@ def test_review_queue_and_batches(operator_client, reviewer_client, project, ite
     queue = reviewer_client.get(f"/api/v1/projects/{project.slug}/review-queue/").json()["results"]
     assert len(queue) == 4 and queue[0]["rank"] == 1 and queue[0]["predicted_label"]
     image = reviewer_client.get(queue[0]["image_url"])
-    assert image.status_code == 200 and b"".join(image.streaming_content).startswith(b"\x89PNG")
+    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
     batch = reviewer_client.get(f"/api/v1/review-batches/{response.json()['id']}/").json()
     assert batch["status"] == "selected" and batch["tasks"] == 4 and batch["model_version"] == "v1"
 

@@ -54,7 +54,7 @@ def test_stores_items_and_predictions(deployment_client, deployment_and_token, v
     assert prediction.model_version == version
     item = prediction.item
     assert (item.width, item.height, item.format) == (28, 28, "PNG")
-    assert item.image == f"storage/{paths[4]}"
+    assert item.image == f"items/{item.sha256[:2]}/{item.sha256}.png"  # copied into the content store
     assert {i.split for i in Item.objects.all()} == {Split.TRAIN, Split.HOLDOUT}
 
 
@@ -67,8 +67,8 @@ def test_same_bulk_twice_stores_nothing_new(deployment_client, write_images) -> 
 
 
 def test_same_image_under_two_paths_is_one_item(deployment_client, write_images, version, project) -> None:
-    first = write_images([3], folder="a")
-    second = write_images([3], folder="b")
+    first = write_images([3], folder="imgs/a")
+    second = write_images([3], folder="imgs/b")
     post(deployment_client, body(first))
     from tests.conftest import make_version
 
@@ -161,9 +161,10 @@ def test_oversized_image_is_rejected(deployment_client, write_images) -> None:
 
 
 def test_image_with_too_many_pixels_is_rejected(deployment_client, media_root) -> None:
-    Image.new("L", (400, 300)).save(media_root / "storage" / "big.png")
+    (media_root / "storage" / "imgs").mkdir(exist_ok=True)
+    Image.new("L", (400, 300)).save(media_root / "storage" / "imgs" / "big.png")
     with override_settings(HITL_MAX_IMAGE_PIXELS=100_000):
-        status, data = post(deployment_client, body(["big.png"]))
+        status, data = post(deployment_client, body(["imgs/big.png"]))
     assert status == 400 and "400x300 pixels" in data["errors"][0]["message"]
 
 
@@ -238,13 +239,16 @@ def test_symlinks_cannot_reach_outside_the_storage_root(deployment_client, media
     outside = tmp_path / "outside"
     outside.mkdir()
     Image.fromarray(fashion.images[0]).save(outside / "secret.png")
-    storage = media_root / "storage"
+    storage = media_root / "storage" / "imgs"  # the deployment's storage prefix
+    storage.mkdir(exist_ok=True)
     (storage / "link.png").symlink_to(outside / "secret.png")
     (storage / "linkdir").symlink_to(outside)
-    status, data = post(deployment_client, body(["link.png", "linkdir/secret.png"]))
+    status, data = post(deployment_client, body(["imgs/link.png", "imgs/linkdir/secret.png"]))
     assert status == 400
-    assert [e["message"] for e in data["errors"]] == ["path is a symbolic link; give the file itself",
-                                                      "path leaves the storage root"]
+    assert [e["message"] for e in data["errors"]] == [
+        "'imgs/link.png': path is a symbolic link; give the file itself",
+        "'imgs/linkdir/secret.png': 'linkdir' on the path is a symbolic link or not a folder",
+    ]
     assert_nothing_stored()
 
 

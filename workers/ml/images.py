@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
+import io
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -12,9 +12,10 @@ from PIL import Image
 from workers.ml.architectures import InputSpec
 
 
-def decode_image(path: Path, spec: InputSpec) -> np.ndarray:
-    """One image file as uint8 ``[c, size, size]`` in the model's channel layout."""
-    with Image.open(path) as image:
+def decode_image(data: bytes, spec: InputSpec) -> np.ndarray:
+    """One encoded image (its file's bytes) as uint8 ``[c, size, size]`` in the model's channel
+    layout. Callers read the bytes themselves: this module opens no paths."""
+    with Image.open(io.BytesIO(data)) as image:
         image = image.convert("L" if spec.channels == 1 else "RGB")
         if image.size != (spec.size, spec.size):
             image = image.resize((spec.size, spec.size), Image.Resampling.BILINEAR)
@@ -26,11 +27,15 @@ def decode_image(path: Path, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def decode_images(paths: Sequence[Path], spec: InputSpec) -> torch.Tensor:
-    """Many image files as one uint8 tensor ``[n, c, size, size]``."""
-    batch = np.empty((len(paths), spec.channels, spec.size, spec.size), dtype=np.uint8)
-    for i, path in enumerate(paths):
-        batch[i] = decode_image(path, spec)
+def decode_images(images: Iterable[bytes], count: int, spec: InputSpec) -> torch.Tensor:
+    """``count`` encoded images as one uint8 tensor ``[count, c, size, size]``; ``images`` may be
+    a generator, so only one encoded image need be in memory at a time."""
+    batch = np.empty((count, spec.channels, spec.size, spec.size), dtype=np.uint8)
+    i = -1
+    for i, data in enumerate(images):
+        batch[i] = decode_image(data, spec)
+    if i + 1 != count:
+        raise ValueError(f"expected {count} images, got {i + 1}")
     return torch.from_numpy(batch)
 
 

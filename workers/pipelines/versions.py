@@ -8,7 +8,7 @@ import torch
 from django.conf import settings
 from torch import nn
 
-from hitl.media import media_path
+from hitl.media import item_image_bytes
 from hitl.models import ModelVersion
 from hitl.selectors import model_weights_file
 from workers.ml.architectures import InputSpec
@@ -18,8 +18,9 @@ from workers.ml.images import decode_images
 
 
 def item_images(image_paths: Sequence[str], spec: InputSpec) -> torch.Tensor:
-    """uint8 ``[n, c, h, w]`` tensor for item image paths (relative to MEDIA_ROOT)."""
-    return decode_images([media_path(p) for p in image_paths], spec)
+    """uint8 ``[n, c, h, w]`` tensor for item images (``Item.image``), read from the content
+    store through the same opener that serves them."""
+    return decode_images((item_image_bytes(p) for p in image_paths), len(image_paths), spec)
 
 
 def load_version(version: ModelVersion) -> tuple[nn.Module, CheckpointMeta]:

@@ -3,7 +3,7 @@
     hitl create-project --slug cats --labels cat,dog [--architecture resnet18] [--strategy margin]
     hitl configure-project --project cats [--strategy bald] [--batch-size 200] [--mc-samples 20] ...
     hitl register-model --project cats --name v0 --weights model.safetensors [--promote]
-    hitl create-deployment --project cats --name edge-1 --environment edge [--model-version v0]
+    hitl create-deployment --project cats --name edge-1 --environment edge [--model-version v0] [--storage-prefix cats/edge-1]
     hitl rotate-token --project cats --name edge-1
     hitl select-batch --project cats [--size 100] [--strategy entropy]
     hitl start-cycle --project cats [--epochs 20]
@@ -81,6 +81,8 @@ class Command(BaseCommand):
         deploy.add_argument("--environment", required=True, help="cloud, on_prem, mobile or edge")
         deploy.add_argument("--model-version", help="default: the production model")
         deploy.add_argument("--pinned", action="store_true", help="do not follow newly promoted models")
+        deploy.add_argument("--storage-prefix", help="folder under the storage root its image_path values "
+                            "must lie in (default: <project>/<name>)")
 
         rotate = actions.add_parser("rotate-token", help="give a deployment a new API token (the old one stops working)")
         rotate.add_argument("--project", required=True)
@@ -161,8 +163,10 @@ class Command(BaseCommand):
             if version is None:
                 raise CommandError(f"{project.slug} has no production model yet: give --model-version")
         deployment, token = deployment_create(project=project, name=o["name"], environment=o["environment"],
-                                              model_version=version, follows_production=not o["pinned"])
-        self.stdout.write(f"created deployment {deployment.name} running {version.name}")
+                                              model_version=version, follows_production=not o["pinned"],
+                                              storage_prefix=o["storage_prefix"])
+        self.stdout.write(f"created deployment {deployment.name} running {version.name}, "
+                          f"reading images under {deployment.storage_prefix}/")
         self.stdout.write(f"API token (shown once, store it now): {token}")
 
     def rotate_token(self, o: dict[str, Any]) -> None:

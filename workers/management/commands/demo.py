@@ -7,6 +7,7 @@ truth, and retraining cycles run as Celery tasks in a real worker process.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -66,7 +67,7 @@ class Demo:
         self.out = command.stdout
         self.rng = np.random.default_rng(options["seed"])
         self.worker: subprocess.Popen | None = None
-        self.truth: dict[str, int] = {}  # item image path -> dataset class index
+        self.truth: dict[str, int] = {}  # image sha256 (the item's) -> dataset class index
         self.printed: dict[str, int] = {}  # progress label -> last quarter printed (logs)
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -180,8 +181,9 @@ class Demo:
         paths = []
         for n, index in enumerate(indices, 1):
             relative = f"{PROJECT_SLUG}/{folder}/{index}.png"
-            Image.fromarray(data.images[index]).save(Path(settings.STORAGE_ROOT) / relative)
-            self.truth[f"storage/{relative}"] = int(data.targets[index])
+            target = Path(settings.STORAGE_ROOT) / relative
+            Image.fromarray(data.images[index]).save(target)
+            self.truth[hashlib.sha256(target.read_bytes()).hexdigest()] = int(data.targets[index])
             paths.append(relative)
             if n % 500 == 0 or n == len(indices):
                 self.progress(f"writing {folder} images", n, len(indices))
@@ -229,7 +231,7 @@ class Demo:
     def review(self, batch: ReviewBatch) -> int:
         tasks = list(ReviewTask.objects.filter(batch=batch, status=ReviewTaskStatus.OPEN).select_related("item"))
         for n, task in enumerate(tasks, 1):
-            label_submit(item_id=task.item_id, value=batch.project.labels[self.truth[task.item.image]],
+            label_submit(item_id=task.item_id, value=batch.project.labels[self.truth[task.item.sha256]],
                          source=LabelSource.SIMULATED, reviewer_name=REVIEWER, review_task_id=task.id)
             if n % 50 == 0 or n == len(tasks):
                 self.progress(f"simulated reviewer labels batch {batch.id}", n, len(tasks))
@@ -272,14 +274,15 @@ class Demo:
         stream_paths = self.write_images(train, order[o["seed_labels"]:o["seed_labels"] + o["stream"]], "stream")
 
         self.say(f"\n[1] Seed: {len(seed_paths)} images labeled from the dataset's ground truth (an import)")
-        for item_id, path in zip(items_register(project=project, image_paths=seed_paths), seed_paths):
-            label_submit(item_id=item_id, value=project.labels[self.truth[f"storage/{path}"]],
+        seed_items = Item.objects.in_bulk(items_register(project=project, image_paths=seed_paths))
+        for item_id, item in seed_items.items():
+            label_submit(item_id=item_id, value=project.labels[self.truth[item.sha256]],
                          source=LabelSource.IMPORT, reviewer_name="Fashion-MNIST ground truth (seed)")
         cycle = self.run_cycle(project)
         version = production_version(project.id)
         self.say(f"    trained {version.name} on {version.training_labels.count()} seed labels: {cycle.decision_reason}")
         deployment, _token = deployment_create(project=project, name="edge-camera-1", environment=Environment.EDGE,
-                                               model_version=version)
+                                               model_version=version, storage_prefix=f"{PROJECT_SLUG}/stream")
         self.say(f"    deployed {version.name} as '{deployment.name}' ({deployment.environment})")
         rows = [self.table_row(cycle, project, test)]
 
