@@ -29,7 +29,7 @@ from PIL import Image
 
 from hitl.media import ImageRejected, StorageReader, content_addressed_path, read_beneath
 from hitl.models import Deployment, Environment, Item, Split
-from hitl.services.modeling import item_images
+from workers.pipelines.versions import item_images
 from hitl.services.projects import deployment_create
 from labeling.services.links import signed_image_url
 from tests.conftest import probabilities
