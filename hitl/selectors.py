@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
 from django.shortcuts import get_object_or_404
 
@@ -17,7 +18,9 @@ from hitl.models import (
     ModelVersion,
     Prediction,
     Project,
+    ProjectMembership,
     RetrainingCycle,
+    ReviewBatch,
     ReviewReason,
     ReviewTask,
     ReviewTaskStatus,
@@ -32,8 +35,46 @@ def project_get(slug: str) -> Project:
     return get_object_or_404(Project, slug=slug)
 
 
+def project_find(slug: str) -> Project | None:
+    return Project.objects.filter(slug=slug).first()
+
+
 def projects_list() -> QuerySet[Project]:
     return Project.objects.order_by("slug")
+
+
+def is_person(user: object) -> bool:
+    """An active, signed-in user: not anonymous, not a deployment token."""
+    return isinstance(user, AbstractBaseUser) and user.is_active
+
+
+def projects_visible(user: object) -> QuerySet[Project]:
+    """The projects a person is a member of (staff or not), each with the person's ``role``;
+    none for anyone else."""
+    if not is_person(user):
+        return Project.objects.none()
+    return Project.objects.filter(memberships__user=user).annotate(role=F("memberships__role")).order_by("slug")
+
+
+def membership_role(*, project_id: int, user: object) -> str | None:
+    """The person's role in the project, or None for a non-member, an inactive user or a deployment."""
+    if not is_person(user):
+        return None
+    return ProjectMembership.objects.filter(project_id=project_id, user=user).values_list("role", flat=True).first()
+
+
+def memberships_list(project: Project) -> QuerySet[ProjectMembership]:
+    return ProjectMembership.objects.filter(project=project).select_related("user").order_by("user__username")
+
+
+# How each project-owned object reaches its project, for endpoints addressed by the object's id.
+_PROJECT_PATH = {Item: "items", RetrainingCycle: "cycles", ReviewBatch: "review_batches",
+                 ReviewTask: "review_batches__tasks"}
+
+
+def project_owning(model: type[Item | RetrainingCycle | ReviewBatch | ReviewTask], pk: int) -> Project | None:
+    """The project an item, cycle, review batch or review task belongs to; None if there is no such object."""
+    return Project.objects.filter(**{f"{_PROJECT_PATH[model]}__pk": pk}).first()
 
 
 def items_list(project: Project, *, split: str | None = None, labeled: bool | None = None) -> QuerySet[Item]:
