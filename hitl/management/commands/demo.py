@@ -34,6 +34,7 @@ from hitl.models import (
     Item,
     LabelSource,
     Project,
+    ProjectRole,
     RetrainingCycle,
     ReviewBatch,
     ReviewBatchStatus,
@@ -42,6 +43,7 @@ from hitl.models import (
     Split,
 )
 from hitl.selectors import production_version
+from hitl.services.access import membership_set
 from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import items_register, predictions_ingest
 from hitl.services.labels import label_submit
@@ -171,6 +173,7 @@ class Demo:
         user, _ = user_model.objects.get_or_create(username=DEMO_USER, defaults={"is_staff": True, "is_superuser": True})
         user.set_password(DEMO_PASSWORD)
         user.save()
+        membership_set(project=project, user=user, role=ProjectRole.ADMIN, actor="demo")
         return project
 
     def write_images(self, data: ArrayDataset, indices: np.ndarray, folder: str) -> list[str]:

@@ -9,6 +9,9 @@
     hitl start-cycle --project cats [--epochs 20]
     hitl status --project cats
     hitl verify-trust --project cats
+    hitl add-member --project cats --user rita --role reviewer   (viewer, reviewer, ml_engineer, admin)
+    hitl remove-member --project cats --user rita
+    hitl members --project cats
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from hitl import selectors
 from hitl.errors import Conflict, InvalidInput
-from hitl.models import Deployment, ModelVersion, Project
+from hitl.models import Deployment, ModelVersion, Project, ProjectRole
 from hitl.selectors import production_version
+from hitl.services.access import membership_remove, membership_set
 from hitl.services.cycles import cycle_request
 from hitl.services.projects import (
     deployment_create,
@@ -97,6 +103,18 @@ class Command(BaseCommand):
 
         verify = actions.add_parser("verify-trust", help="check the project's trust history chain")
         verify.add_argument("--project", required=True)
+
+        add_member = actions.add_parser("add-member", help="give a user a role in a project (or change it)")
+        add_member.add_argument("--project", required=True)
+        add_member.add_argument("--user", required=True, help="username")
+        add_member.add_argument("--role", required=True, choices=ProjectRole.values)
+
+        remove_member = actions.add_parser("remove-member", help="take a user out of a project")
+        remove_member.add_argument("--project", required=True)
+        remove_member.add_argument("--user", required=True, help="username")
+
+        members = actions.add_parser("members", help="list a project's members and their roles")
+        members.add_argument("--project", required=True)
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"].replace("-", "_")
@@ -193,3 +211,28 @@ class Command(BaseCommand):
             raise CommandError(f"trust history is BROKEN at event {check.first_bad_sequence}: {check.problem}")
         self.stdout.write(f"trust history verified: {check.events} events, chain intact; head hash {check.head_hash}\n"
                           "(keep the head hash elsewhere: a later check against it also detects removed events)")
+
+    def _user(self, username: str) -> AbstractBaseUser:
+        user = get_user_model().objects.filter(username=username).first()
+        if user is None:
+            raise CommandError(f"no user {username!r} (create one with `manage.py createuser` or the admin)")
+        return user
+
+    def add_member(self, o: dict[str, Any]) -> None:
+        project, user = self._project(o["project"]), self._user(o["user"])
+        membership = membership_set(project=project, user=user, role=o["role"], actor=ACTOR)
+        self.stdout.write(f"{user.get_username()} is {membership.get_role_display().lower()} of {project.slug}")
+
+    def remove_member(self, o: dict[str, Any]) -> None:
+        project, user = self._project(o["project"]), self._user(o["user"])
+        removed = membership_remove(project=project, user=user, actor=ACTOR)
+        self.stdout.write(f"removed {user.get_username()} from {project.slug}" if removed
+                          else f"{user.get_username()} was no member of {project.slug}")
+
+    def members(self, o: dict[str, Any]) -> None:
+        project = self._project(o["project"])
+        rows = selectors.memberships_list(project)
+        for membership in rows:
+            self.stdout.write(f"{membership.user.get_username():<30} {membership.role}")
+        if not rows:
+            self.stdout.write(f"{project.slug} has no members")
