@@ -499,3 +499,27 @@ def test_lists_come_a_page_at_a_time(world) -> None:
         assert {"count", "next", "previous", "results"} <= set(data), url
     trust = client.get(f"/api/v1/projects/{slug}/trust/").json()
     assert trust["verified"] is True and len(trust["results"]) == trust["count"] == 1
+
+
+def test_superusers_manage_members_in_the_admin(admin_client, project, project_admin, reviewer) -> None:
+    from django.urls import reverse as admin_reverse
+
+    url = admin_reverse("admin:hitl_project_change", args=[project.id])
+    context = admin_client.get(url).context
+    form = context["adminform"].form
+    data = {name: "" if form[name].value() is None else form[name].value() for name in form.fields}
+    rows = list(ProjectMembership.objects.filter(project=project).order_by("id"))
+    prefix = context["inline_admin_formsets"][0].formset.prefix
+    data.update({f"{prefix}-TOTAL_FORMS": len(rows), f"{prefix}-INITIAL_FORMS": len(rows),
+                 f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": 1000})
+    for i, row in enumerate(rows):
+        data.update({f"{prefix}-{i}-id": row.id, f"{prefix}-{i}-project": project.id,
+                     f"{prefix}-{i}-user": row.user_id, f"{prefix}-{i}-role": row.role})
+    admin_row = rows.index(next(r for r in rows if r.user_id == project_admin.id))
+    refused = admin_client.post(url, {**data, f"{prefix}-{admin_row}-role": "viewer"})
+    assert refused.status_code == 200 and "keep at least one project admin" in refused.content.decode()
+    reviewer_row = rows.index(next(r for r in rows if r.user_id == reviewer.id))
+    accepted = admin_client.post(url, {**data, f"{prefix}-{reviewer_row}-role": "ml_engineer"})
+    assert accepted.status_code == 302
+    assert ProjectMembership.objects.get(project=project, user=reviewer).role == "ml_engineer"
+    assert ProjectMembership.objects.get(project=project, user=project_admin).role == "admin"
