@@ -10,7 +10,7 @@ from rest_framework.request import Request
 
 from hitl.models import Deployment
 from hitl.selectors import is_person
-from hitl.services.access import Action, NotAMember, RoleTooLow, role_required
+from hitl.services.access import NotAMember, RoleTooLow, role_required
 
 PERSON_MESSAGE = "authenticate as a user (token or session); deployment tokens may only send predictions"
 
@@ -59,5 +59,3 @@ class SchemaReader(IsPerson):
     def has_permission(self, request: Request, view: object) -> bool:
         return settings.HITL_PUBLIC_API_SCHEMA or is_person(request.user)
 
-
-__all__ = ["Action", "IsDeployment", "IsPerson", "ProjectAccess", "SchemaReader"]

@@ -13,12 +13,23 @@ from io import StringIO
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
+from django.db import IntegrityError, transaction
 from django.test import Client, override_settings
 from django.urls import URLResolver, get_resolver, reverse
 from rest_framework.test import APIClient
 
 from hitl.errors import InvalidInput
-from hitl.models import Item, Label, ModelVersion, Project, ProjectMembership, ProjectRole, ReviewTask, Split
+from hitl.models import (
+    Item,
+    Label,
+    ModelVersion,
+    Project,
+    ProjectMembership,
+    ProjectRole,
+    ReviewTask,
+    Split,
+)
+from hitl.selectors import projects_visible
 from hitl.services.access import (
     MINIMUM_ROLE,
     ROLE_ORDER,
@@ -305,6 +316,8 @@ def test_people_see_only_their_projects(world) -> None:
     page = client.get("/").content.decode()
     assert world["project"].slug in page and f"{world['project'].slug}-other" not in page
     assert "Viewer" in page
+    visible = list(projects_visible(world["users"]["viewer"]))  # one row, with the viewer's own role
+    assert [(p.slug, p.role) for p in visible] == [(world["project"].slug, "viewer")]
 
 
 def test_pages_show_only_the_actions_a_role_may_take(world) -> None:
@@ -380,8 +393,6 @@ def test_member_commands(project) -> None:
 
 
 def test_one_membership_per_user_and_known_roles_only(project, reviewer) -> None:
-    from django.db import IntegrityError, transaction
-
     with pytest.raises(IntegrityError), transaction.atomic():
         ProjectMembership.objects.create(project=project, user=reviewer, role="viewer")
     other = get_user_model().objects.create_user("zed")
@@ -502,9 +513,7 @@ def test_lists_come_a_page_at_a_time(world) -> None:
 
 
 def test_superusers_manage_members_in_the_admin(admin_client, project, project_admin, reviewer) -> None:
-    from django.urls import reverse as admin_reverse
-
-    url = admin_reverse("admin:hitl_project_change", args=[project.id])
+    url = reverse("admin:hitl_project_change", args=[project.id])
     context = admin_client.get(url).context
     form = context["adminform"].form
     data = {name: "" if form[name].value() is None else form[name].value() for name in form.fields}
