@@ -273,7 +273,8 @@ def test_access_matrix(world) -> None:
     setup for the whole matrix; the calls that are let through may change state (a cycle
     cancelled, a member added), which changes no access decision."""
     problems = []
-    for name, method in MATRIX:
+    routes = set(_routes(get_resolver()))  # a rule without its route fails the coverage test
+    for name, method in [(name, method) for name, method in MATRIX if name in routes]:
         rule = RULES[name][method]
         url = "/admin/" if name == "admin" else reverse(name, kwargs=_kwargs(name, world))
         for caller in CALLERS:
