@@ -28,10 +28,13 @@ class MembershipFormSet(forms.BaseInlineFormSet):
     def clean(self) -> None:
         super().clean()
         had_admin = any(form.initial.get("role") == models.ProjectRole.ADMIN for form in self.forms)
-        keeps_admin = any(form.cleaned_data.get("role") == models.ProjectRole.ADMIN
-                          and not form.cleaned_data.get("DELETE") for form in self.forms if form.cleaned_data)
+        keeps_admin = any(
+            form.cleaned_data.get("role") == models.ProjectRole.ADMIN
+            and not form.cleaned_data.get("DELETE")
+            for form in self.forms if form.cleaned_data
+        )
         if had_admin and not keeps_admin:
-            raise forms.ValidationError("keep at least one project admin: make someone else admin first")
+            raise forms.ValidationError("keep at least one project admin: make someone else admin")
 
 
 class MembershipInline(admin.TabularInline):

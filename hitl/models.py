@@ -403,7 +403,7 @@ class TrustEvent(models.Model):
 
 
 class ProjectRole(models.TextChoices):
-    """A member's role in one project, lowest first: each role may do what the ones before it may."""
+    """A member's role in one project, lowest first: each role may do what those before it may."""
 
     VIEWER = "viewer", "Viewer"
     REVIEWER = "reviewer", "Reviewer"
@@ -415,14 +415,18 @@ class ProjectMembership(models.Model):
     """Who may see a project and what they may do in it (see hitl/services/access.py)."""
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="project_memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="project_memberships"
+    )
     role = models.CharField(max_length=20, choices=ProjectRole.choices)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["project", "user"], name="one_membership_per_user"),
-            models.CheckConstraint(condition=Q(role__in=ProjectRole.values), name="membership_known_role"),
+            models.CheckConstraint(
+                condition=Q(role__in=ProjectRole.values), name="membership_known_role"
+            ),
         ]
         ordering = ["project_id", "user_id"]
 

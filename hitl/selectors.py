@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
-from django.shortcuts import get_object_or_404
 
 from hitl.models import (
     EvaluationSnapshot,
@@ -31,16 +30,8 @@ def production_version(project_id: int) -> ModelVersion | None:
     return ModelVersion.objects.filter(project_id=project_id, stage=ModelStage.PRODUCTION).first()
 
 
-def project_get(slug: str) -> Project:
-    return get_object_or_404(Project, slug=slug)
-
-
 def project_find(slug: str) -> Project | None:
     return Project.objects.filter(slug=slug).first()
-
-
-def projects_list() -> QuerySet[Project]:
-    return Project.objects.order_by("slug")
 
 
 def is_person(user: object) -> bool:
@@ -53,18 +44,21 @@ def projects_visible(user: object) -> QuerySet[Project]:
     none for anyone else."""
     if not is_person(user):
         return Project.objects.none()
-    return Project.objects.filter(memberships__user=user).annotate(role=F("memberships__role")).order_by("slug")
+    mine = Project.objects.filter(memberships__user=user)
+    return mine.annotate(role=F("memberships__role")).order_by("slug")  # the same join: own role
 
 
 def membership_role(*, project_id: int, user: object) -> str | None:
-    """The person's role in the project, or None for a non-member, an inactive user or a deployment."""
+    """The person's role in the project; None for a non-member, an inactive user or a deployment."""
     if not is_person(user):
         return None
-    return ProjectMembership.objects.filter(project_id=project_id, user=user).values_list("role", flat=True).first()
+    roles = ProjectMembership.objects.filter(project_id=project_id, user=user)
+    return roles.values_list("role", flat=True).first()
 
 
 def memberships_list(project: Project) -> QuerySet[ProjectMembership]:
-    return ProjectMembership.objects.filter(project=project).select_related("user").order_by("user__username")
+    members = ProjectMembership.objects.filter(project=project).select_related("user")
+    return members.order_by("user__username")
 
 
 # How each project-owned object reaches its project, for endpoints addressed by the object's id.
@@ -72,8 +66,10 @@ _PROJECT_PATH = {Item: "items", RetrainingCycle: "cycles", ReviewBatch: "review_
                  ReviewTask: "review_batches__tasks"}
 
 
-def project_owning(model: type[Item | RetrainingCycle | ReviewBatch | ReviewTask], pk: int) -> Project | None:
-    """The project an item, cycle, review batch or review task belongs to; None if there is no such object."""
+def project_owning(
+    model: type[Item | RetrainingCycle | ReviewBatch | ReviewTask], pk: int,
+) -> Project | None:
+    """The project an item, cycle, review batch or review task belongs to; None if there is none."""
     return Project.objects.filter(**{f"{_PROJECT_PATH[model]}__pk": pk}).first()
 
 

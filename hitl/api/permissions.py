@@ -12,7 +12,9 @@ from hitl.models import Deployment
 from hitl.selectors import is_person
 from hitl.services.access import NotAMember, RoleTooLow, role_required
 
-PERSON_MESSAGE = "authenticate as a user (token or session); deployment tokens may only send predictions"
+PERSON_MESSAGE = (
+    "authenticate as a user (token or session); deployment tokens may only send predictions"
+)
 
 
 class IsDeployment(BasePermission):
@@ -44,7 +46,9 @@ class ProjectAccess(IsPerson):
         if project is None:
             raise NotFound(view.not_found)
         try:
-            role_required(project=project, user=request.user, action=view.action_for(request.method))
+            role_required(
+                project=project, user=request.user, action=view.action_for(request.method)
+            )
         except NotAMember:
             raise NotFound(view.not_found) from None
         except RoleTooLow as exc:
@@ -58,4 +62,3 @@ class SchemaReader(IsPerson):
 
     def has_permission(self, request: Request, view: object) -> bool:
         return settings.HITL_PUBLIC_API_SCHEMA or is_person(request.user)
-

@@ -25,13 +25,27 @@ urlpatterns = [
     path("predictions/", views.PredictionIngestView.as_view(), name="predictions-ingest"),
     path("projects/", views.ProjectListView.as_view(), name="projects"),
     path("projects/<slug:slug>/", views.ProjectDetailView.as_view(), name="project"),
-    path("projects/<slug:slug>/model-versions/", views.ModelVersionListView.as_view(), name="model-versions"),
-    path("projects/<slug:slug>/deployments/", views.DeploymentListView.as_view(), name="deployments"),
+    path(
+        "projects/<slug:slug>/model-versions/",
+        views.ModelVersionListView.as_view(),
+        name="model-versions",
+    ),
+    path(
+        "projects/<slug:slug>/deployments/", views.DeploymentListView.as_view(), name="deployments"
+    ),
     path("projects/<slug:slug>/members/", views.MemberListView.as_view(), name="members"),
     path("projects/<slug:slug>/items/", views.ItemListView.as_view(), name="items"),
-    path("projects/<slug:slug>/predictions/", views.PredictionListView.as_view(), name="predictions"),
-    path("projects/<slug:slug>/review-queue/", views.ReviewQueueView.as_view(), name="review-queue"),
-    path("projects/<slug:slug>/review-batches/", views.ReviewBatchCreateView.as_view(), name="review-batches"),
+    path(
+        "projects/<slug:slug>/predictions/", views.PredictionListView.as_view(), name="predictions"
+    ),
+    path(
+        "projects/<slug:slug>/review-queue/", views.ReviewQueueView.as_view(), name="review-queue"
+    ),
+    path(
+        "projects/<slug:slug>/review-batches/",
+        views.ReviewBatchCreateView.as_view(),
+        name="review-batches",
+    ),
     path("projects/<slug:slug>/cycles/", views.CycleListCreateView.as_view(), name="cycles"),
     path("projects/<slug:slug>/trust/", views.TrustHistoryView.as_view(), name="trust"),
     path("projects/<slug:slug>/audit/", views.AuditAccuracyView.as_view(), name="audit"),

@@ -116,7 +116,8 @@ class ProjectListView(generics.ListAPIView):
 
 
 class ProjectDetailView(ProjectScoped, APIView):
-    """A project (GET); its admins change its settings (PATCH): strategy, batch size, audit share, ..."""
+    """A project (GET); its admins change its settings (PATCH): strategy, batch size, audit
+    share, ..."""
 
     access = {"GET": Action.VIEW, "PATCH": Action.CHANGE_SETTINGS}
     parser_classes = [LenientJSONParser]
@@ -316,8 +317,10 @@ class TrustHistoryView(ProjectScoped, generics.ListAPIView):
 
     def paginate_queryset(self, queryset):
         check = trust_verify(project_id=self.project.id)
-        self.paginator.check = {"verified": check.ok, "problem": check.problem,
-                                "first_bad_sequence": check.first_bad_sequence, "head_hash": check.head_hash}
+        self.paginator.check = {
+            "verified": check.ok, "problem": check.problem,
+            "first_bad_sequence": check.first_bad_sequence, "head_hash": check.head_hash,
+        }
         return super().paginate_queryset(queryset)
 
 
@@ -325,7 +328,7 @@ class MemberListView(ProjectScoped, generics.ListAPIView):
     """A project's members and their roles (project admins only): list (GET), add or change a
     role (POST ``{"user", "role"}``), remove (DELETE ``?user=<username>``)."""
 
-    access = {"GET": Action.MANAGE_MEMBERS, "POST": Action.MANAGE_MEMBERS, "DELETE": Action.MANAGE_MEMBERS}
+    access = {method: Action.MANAGE_MEMBERS for method in ("GET", "POST", "DELETE")}
     serializer_class = s.MembershipSerializer
 
     def get_queryset(self):
@@ -335,12 +338,16 @@ class MemberListView(ProjectScoped, generics.ListAPIView):
     def post(self, request: Request, slug: str) -> Response:
         body = s.MembershipSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        membership = membership_set(project=self.project, user=_user(body.validated_data["user"]["username"]),
-                                    role=body.validated_data["role"], actor=request.user.get_username())
+        membership = membership_set(
+            project=self.project, user=_user(body.validated_data["user"]["username"]),
+            role=body.validated_data["role"], actor=request.user.get_username(),
+        )
         return Response(s.MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(parameters=[OpenApiParameter("user", str, required=True, description="the username to remove")],
-                   responses={204: None})
+    @extend_schema(
+        parameters=[OpenApiParameter("user", str, required=True, description="who to remove")],
+        responses={204: None},
+    )
     def delete(self, request: Request, slug: str) -> Response:
         name = request.query_params.get("user")
         if not name:

@@ -20,7 +20,10 @@ from hitl.models import Project, ProjectMembership, ProjectRole
 log = logging.getLogger(__name__)
 
 ROLE_ORDER: tuple[ProjectRole, ...] = (
-    ProjectRole.VIEWER, ProjectRole.REVIEWER, ProjectRole.ML_ENGINEER, ProjectRole.ADMIN,
+    ProjectRole.VIEWER,
+    ProjectRole.REVIEWER,
+    ProjectRole.ML_ENGINEER,
+    ProjectRole.ADMIN,
 )
 
 
@@ -59,7 +62,9 @@ class RoleTooLow(Exception):
 
 
 def role_allows(role: str | None, action: Action) -> bool:
-    return role is not None and ROLE_ORDER.index(ProjectRole(role)) >= ROLE_ORDER.index(MINIMUM_ROLE[action])
+    return role is not None and ROLE_ORDER.index(ProjectRole(role)) >= ROLE_ORDER.index(
+        MINIMUM_ROLE[action]
+    )
 
 
 def actions_allowed(role: str | None) -> set[str]:
@@ -67,21 +72,27 @@ def actions_allowed(role: str | None) -> set[str]:
     return {action.value for action in Action if role_allows(role, action)}
 
 
-def role_required(*, project: Project, user: AbstractBaseUser | None, action: Action) -> ProjectRole:
+def role_required(
+    *, project: Project, user: AbstractBaseUser | None, action: Action
+) -> ProjectRole:
     """The user's role in the project if it allows the action; raises NotAMember or RoleTooLow."""
     role = selectors.membership_role(project_id=project.id, user=user)
     if role is None:
         raise NotAMember(f"no project {project.slug!r}")
     if not role_allows(role, action):
         needed = MINIMUM_ROLE[action]
-        raise RoleTooLow(f"{action.value.replace('_', ' ')} needs the {needed.label.lower()} role or higher "
-                         f"in {project.slug}; you are {ProjectRole(role).label.lower()}")
+        raise RoleTooLow(
+            f"{action.value.replace('_', ' ')} needs the {needed.label.lower()} role or higher "
+            f"in {project.slug}; you are {ProjectRole(role).label.lower()}"
+        )
     return ProjectRole(role)
 
 
 def _check_role(role: object) -> ProjectRole:
     if role not in ProjectRole.values:
-        raise InvalidInput.single("role", f"unknown role {role!r}; use one of {', '.join(ProjectRole.values)}")
+        raise InvalidInput.single(
+            "role", f"unknown role {role!r}; use one of {', '.join(ProjectRole.values)}"
+        )
     return ProjectRole(role)
 
 
@@ -89,14 +100,19 @@ def _keep_an_admin(project: Project, user: AbstractBaseUser) -> None:
     """A project that has admins keeps at least one: else nobody could manage it but an operator."""
     admins = ProjectMembership.objects.filter(project=project, role=ProjectRole.ADMIN)
     if admins.filter(user=user).exists() and not admins.exclude(user=user).exists():
-        raise Conflict(f"{user.get_username()} is the last admin of {project.slug}: make someone else admin first")
+        raise Conflict(f"{user.get_username()} is the last admin of {project.slug}: "
+                       "make someone else admin first")
 
 
 @transaction.atomic
-def membership_set(*, project: Project, user: AbstractBaseUser, role: str, actor: str) -> ProjectMembership:
-    """Make the user a member with this role (adding or changing it); the same role again changes nothing."""
+def membership_set(
+    *, project: Project, user: AbstractBaseUser, role: str, actor: str
+) -> ProjectMembership:
+    """Make the user a member with this role (adding or changing it); the same role again
+    changes nothing."""
     role = _check_role(role)
-    Project.objects.select_for_update().get(pk=project.pk)  # one membership change per project at a time
+    # One membership change per project at a time (the last-admin rule reads the others).
+    Project.objects.select_for_update().get(pk=project.pk)
     membership = ProjectMembership.objects.filter(project=project, user=user).first()
     if membership is not None and membership.role == role:
         return membership

@@ -71,8 +71,9 @@ def label_submit(
         if task is None:
             raise InvalidInput.single("review_task", f"no review task {review_task_id} for item {item.id}")
     elif item.split == Split.HOLDOUT and source not in TRUSTED_SOURCES:
-        raise InvalidInput.single("review_task", f"item {item.id} is held out for evaluation: it takes labels "
-                                                 "only through a review task; name its review task")
+        raise InvalidInput.single(
+            "review_task", f"item {item.id} is held out for evaluation: it takes labels only "
+                           "through a review task; name its review task")
     current = Label.objects.filter(item=item, status=LabelStatus.CURRENT).first()
     if current is not None and _same_label(current, value, name, source, external_id):
         _close_review_tasks(item.id)

@@ -29,7 +29,9 @@ from hitl.services.labels import label_submit, plausible_lead_time, review_task_
 QUEUE_PAGE_SIZE = 24
 
 
-def _allowed(request: HttpRequest, project: Project | None, action: Action, missing: str) -> set[str]:
+def _allowed(
+    request: HttpRequest, project: Project | None, action: Action, missing: str,
+) -> set[str]:
     """Check the user's role in the project; returns what the role may do, for the template. A
     non-member sees the same 404 as for something that does not exist."""
     if project is None:
@@ -45,8 +47,11 @@ def _allowed(request: HttpRequest, project: Project | None, action: Action, miss
 
 @login_required
 def projects(request: HttpRequest) -> HttpResponse:
-    rows = [{"project": p, "role": ProjectRole(p.role).label, "summary": selectors.project_summary(p),
-             "audit": selectors.audit_accuracy(p)} for p in selectors.projects_visible(request.user)]
+    rows = [
+        {"project": p, "role": ProjectRole(p.role).label, "summary": selectors.project_summary(p),
+         "audit": selectors.audit_accuracy(p)}
+        for p in selectors.projects_visible(request.user)
+    ]
     return render(request, "hitl/projects.html", {"rows": rows})
 
 
@@ -71,7 +76,8 @@ def _lead_time(request: HttpRequest) -> float | None:
 @login_required
 @require_POST
 def review_task_label(request: HttpRequest, pk: int) -> HttpResponse:
-    _allowed(request, selectors.project_owning(ReviewTask, pk), Action.LABEL, f"no review task {pk}")
+    project = selectors.project_owning(ReviewTask, pk)
+    _allowed(request, project, Action.LABEL, f"no review task {pk}")
     task = get_object_or_404(ReviewTask.objects.select_related("batch__project", "prediction"), pk=pk)
     slug = task.batch.project.slug
     if task.status != ReviewTaskStatus.OPEN:

@@ -47,9 +47,20 @@ from tests.conftest import LABELS, make_version, member, token_client
 
 pytestmark = pytest.mark.django_db
 
-MEMBER_ROLES = {"viewer": ProjectRole.VIEWER, "reviewer": ProjectRole.REVIEWER,
-                "ml_engineer": ProjectRole.ML_ENGINEER, "admin": ProjectRole.ADMIN}
-CALLERS = ["anonymous", "non_member", *MEMBER_ROLES, "staff_non_member", "deployment", "other_deployment"]
+MEMBER_ROLES = {
+    "viewer": ProjectRole.VIEWER,
+    "reviewer": ProjectRole.REVIEWER,
+    "ml_engineer": ProjectRole.ML_ENGINEER,
+    "admin": ProjectRole.ADMIN,
+}
+CALLERS = [
+    "anonymous",
+    "non_member",
+    *MEMBER_ROLES,
+    "staff_non_member",
+    "deployment",
+    "other_deployment",
+]
 PEOPLE = {"non_member", *MEMBER_ROLES, "staff_non_member"}
 DEPLOYMENTS = {"deployment", "other_deployment"}
 
@@ -80,8 +91,11 @@ RULES: dict[str, dict[str, Rule]] = {
     "project": {"GET": api(Action.VIEW), "PATCH": api(Action.CHANGE_SETTINGS)},
     "model-versions": {"GET": api(Action.VIEW)},
     "deployments": {"GET": api(Action.VIEW)},
-    "members": {"GET": api(Action.MANAGE_MEMBERS), "POST": api(Action.MANAGE_MEMBERS),
-                "DELETE": api(Action.MANAGE_MEMBERS)},
+    "members": {
+        "GET": api(Action.MANAGE_MEMBERS),
+        "POST": api(Action.MANAGE_MEMBERS),
+        "DELETE": api(Action.MANAGE_MEMBERS),
+    },
     "items": {"GET": api(Action.VIEW)},
     "predictions": {"GET": api(Action.VIEW)},
     "review-queue": {"GET": api(Action.VIEW)},
@@ -140,23 +154,41 @@ def world(project, version, deployment_and_token, ingest):
     users = {name: member(project, name, role) for name, role in MEMBER_ROLES.items()}
     other = project_create(slug=f"{project.slug}-other", name="Other", labels=list(LABELS))
     other_version = make_version(other, "v-other")
-    _, other_token = deployment_create(project=other, name="cam", environment="edge", model_version=other_version)
-    users["non_member"] = member(other, "nina", ProjectRole.ADMIN)  # an admin elsewhere is nobody here
+    _, other_token = deployment_create(
+        project=other, name="cam", environment="edge", model_version=other_version
+    )
+    users["non_member"] = member(
+        other, "nina", ProjectRole.ADMIN
+    )  # an admin elsewhere is nobody here
     users["staff_non_member"] = get_user_model().objects.create_user(
-        "root", password="root-pass-123", is_staff=True, is_superuser=True)
+        "root", password="root-pass-123", is_staff=True, is_superuser=True
+    )
     get_user_model().objects.create_user("newbie", password="newbie-pass-123")
-    train_item = Item.objects.filter(pk__in=result.item_ids, split=Split.TRAIN).order_by("pk").first()
-    return {"project": project, "item": train_item, "batch": batch, "task": batch.tasks.order_by("rank").first(),
-            "cycle": cycle, "users": users, "tokens": {"deployment": deployment_and_token[1],
-                                                       "other_deployment": other_token}}
+    train_item = (
+        Item.objects.filter(pk__in=result.item_ids, split=Split.TRAIN).order_by("pk").first()
+    )
+    return {
+        "project": project,
+        "item": train_item,
+        "batch": batch,
+        "task": batch.tasks.order_by("rank").first(),
+        "cycle": cycle,
+        "users": users,
+        "tokens": {"deployment": deployment_and_token[1], "other_deployment": other_token},
+    }
 
 
 def _kwargs(name: str, w: dict) -> dict:
-    by_route = {"review-batch": {"pk": w["batch"].pk}, "item-labels": {"pk": w["item"].pk},
-                "item-image": {"pk": w["item"].pk}, "cycle": {"pk": w["cycle"].pk},
-                "cycle-cancel": {"pk": w["cycle"].pk}, "web:review-task-label": {"pk": w["task"].pk},
-                "web:cycle": {"pk": w["cycle"].pk},
-                "labeling:image": {"item_id": w["item"].pk, "signature": "forged"}}
+    by_route = {
+        "review-batch": {"pk": w["batch"].pk},
+        "item-labels": {"pk": w["item"].pk},
+        "item-image": {"pk": w["item"].pk},
+        "cycle": {"pk": w["cycle"].pk},
+        "cycle-cancel": {"pk": w["cycle"].pk},
+        "web:review-task-label": {"pk": w["task"].pk},
+        "web:cycle": {"pk": w["cycle"].pk},
+        "labeling:image": {"item_id": w["item"].pk, "signature": "forged"},
+    }
     if name in by_route:
         return by_route[name]
     pattern = next(p for p in _patterns() if p[0] == name)[1]
@@ -173,9 +205,13 @@ def _patterns(resolver: URLResolver | None = None, namespace: str = "") -> list:
     for pattern in (resolver or get_resolver()).url_patterns:
         if isinstance(pattern, URLResolver):
             if str(pattern.pattern) != "admin/":
-                found.extend(_patterns(pattern, ":".join(filter(None, [namespace, pattern.namespace]))))
+                found.extend(
+                    _patterns(pattern, ":".join(filter(None, [namespace, pattern.namespace])))
+                )
         else:
-            found.append((f"{namespace}:{pattern.name}" if namespace else pattern.name, pattern.pattern))
+            found.append(
+                (f"{namespace}:{pattern.name}" if namespace else pattern.name, pattern.pattern)
+            )
     return found
 
 
@@ -252,9 +288,17 @@ def _mismatch(rule: Rule, caller: str, response) -> str | None:
             return "refused, expected to be let through"
         return None
     if expected == "login":
-        return None if status == 302 and location.startswith("/login/") else "expected a redirect to /login/"
+        return (
+            None
+            if status == 302 and location.startswith("/login/")
+            else "expected a redirect to /login/"
+        )
     if expected == "admin_login":
-        return None if status == 302 and location.startswith("/admin/login/") else "expected the admin login"
+        return (
+            None
+            if status == 302 and location.startswith("/admin/login/")
+            else "expected the admin login"
+        )
     if expected == "refused":
         return None if status in (400, 403, 404) else "expected a refusal"
     if status != expected:
@@ -311,13 +355,17 @@ def test_staff_and_superusers_are_no_shortcut(world) -> None:
 
 def test_people_see_only_their_projects(world) -> None:
     nina = token_client(world["users"]["non_member"]).get("/api/v1/projects/").json()
-    assert [p["slug"] for p in nina["results"]] == [f"{world['project'].slug}-other"] and nina["count"] == 1
+    assert [p["slug"] for p in nina["results"]] == [f"{world['project'].slug}-other"] and nina[
+        "count"
+    ] == 1
     client = Client()
     client.force_login(world["users"]["viewer"])
     page = client.get("/").content.decode()
     assert world["project"].slug in page and f"{world['project'].slug}-other" not in page
     assert "Viewer" in page
-    visible = list(projects_visible(world["users"]["viewer"]))  # one row, with the viewer's own role
+    visible = list(
+        projects_visible(world["users"]["viewer"])
+    )  # one row, with the viewer's own role
     assert [(p.slug, p.role) for p in visible] == [(world["project"].slug, "viewer")]
 
 
@@ -330,7 +378,7 @@ def test_pages_show_only_the_actions_a_role_may_take(world) -> None:
     assert "labeling needs the reviewer role" in page
     client.force_login(world["users"]["reviewer"])
     page = client.get(url).content.decode()
-    assert page.count("class=\"accept\"") == 3 and page.count("class=\"secondary correct\"") == 3
+    assert page.count('class="accept"') == 3 and page.count('class="secondary correct"') == 3
 
 
 def test_role_order_and_the_one_map() -> None:
@@ -340,9 +388,15 @@ def test_role_order_and_the_one_map() -> None:
 
 def test_role_required_names_the_role_needed(world) -> None:
     with pytest.raises(RoleTooLow, match="start cycle needs the ml engineer role or higher"):
-        role_required(project=world["project"], user=world["users"]["reviewer"], action=Action.START_CYCLE)
-    assert role_required(project=world["project"], user=world["users"]["admin"],
-                         action=Action.START_CYCLE) == ProjectRole.ADMIN
+        role_required(
+            project=world["project"], user=world["users"]["reviewer"], action=Action.START_CYCLE
+        )
+    assert (
+        role_required(
+            project=world["project"], user=world["users"]["admin"], action=Action.START_CYCLE
+        )
+        == ProjectRole.ADMIN
+    )
 
 
 # --- members: API, commands, service rules ----------------------------------------------------
@@ -355,17 +409,26 @@ def test_members_api(world) -> None:
     listed = admin.get(url).json()
     assert listed["count"] == 4
     assert {m["user"]: m["role"] for m in listed["results"]} == {
-        "viewer": "viewer", "reviewer": "reviewer", "ml_engineer": "ml_engineer", "admin": "admin"}
+        "viewer": "viewer",
+        "reviewer": "reviewer",
+        "ml_engineer": "ml_engineer",
+        "admin": "admin",
+    }
     added = admin.post(url, {"user": "newbie", "role": "reviewer"}, format="json")
     assert added.status_code == 201 and added.json()["role"] == "reviewer"
     newbie = get_user_model().objects.get(username="newbie")
     assert token_client(newbie).get(f"/api/v1/projects/{slug}/").status_code == 200
-    assert admin.post(url, {"user": "newbie", "role": "ml_engineer"}, format="json").status_code == 201
+    assert (
+        admin.post(url, {"user": "newbie", "role": "ml_engineer"}, format="json").status_code == 201
+    )
     assert ProjectMembership.objects.get(user=newbie).role == "ml_engineer"
     bad = admin.post(url, {"user": "newbie", "role": "owner"}, format="json")
     assert bad.status_code == 400 and bad.json()["errors"][0]["field"] == "role"
     unknown = admin.post(url, {"user": "ghost", "role": "viewer"}, format="json")
-    assert unknown.status_code == 400 and unknown.json()["errors"][0] == {"field": "user", "message": "no user 'ghost'"}
+    assert unknown.status_code == 400 and unknown.json()["errors"][0] == {
+        "field": "user",
+        "message": "no user 'ghost'",
+    }
     assert admin.delete(url).json()["errors"][0]["field"] == "user"
     assert admin.delete(url + "?user=newbie").status_code == 204
     assert admin.delete(url + "?user=newbie").status_code == 204  # twice is harmless
@@ -380,14 +443,28 @@ def test_members_api(world) -> None:
 def test_member_commands(project) -> None:
     get_user_model().objects.create_user("carol")
     out = StringIO()
-    call_command("hitl", "add-member", "--project", project.slug, "--user", "carol", "--role", "ml_engineer", stdout=out)
+    call_command(
+        "hitl",
+        "add-member",
+        "--project",
+        project.slug,
+        "--user",
+        "carol",
+        "--role",
+        "ml_engineer",
+        stdout=out,
+    )
     assert "carol is ml engineer of" in out.getvalue()
     call_command("hitl", "members", "--project", project.slug, stdout=out)
     assert out.getvalue().splitlines()[-1].split() == ["carol", "ml_engineer"]
     with pytest.raises(CommandError, match="no user 'dave'"):
-        call_command("hitl", "add-member", "--project", project.slug, "--user", "dave", "--role", "viewer")
+        call_command(
+            "hitl", "add-member", "--project", project.slug, "--user", "dave", "--role", "viewer"
+        )
     with pytest.raises(CommandError, match="invalid choice"):
-        call_command("hitl", "add-member", "--project", project.slug, "--user", "carol", "--role", "boss")
+        call_command(
+            "hitl", "add-member", "--project", project.slug, "--user", "carol", "--role", "boss"
+        )
     call_command("hitl", "remove-member", "--project", project.slug, "--user", "carol", stdout=out)
     assert "removed carol" in out.getvalue()
     assert not ProjectMembership.objects.filter(project=project).exists()
@@ -399,19 +476,25 @@ def test_one_membership_per_user_and_known_roles_only(project, reviewer) -> None
     other = get_user_model().objects.create_user("zed")
     with pytest.raises(IntegrityError), transaction.atomic():
         ProjectMembership.objects.create(project=project, user=other, role="owner")
-    membership_set(project=project, user=reviewer, role="reviewer", actor="t")  # same role: no change
+    membership_set(
+        project=project, user=reviewer, role="reviewer", actor="t"
+    )  # same role: no change
     assert ProjectMembership.objects.filter(project=project, user=reviewer).count() == 1
 
 
 # --- held-out labels only through review tasks ------------------------------------------------
 
 
-def test_held_out_items_take_labels_only_through_a_review_task(project, reviewer_client, ingest) -> None:
+def test_held_out_items_take_labels_only_through_a_review_task(
+    project, reviewer_client, ingest
+) -> None:
     result = ingest(range(30))
     held_out = Item.objects.filter(pk__in=result.item_ids, split=Split.HOLDOUT).order_by("pk")
     assert held_out.count() >= 2
     item, queued = held_out[0], held_out[1]
-    refused = reviewer_client.post(f"/api/v1/items/{item.pk}/labels/", {"value": "coat"}, format="json")
+    refused = reviewer_client.post(
+        f"/api/v1/items/{item.pk}/labels/", {"value": "coat"}, format="json"
+    )
     assert refused.status_code == 400
     assert refused.json()["errors"][0]["field"] == "review_task"
     assert "held out" in refused.json()["errors"][0]["message"]
@@ -420,12 +503,19 @@ def test_held_out_items_take_labels_only_through_a_review_task(project, reviewer
     batch = review_batch_request(project=project, requested_by="t", size=30, audit_fraction=0)
     review_batch_select(batch_id=batch.id)
     task = ReviewTask.objects.get(batch=batch, item=queued)
-    response = reviewer_client.post(f"/api/v1/items/{queued.pk}/labels/", {"value": "coat", "review_task": task.id},
-                                    format="json")
+    response = reviewer_client.post(
+        f"/api/v1/items/{queued.pk}/labels/",
+        {"value": "coat", "review_task": task.id},
+        format="json",
+    )
     assert response.status_code == 201 and response.json()["review_task"] == task.id
     # Even with an open review task, a label that does not name it is refused.
-    other_task = ReviewTask.objects.filter(batch=batch, item__split=Split.HOLDOUT, status="open").first()
-    refused = reviewer_client.post(f"/api/v1/items/{other_task.item_id}/labels/", {"value": "bag"}, format="json")
+    other_task = ReviewTask.objects.filter(
+        batch=batch, item__split=Split.HOLDOUT, status="open"
+    ).first()
+    refused = reviewer_client.post(
+        f"/api/v1/items/{other_task.item_id}/labels/", {"value": "bag"}, format="json"
+    )
     assert refused.status_code == 400
 
 
@@ -450,17 +540,26 @@ def test_a_deployment_writes_only_into_its_own_project(world, write_images) -> N
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Deployment {world['tokens']['other_deployment']}")
     paths = write_images([40], folder="cam")
-    payload = {"model_version": "v1", "predictions": [{"image_path": paths[0], "probabilities": [0.1] * 10}]}
+    payload = {
+        "model_version": "v1",
+        "predictions": [{"image_path": paths[0], "probabilities": [0.1] * 10}],
+    }
     response = client.post("/api/v1/predictions/", payload, format="json")
     assert response.status_code == 400 and response.json()["errors"][0]["field"] == "model_version"
     assert "unknown model version 'v1'" in response.json()["errors"][0]["message"]
-    response = client.post("/api/v1/predictions/", {**payload, "model_version": "v-other"}, format="json")
+    response = client.post(
+        "/api/v1/predictions/", {**payload, "model_version": "v-other"}, format="json"
+    )
     assert response.status_code == 201
-    assert set(Item.objects.filter(pk__in=response.json()["item_ids"]).values_list("project_id", flat=True)) == {
-        other.id}
+    assert set(
+        Item.objects.filter(pk__in=response.json()["item_ids"]).values_list("project_id", flat=True)
+    ) == {other.id}
     with pytest.raises(InvalidInput, match="another project"):  # the service refuses it too
-        predictions_ingest(deployment=other.deployments.get(), payload=payload,
-                           model_version=ModelVersion.objects.get(project=project, name="v1"))
+        predictions_ingest(
+            deployment=other.deployments.get(),
+            payload=payload,
+            model_version=ModelVersion.objects.get(project=project, name="v1"),
+        )
 
 
 # --- schema and pagination ------------------------------------------------------------------
@@ -495,39 +594,67 @@ def test_every_list_endpoint_is_paginated(reviewer_client) -> None:
                 if name.startswith("Paginated"):
                     assert {"next", "previous", "results"} <= set(components[name]["properties"])
                     lists.append(path)
-    assert {"/api/v1/projects/", "/api/v1/projects/{slug}/cycles/", "/api/v1/projects/{slug}/trust/",
-            "/api/v1/projects/{slug}/audit/", "/api/v1/projects/{slug}/members/",
-            "/api/v1/projects/{slug}/review-queue/", "/api/v1/items/{id}/labels/",
-            "/api/v1/projects/{slug}/deployments/", "/api/v1/projects/{slug}/model-versions/"} <= set(lists)
+    assert {
+        "/api/v1/projects/",
+        "/api/v1/projects/{slug}/cycles/",
+        "/api/v1/projects/{slug}/trust/",
+        "/api/v1/projects/{slug}/audit/",
+        "/api/v1/projects/{slug}/members/",
+        "/api/v1/projects/{slug}/review-queue/",
+        "/api/v1/items/{id}/labels/",
+        "/api/v1/projects/{slug}/deployments/",
+        "/api/v1/projects/{slug}/model-versions/",
+    } <= set(lists)
 
 
 def test_lists_come_a_page_at_a_time(world) -> None:
     client = token_client(world["users"]["viewer"])
     slug = world["project"].slug
-    for url in [f"/api/v1/projects/{slug}/cycles/", f"/api/v1/projects/{slug}/audit/",
-                f"/api/v1/projects/{slug}/deployments/", f"/api/v1/projects/{slug}/model-versions/",
-                f"/api/v1/items/{world['item'].pk}/labels/", "/api/v1/projects/"]:
+    for url in [
+        f"/api/v1/projects/{slug}/cycles/",
+        f"/api/v1/projects/{slug}/audit/",
+        f"/api/v1/projects/{slug}/deployments/",
+        f"/api/v1/projects/{slug}/model-versions/",
+        f"/api/v1/items/{world['item'].pk}/labels/",
+        "/api/v1/projects/",
+    ]:
         data = client.get(url).json()
         assert {"count", "next", "previous", "results"} <= set(data), url
     trust = client.get(f"/api/v1/projects/{slug}/trust/").json()
     assert trust["verified"] is True and len(trust["results"]) == trust["count"] == 1
 
 
-def test_superusers_manage_members_in_the_admin(admin_client, project, project_admin, reviewer) -> None:
+def test_superusers_manage_members_in_the_admin(
+    admin_client, project, project_admin, reviewer
+) -> None:
     url = reverse("admin:hitl_project_change", args=[project.id])
     context = admin_client.get(url).context
     form = context["adminform"].form
     data = {name: "" if form[name].value() is None else form[name].value() for name in form.fields}
     rows = list(ProjectMembership.objects.filter(project=project).order_by("id"))
     prefix = context["inline_admin_formsets"][0].formset.prefix
-    data.update({f"{prefix}-TOTAL_FORMS": len(rows), f"{prefix}-INITIAL_FORMS": len(rows),
-                 f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": 1000})
+    data.update(
+        {
+            f"{prefix}-TOTAL_FORMS": len(rows),
+            f"{prefix}-INITIAL_FORMS": len(rows),
+            f"{prefix}-MIN_NUM_FORMS": 0,
+            f"{prefix}-MAX_NUM_FORMS": 1000,
+        }
+    )
     for i, row in enumerate(rows):
-        data.update({f"{prefix}-{i}-id": row.id, f"{prefix}-{i}-project": project.id,
-                     f"{prefix}-{i}-user": row.user_id, f"{prefix}-{i}-role": row.role})
+        data.update(
+            {
+                f"{prefix}-{i}-id": row.id,
+                f"{prefix}-{i}-project": project.id,
+                f"{prefix}-{i}-user": row.user_id,
+                f"{prefix}-{i}-role": row.role,
+            }
+        )
     admin_row = rows.index(next(r for r in rows if r.user_id == project_admin.id))
     refused = admin_client.post(url, {**data, f"{prefix}-{admin_row}-role": "viewer"})
-    assert refused.status_code == 200 and "keep at least one project admin" in refused.content.decode()
+    assert (
+        refused.status_code == 200 and "keep at least one project admin" in refused.content.decode()
+    )
     reviewer_row = rows.index(next(r for r in rows if r.user_id == reviewer.id))
     accepted = admin_client.post(url, {**data, f"{prefix}-{reviewer_row}-role": "ml_engineer"})
     assert accepted.status_code == 302

@@ -14,7 +14,7 @@ def change_form_data(admin_client, url: str) -> dict:
     data = {name: "" if form[name].value() is None else form[name].value() for name in form.fields}
     for inline in context["inline_admin_formsets"]:  # the members inline's management form
         management = inline.formset.management_form
-        data.update({f"{management.prefix}-{key}": value for key, value in management.initial.items()})
+        data.update({f"{management.prefix}-{key}": v for key, v in management.initial.items()})
     return data
 
 

@@ -9,7 +9,7 @@
     hitl start-cycle --project cats [--epochs 20]
     hitl status --project cats
     hitl verify-trust --project cats
-    hitl add-member --project cats --user rita --role reviewer   (viewer, reviewer, ml_engineer, admin)
+    hitl add-member --project cats --user rita --role reviewer  (viewer/reviewer/ml_engineer/admin)
     hitl remove-member --project cats --user rita
     hitl members --project cats
 """
@@ -104,7 +104,7 @@ class Command(BaseCommand):
         verify = actions.add_parser("verify-trust", help="check the project's trust history chain")
         verify.add_argument("--project", required=True)
 
-        add_member = actions.add_parser("add-member", help="give a user a role in a project (or change it)")
+        add_member = actions.add_parser("add-member", help="give a user a role in a project")
         add_member.add_argument("--project", required=True)
         add_member.add_argument("--user", required=True, help="username")
         add_member.add_argument("--role", required=True, choices=ProjectRole.values)
@@ -215,13 +215,14 @@ class Command(BaseCommand):
     def _user(self, username: str) -> AbstractBaseUser:
         user = get_user_model().objects.filter(username=username).first()
         if user is None:
-            raise CommandError(f"no user {username!r} (create one with `manage.py createuser` or the admin)")
+            raise CommandError(f"no user {username!r} (create one in the admin)")
         return user
 
     def add_member(self, o: dict[str, Any]) -> None:
         project, user = self._project(o["project"]), self._user(o["user"])
         membership = membership_set(project=project, user=user, role=o["role"], actor=ACTOR)
-        self.stdout.write(f"{user.get_username()} is {membership.get_role_display().lower()} of {project.slug}")
+        role = membership.get_role_display().lower()
+        self.stdout.write(f"{user.get_username()} is {role} of {project.slug}")
 
     def remove_member(self, o: dict[str, Any]) -> None:
         project, user = self._project(o["project"]), self._user(o["user"])
