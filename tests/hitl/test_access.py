@@ -12,12 +12,15 @@ from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.test import Client, override_settings
 from django.urls import URLResolver, get_resolver, reverse
 from rest_framework.test import APIClient
+from rest_framework.views import APIView
 
+from hitl.api.views import ProjectScoped
 from hitl.errors import InvalidInput
 from hitl.models import (
     Item,
@@ -660,3 +663,16 @@ def test_superusers_manage_members_in_the_admin(
     assert accepted.status_code == 302
     assert ProjectMembership.objects.get(project=project, user=reviewer).role == "ml_engineer"
     assert ProjectMembership.objects.get(project=project, user=project_admin).role == "admin"
+
+
+def test_a_view_method_without_an_access_action_is_a_configuration_error() -> None:
+    """A project-scoped view that gains a method must say what role it needs: no silent default."""
+    class Forgetful(ProjectScoped, APIView):
+        def post(self, request, slug):  # no "POST" in access
+            raise AssertionError("never reached")
+
+    view = Forgetful()
+    assert view.action_for("GET") == Action.VIEW and view.action_for("HEAD") == Action.VIEW
+    assert view.action_for("PUT") == Action.VIEW  # no handler: the request gets a 405
+    with pytest.raises(ImproperlyConfigured, match="Forgetful names no access action for POST"):
+        view.action_for("POST")
