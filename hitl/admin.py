@@ -24,9 +24,36 @@ class ProjectForm(forms.ModelForm):
         return cleaned
 
 
+class MembershipFormSet(forms.BaseInlineFormSet):
+    """A project that had an admin keeps one, as the services require (see hitl.services.access)."""
+
+    def clean(self) -> None:
+        super().clean()
+        had_admin = any(form.initial.get("role") == models.ProjectRole.ADMIN for form in self.forms)
+        keeps_admin = any(
+            form.cleaned_data.get("role") == models.ProjectRole.ADMIN
+            and not form.cleaned_data.get("DELETE")
+            for form in self.forms if form.cleaned_data
+        )
+        if had_admin and not keeps_admin:
+            raise forms.ValidationError("keep at least one project admin: make someone else admin")
+
+
+class MembershipInline(admin.TabularInline):
+    """Members and their roles. Only users with the admin's membership permissions (superusers)
+    see this; being staff or superuser gives no access to a project itself."""
+
+    model = models.ProjectMembership
+    formset = MembershipFormSet
+    extra = 0
+    raw_id_fields = ["user"]
+    readonly_fields = ["created_at"]
+
+
 @admin.register(models.Project)
 class ProjectAdmin(admin.ModelAdmin):
     form = ProjectForm
+    inlines = [MembershipInline]
     list_display = ["slug", "name", "task_type", "architecture", "selection_strategy", "batch_size"]
 
     def get_readonly_fields(self, request, obj=None) -> list[str]:

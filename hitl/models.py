@@ -410,3 +410,35 @@ class TrustEvent(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["project", "sequence"], name="trust_chain_sequence")]
         ordering = ["project_id", "sequence"]
+
+
+class ProjectRole(models.TextChoices):
+    """A member's role in one project, lowest first: each role may do what those before it may."""
+
+    VIEWER = "viewer", "Viewer"
+    REVIEWER = "reviewer", "Reviewer"
+    ML_ENGINEER = "ml_engineer", "ML engineer"
+    ADMIN = "admin", "Project admin"
+
+
+class ProjectMembership(models.Model):
+    """Who may see a project and what they may do in it (see hitl/services/access.py)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="project_memberships"
+    )
+    role = models.CharField(max_length=20, choices=ProjectRole.choices)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="one_membership_per_user"),
+            models.CheckConstraint(
+                condition=Q(role__in=ProjectRole.values), name="membership_known_role"
+            ),
+        ]
+        ordering = ["project_id", "user_id"]
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.role} of {self.project}"

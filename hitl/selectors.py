@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
-from django.shortcuts import get_object_or_404
 
 from hitl.media import media_path
 from hitl.models import (
@@ -21,7 +21,9 @@ from hitl.models import (
     ModelVersion,
     Prediction,
     Project,
+    ProjectMembership,
     RetrainingCycle,
+    ReviewBatch,
     ReviewReason,
     ReviewTask,
     ReviewTaskStatus,
@@ -38,12 +40,47 @@ def model_weights_file(version: ModelVersion) -> tuple[Path, str]:
     return media_path(artifact.path), artifact.sha256
 
 
-def project_get(slug: str) -> Project:
-    return get_object_or_404(Project, slug=slug)
+def project_find(slug: str) -> Project | None:
+    return Project.objects.filter(slug=slug).first()
 
 
-def projects_list() -> QuerySet[Project]:
-    return Project.objects.order_by("slug")
+def is_person(user: object) -> bool:
+    """An active, signed-in user: not anonymous, not a deployment token."""
+    return isinstance(user, AbstractBaseUser) and user.is_active
+
+
+def projects_visible(user: object) -> QuerySet[Project]:
+    """The projects a person is a member of (staff or not), each with the person's ``role``;
+    none for anyone else."""
+    if not is_person(user):
+        return Project.objects.none()
+    mine = Project.objects.filter(memberships__user=user)
+    return mine.annotate(role=F("memberships__role")).order_by("slug")  # the same join: own role
+
+
+def membership_role(*, project_id: int, user: object) -> str | None:
+    """The person's role in the project; None for a non-member, an inactive user or a deployment."""
+    if not is_person(user):
+        return None
+    roles = ProjectMembership.objects.filter(project_id=project_id, user=user)
+    return roles.values_list("role", flat=True).first()
+
+
+def memberships_list(project: Project) -> QuerySet[ProjectMembership]:
+    members = ProjectMembership.objects.filter(project=project).select_related("user")
+    return members.order_by("user__username")
+
+
+# How each project-owned object reaches its project, for endpoints addressed by the object's id.
+_PROJECT_PATH = {Item: "items", RetrainingCycle: "cycles", ReviewBatch: "review_batches",
+                 ReviewTask: "review_batches__tasks"}
+
+
+def project_owning(
+    model: type[Item | RetrainingCycle | ReviewBatch | ReviewTask], pk: int,
+) -> Project | None:
+    """The project an item, cycle, review batch or review task belongs to; None if there is none."""
+    return Project.objects.filter(**{f"{_PROJECT_PATH[model]}__pk": pk}).first()
 
 
 def items_list(project: Project, *, split: str | None = None, labeled: bool | None = None) -> QuerySet[Item]:

@@ -206,6 +206,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
 }
+# The OpenAPI schema and Swagger UI need a signed-in user unless this opens them to anyone.
+HITL_PUBLIC_API_SCHEMA = env_bool("HITL_PUBLIC_API_SCHEMA", False)
 
 # --- hitl domain limits ---
 HITL_MAX_IMAGE_BYTES = int(env_number("HITL_MAX_IMAGE_BYTES", 20 * 1024 * 1024))

@@ -23,7 +23,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from hitl.media import model_directory
-from hitl.models import Deployment, Environment, LabelSource, ModelVersion, Project
+from hitl.models import Deployment, Environment, LabelSource, ModelVersion, Project, ProjectRole
+from hitl.services.access import membership_set
 from hitl.services.ingestion import IngestResult, items_register, predictions_ingest
 from hitl.services.labels import label_submit
 from hitl.services.projects import deployment_create, model_version_create, model_version_promote, project_create
@@ -174,19 +175,32 @@ def deployment_client(deployment_and_token: tuple[Deployment, str]) -> APIClient
     return client
 
 
-@pytest.fixture()
-def reviewer(db):
-    return get_user_model().objects.create_user("rita", password="rita-pass-123")
+def member(project: Project, username: str, role: ProjectRole, **extra):
+    """A user with this role in the project (and none elsewhere)."""
+    user = get_user_model().objects.create_user(username, password=f"{username}-pass-123", **extra)
+    membership_set(project=project, user=user, role=role, actor="test")
+    return user
 
 
 @pytest.fixture()
-def operator(db):
-    return get_user_model().objects.create_user("otto", password="otto-pass-123", is_staff=True)
+def reviewer(project):
+    return member(project, "rita", ProjectRole.REVIEWER)
+
+
+@pytest.fixture()
+def operator(project):
+    """An ML engineer of the fixture project: selects batches, starts and cancels cycles."""
+    return member(project, "otto", ProjectRole.ML_ENGINEER)
+
+
+@pytest.fixture()
+def project_admin(project):
+    return member(project, "ada", ProjectRole.ADMIN)
 
 
 def token_client(user) -> APIClient:
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
     return client
 
 
@@ -198,6 +212,11 @@ def reviewer_client(reviewer) -> APIClient:
 @pytest.fixture()
 def operator_client(operator) -> APIClient:
     return token_client(operator)
+
+
+@pytest.fixture()
+def project_admin_client(project_admin) -> APIClient:
+    return token_client(project_admin)
 
 
 def probabilities(rng: np.random.Generator, n: int, k: int = 10) -> list[list[float]]:

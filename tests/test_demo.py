@@ -36,6 +36,9 @@ def test_demo_runs_the_whole_loop_without_redis_or_postgres(tmp_path: Path) -> N
         statuses = db.execute("SELECT status FROM hitl_retrainingcycle ORDER BY number").fetchall()
         sources = dict(db.execute("SELECT source, count(*) FROM hitl_label GROUP BY source").fetchall())
         open_tasks = db.execute("SELECT count(*) FROM hitl_reviewtask WHERE status = 'open'").fetchone()[0]
+        demo_roles = db.execute("SELECT m.role FROM hitl_projectmembership m JOIN auth_user u "
+                                "ON u.id = m.user_id WHERE u.username = 'demo'").fetchall()
     assert statuses == [("succeeded",)] * 3
     assert sources["import"] == 150 and sources["simulated"] == 160
     assert open_tasks == 80  # a batch left for a person in the web UI
+    assert demo_roles == [("admin",)]  # user demo is the demo project's admin: it sees the project

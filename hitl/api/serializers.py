@@ -13,6 +13,8 @@ from hitl.models import (
     ModelVersion,
     Prediction,
     Project,
+    ProjectMembership,
+    ProjectRole,
     RetrainingCycle,
     ReviewBatch,
     ReviewTask,
@@ -158,3 +160,22 @@ class IngestResultSerializer(serializers.Serializer):
     duplicates = serializers.IntegerField()
     items_created = serializers.IntegerField()
     item_ids = serializers.ListField(child=serializers.IntegerField())
+
+
+class AccuracyEstimateSerializer(serializers.Serializer):
+    model_version = serializers.CharField()
+    n = serializers.IntegerField(help_text="audited items with a current human label")
+    correct = serializers.IntegerField(help_text="of which the human agreed with the model")
+    accuracy = serializers.FloatField()
+    low = serializers.FloatField(help_text="95% Wilson interval, lower end")
+    high = serializers.FloatField(help_text="95% Wilson interval, upper end")
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    user = serializers.CharField(source="user.username", max_length=150)
+    role = serializers.ChoiceField(choices=ProjectRole.choices)
+
+    class Meta:
+        model = ProjectMembership
+        fields = ["user", "role", "created_at"]
+        read_only_fields = ["created_at"]

@@ -1,20 +1,51 @@
+from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
+from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from hitl.api import views
+from hitl.api.permissions import SchemaReader
+from hitl.selectors import is_person
+
+swagger_ui = SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[])
+
+
+def api_docs(request: HttpRequest) -> HttpResponse:
+    """Swagger UI: a browser that is not signed in goes to the login page first (its schema
+    request needs the same session), unless HITL_PUBLIC_API_SCHEMA opens both."""
+    if not (settings.HITL_PUBLIC_API_SCHEMA or is_person(request.user)):
+        return redirect_to_login(request.get_full_path())
+    return swagger_ui(request)
+
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
+    path("schema/", SpectacularAPIView.as_view(permission_classes=[SchemaReader]), name="schema"),
+    path("docs/", api_docs, name="api-docs"),
     path("predictions/", views.PredictionIngestView.as_view(), name="predictions-ingest"),
     path("projects/", views.ProjectListView.as_view(), name="projects"),
     path("projects/<slug:slug>/", views.ProjectDetailView.as_view(), name="project"),
-    path("projects/<slug:slug>/model-versions/", views.ModelVersionListView.as_view(), name="model-versions"),
-    path("projects/<slug:slug>/deployments/", views.DeploymentListView.as_view(), name="deployments"),
+    path(
+        "projects/<slug:slug>/model-versions/",
+        views.ModelVersionListView.as_view(),
+        name="model-versions",
+    ),
+    path(
+        "projects/<slug:slug>/deployments/", views.DeploymentListView.as_view(), name="deployments"
+    ),
+    path("projects/<slug:slug>/members/", views.MemberListView.as_view(), name="members"),
     path("projects/<slug:slug>/items/", views.ItemListView.as_view(), name="items"),
-    path("projects/<slug:slug>/predictions/", views.PredictionListView.as_view(), name="predictions"),
-    path("projects/<slug:slug>/review-queue/", views.ReviewQueueView.as_view(), name="review-queue"),
-    path("projects/<slug:slug>/review-batches/", views.ReviewBatchCreateView.as_view(), name="review-batches"),
+    path(
+        "projects/<slug:slug>/predictions/", views.PredictionListView.as_view(), name="predictions"
+    ),
+    path(
+        "projects/<slug:slug>/review-queue/", views.ReviewQueueView.as_view(), name="review-queue"
+    ),
+    path(
+        "projects/<slug:slug>/review-batches/",
+        views.ReviewBatchCreateView.as_view(),
+        name="review-batches",
+    ),
     path("projects/<slug:slug>/cycles/", views.CycleListCreateView.as_view(), name="cycles"),
     path("projects/<slug:slug>/trust/", views.TrustHistoryView.as_view(), name="trust"),
     path("projects/<slug:slug>/audit/", views.AuditAccuracyView.as_view(), name="audit"),

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
+from django.utils.functional import cached_property
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, status
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import CursorPagination, PageNumberPagination
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -17,10 +21,11 @@ from rest_framework.views import APIView
 from hitl import selectors
 from hitl.api import serializers as s
 from hitl.api.parsers import LenientJSONParser
-from hitl.api.permissions import IsDeployment, IsOperator, IsReviewer
+from hitl.api.permissions import IsDeployment, IsPerson, ProjectAccess
 from hitl.errors import InvalidInput
 from hitl.media import image_response
-from hitl.models import Item, LabelSource, RetrainingCycle, ReviewBatch
+from hitl.models import Item, LabelSource, Project, RetrainingCycle, ReviewBatch
+from hitl.services.access import Action, membership_remove, membership_set
 from hitl.services.cycles import cycle_cancel, cycle_request
 from hitl.services.ingestion import predictions_ingest
 from hitl.services.labels import label_submit
@@ -31,6 +36,37 @@ from hitl.services.trust import trust_verify
 
 class ById(CursorPagination):
     ordering = "-id"
+
+
+class ProjectScoped:
+    """An endpoint inside one project. ProjectAccess checks the member's role against the
+    action ``access`` names for the request's method. The project is the one the URL's slug
+    names, or (``owner``) the one owning the item, cycle or review batch whose id the URL names."""
+
+    permission_classes = [ProjectAccess]
+    access: dict[str, Action] = {"GET": Action.VIEW}
+    owner: type[Item | RetrainingCycle | ReviewBatch] | None = None
+    kwargs: dict
+
+    @cached_property
+    def project(self) -> Project | None:
+        if self.owner is None:
+            return selectors.project_find(self.kwargs["slug"])
+        return selectors.project_owning(self.owner, self.kwargs["pk"])
+
+    @property
+    def not_found(self) -> str:
+        """The same words for an object that does not exist and one in another's project."""
+        if self.owner is None:
+            return f"no project {self.kwargs['slug']!r}"
+        return f"no {self.owner._meta.verbose_name} {self.kwargs['pk']}"
+
+    def action_for(self, method: str) -> Action:
+        if method in self.access:
+            return self.access[method]
+        if method in ("HEAD", "OPTIONS") or not hasattr(self, method.lower()):
+            return Action.VIEW  # reads, or a method the view lacks (it answers 405)
+        raise ImproperlyConfigured(f"{type(self).__name__} names no access action for {method}")
 
 
 class PredictionIngestView(APIView):
@@ -70,58 +106,53 @@ class PredictionIngestView(APIView):
 
 
 class ProjectListView(generics.ListAPIView):
-    permission_classes = [IsReviewer]
+    """The projects the caller is a member of."""
+
+    permission_classes = [IsPerson]
     serializer_class = s.ProjectSerializer
-    pagination_class = None
 
     def get_queryset(self):
-        return selectors.projects_list()
+        return selectors.projects_visible(self.request.user)
 
 
-class ProjectDetailView(APIView):
-    """A project (GET); staff change its settings (PATCH): strategy, batch size, audit share, ..."""
+class ProjectDetailView(ProjectScoped, APIView):
+    """A project (GET); its admins change its settings (PATCH): strategy, batch size, audit
+    share, ..."""
 
+    access = {"GET": Action.VIEW, "PATCH": Action.CHANGE_SETTINGS}
     parser_classes = [LenientJSONParser]
-
-    def get_permissions(self):
-        return [IsOperator()] if self.request.method == "PATCH" else [IsReviewer()]
 
     @extend_schema(responses=s.ProjectSerializer)
     def get(self, request: Request, slug: str) -> Response:
-        return Response(s.ProjectSerializer(selectors.project_get(slug)).data)
+        return Response(s.ProjectSerializer(self.project).data)
 
     @extend_schema(request=s.ProjectSerializer, responses=s.ProjectSerializer)
     def patch(self, request: Request, slug: str) -> Response:
         if not isinstance(request.data, dict):
             raise InvalidInput.single("", "body must be a JSON object of settings")
-        project = project_update(project_id=selectors.project_get(slug).id, changes=dict(request.data))
+        project = project_update(project_id=self.project.id, changes=dict(request.data))
         return Response(s.ProjectSerializer(project).data)
 
 
-class DeploymentListView(generics.ListAPIView):
-    permission_classes = [IsReviewer]
+class DeploymentListView(ProjectScoped, generics.ListAPIView):
     serializer_class = s.DeploymentSerializer
-    pagination_class = None
 
     def get_queryset(self):
-        return selectors.project_get(self.kwargs["slug"]).deployments.select_related("model_version").order_by("name")
+        return self.project.deployments.select_related("model_version").order_by("name")
 
 
-class ModelVersionListView(generics.ListAPIView):
-    permission_classes = [IsReviewer]
+class ModelVersionListView(ProjectScoped, generics.ListAPIView):
     serializer_class = s.ModelVersionSerializer
-    pagination_class = None
 
     def get_queryset(self):
-        return selectors.model_versions_list(selectors.project_get(self.kwargs["slug"]))
+        return selectors.model_versions_list(self.project)
 
 
 @extend_schema(parameters=[
     OpenApiParameter("split", str, enum=["train", "holdout"]),
     OpenApiParameter("labeled", bool),
 ])
-class ItemListView(generics.ListAPIView):
-    permission_classes = [IsReviewer]
+class ItemListView(ProjectScoped, generics.ListAPIView):
     serializer_class = s.ItemSerializer
     pagination_class = ById
 
@@ -133,14 +164,12 @@ class ItemListView(generics.ListAPIView):
         if split not in (None, "train", "holdout"):
             raise InvalidInput.single("split", "use train or holdout")
         return selectors.items_list(
-            selectors.project_get(self.kwargs["slug"]), split=split,
-            labeled=None if labeled is None else labeled == "true",
+            self.project, split=split, labeled=None if labeled is None else labeled == "true",
         )
 
 
 @extend_schema(parameters=[OpenApiParameter("model_version", str), OpenApiParameter("item", int)])
-class PredictionListView(generics.ListAPIView):
-    permission_classes = [IsReviewer]
+class PredictionListView(ProjectScoped, generics.ListAPIView):
     serializer_class = s.PredictionSerializer
     pagination_class = ById
 
@@ -149,51 +178,49 @@ class PredictionListView(generics.ListAPIView):
         if item is not None and not (item.isascii() and item.isdecimal()):
             raise InvalidInput.single("item", "must be an item id")
         return selectors.predictions_list(
-            selectors.project_get(self.kwargs["slug"]),
-            model_version=self.request.query_params.get("model_version"),
+            self.project, model_version=self.request.query_params.get("model_version"),
             item_id=int(item) if item is not None else None,
         )
 
 
-class ReviewQueueView(generics.ListAPIView):
-    permission_classes = [IsReviewer]
+class ReviewQueueView(ProjectScoped, generics.ListAPIView):
     serializer_class = s.ReviewTaskSerializer
 
     def get_queryset(self):
-        return selectors.review_queue(selectors.project_get(self.kwargs["slug"]))
+        return selectors.review_queue(self.project)
 
 
-class ReviewBatchCreateView(APIView):
-    permission_classes = [IsOperator]
+class ReviewBatchCreateView(ProjectScoped, APIView):
+    access = {"POST": Action.SELECT_BATCH}
 
     @extend_schema(request=s.ReviewBatchRequestSerializer, responses={202: s.ReviewBatchSerializer})
     def post(self, request: Request, slug: str) -> Response:
         body = s.ReviewBatchRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        batch = review_batch_request(project=selectors.project_get(slug), requested_by=request.user.get_username(),
+        batch = review_batch_request(project=self.project, requested_by=request.user.get_username(),
                                      **body.validated_data)
         return Response(s.ReviewBatchSerializer(batch).data, status=status.HTTP_202_ACCEPTED)
 
 
-class ReviewBatchDetailView(generics.RetrieveAPIView):
-    permission_classes = [IsReviewer]
+class ReviewBatchDetailView(ProjectScoped, generics.RetrieveAPIView):
+    owner = ReviewBatch
     serializer_class = s.ReviewBatchSerializer
     queryset = ReviewBatch.objects.select_related("model_version")
 
 
-class ItemLabelsView(APIView):
-    """An item's label history (GET) and label submission (POST)."""
+class ItemLabelsView(ProjectScoped, generics.ListAPIView):
+    """An item's label history (GET) and label submission (POST, reviewers and up). A held-out
+    item takes labels only through a review task (``review_task``)."""
 
-    permission_classes = [IsReviewer]
+    owner = Item
+    access = {"GET": Action.VIEW, "POST": Action.LABEL}
+    serializer_class = s.LabelSerializer
 
-    @extend_schema(responses=s.LabelSerializer(many=True))
-    def get(self, request: Request, pk: int) -> Response:
-        item = get_object_or_404(Item, pk=pk)
-        return Response(s.LabelSerializer(selectors.item_labels(item), many=True).data)
+    def get_queryset(self):
+        return selectors.item_labels(get_object_or_404(Item, pk=self.kwargs["pk"]))
 
     @extend_schema(request=s.LabelSubmitSerializer, responses={201: s.LabelSerializer})
     def post(self, request: Request, pk: int) -> Response:
-        get_object_or_404(Item, pk=pk)
         body = s.LabelSubmitSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         label = label_submit(
@@ -204,66 +231,134 @@ class ItemLabelsView(APIView):
         return Response(s.LabelSerializer(label).data, status=status.HTTP_201_CREATED)
 
 
-class ItemImageView(APIView):
-    permission_classes = [IsReviewer]
+class ItemImageView(ProjectScoped, APIView):
+    owner = Item
 
     @extend_schema(responses={(200, "image/*"): bytes})
     def get(self, request: Request, pk: int) -> HttpResponse:
         return image_response(request, get_object_or_404(Item, pk=pk))
 
 
-class CycleListCreateView(APIView):
-    def get_permissions(self):
-        return [IsOperator()] if self.request.method == "POST" else [IsReviewer()]
+class CycleListCreateView(ProjectScoped, generics.ListAPIView):
+    """The project's retraining cycles (GET); ML engineers and admins start one (POST)."""
 
-    @extend_schema(responses=s.CycleSerializer(many=True))
-    def get(self, request: Request, slug: str) -> Response:
-        return Response(s.CycleSerializer(selectors.cycles_list(selectors.project_get(slug)), many=True).data)
+    access = {"GET": Action.VIEW, "POST": Action.START_CYCLE}
+    serializer_class = s.CycleSerializer
+
+    def get_queryset(self):
+        return selectors.cycles_list(self.project)
 
     @extend_schema(request=s.CycleRequestSerializer, responses={202: s.CycleSerializer})
     def post(self, request: Request, slug: str) -> Response:
         body = s.CycleRequestSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        cycle = cycle_request(project=selectors.project_get(slug), requested_by=request.user.get_username(),
+        cycle = cycle_request(project=self.project, requested_by=request.user.get_username(),
                               train_config=body.validated_data.get("train_config"))
         return Response(s.CycleSerializer(cycle).data, status=status.HTTP_202_ACCEPTED)
 
 
-class CycleDetailView(generics.RetrieveAPIView):
-    permission_classes = [IsReviewer]
+class CycleDetailView(ProjectScoped, generics.RetrieveAPIView):
+    owner = RetrainingCycle
     serializer_class = s.CycleSerializer
     queryset = RetrainingCycle.objects.select_related("base_version", "candidate_version").prefetch_related("snapshots")
 
 
-class CycleCancelView(APIView):
-    permission_classes = [IsOperator]
+class CycleCancelView(ProjectScoped, APIView):
+    owner = RetrainingCycle
+    access = {"POST": Action.CANCEL_CYCLE}
 
     @extend_schema(request=None, responses=s.CycleSerializer)
     def post(self, request: Request, pk: int) -> Response:
-        cycle = cycle_cancel(cycle_id=get_object_or_404(RetrainingCycle, pk=pk).pk, actor=request.user.get_username())
+        cycle = cycle_cancel(cycle_id=pk, actor=request.user.get_username())
         return Response(s.CycleSerializer(cycle).data)
 
 
-class AuditAccuracyView(APIView):
+class AuditAccuracyView(ProjectScoped, generics.ListAPIView):
     """Live accuracy per model version, estimated from the labels of the random audit slices."""
 
-    permission_classes = [IsReviewer]
+    serializer_class = s.AccuracyEstimateSerializer
 
-    @extend_schema(responses={200: {"type": "array", "items": {"type": "object"}}})
-    def get(self, request: Request, slug: str) -> Response:
-        return Response([vars(e) for e in selectors.audit_accuracy(selectors.project_get(slug))])
+    def get_queryset(self):
+        return selectors.audit_accuracy(self.project)
 
 
-class TrustHistoryView(APIView):
-    permission_classes = [IsReviewer]
+class TrustPages(PageNumberPagination):
+    """A page of the trust history, with whether the whole chain verifies and its head hash."""
 
-    @extend_schema(responses={200: {"type": "object"}})
-    def get(self, request: Request, slug: str) -> Response:
-        project = selectors.project_get(slug)
-        check = trust_verify(project_id=project.id)
-        events = project.trust_events.order_by("sequence")
-        return Response({
-            "verified": check.ok, "problem": check.problem, "cause": check.cause, "first_bad_sequence": check.first_bad_sequence,
-            "head_hash": check.head_hash,
-            "events": s.TrustEventSerializer(events, many=True).data,
-        })
+    check: dict[str, object]
+
+    def get_paginated_response(self, data: list) -> Response:
+        response = super().get_paginated_response(data)
+        response.data = {**self.check, **response.data}
+        return response
+
+    def get_paginated_response_schema(self, schema: dict) -> dict:
+        paginated = super().get_paginated_response_schema(schema)
+        paginated["properties"] = {
+            "verified": {"type": "boolean"},
+            "problem": {"type": "string"},
+            "cause": {"type": "string"},
+            "first_bad_sequence": {"type": "integer", "nullable": True},
+            "head_hash": {"type": "string", "nullable": True},
+            **paginated["properties"],
+        }
+        paginated["required"] = ["verified", "problem", "cause", "first_bad_sequence", "head_hash",
+                                 *paginated.get("required", [])]
+        return paginated
+
+
+class TrustHistoryView(ProjectScoped, generics.ListAPIView):
+    """The project's trust history, oldest first, a page at a time."""
+
+    serializer_class = s.TrustEventSerializer
+    pagination_class = TrustPages
+
+    def get_queryset(self):
+        return self.project.trust_events.order_by("sequence")
+
+    def paginate_queryset(self, queryset):
+        check = trust_verify(project_id=self.project.id)
+        self.paginator.check = {
+            "verified": check.ok, "problem": check.problem, "cause": check.cause,
+            "first_bad_sequence": check.first_bad_sequence, "head_hash": check.head_hash,
+        }
+        return super().paginate_queryset(queryset)
+
+
+class MemberListView(ProjectScoped, generics.ListAPIView):
+    """A project's members and their roles (project admins only): list (GET), add or change a
+    role (POST ``{"user", "role"}``), remove (DELETE ``?user=<username>``)."""
+
+    access = {method: Action.MANAGE_MEMBERS for method in ("GET", "POST", "DELETE")}
+    serializer_class = s.MembershipSerializer
+
+    def get_queryset(self):
+        return selectors.memberships_list(self.project)
+
+    @extend_schema(request=s.MembershipSerializer, responses={201: s.MembershipSerializer})
+    def post(self, request: Request, slug: str) -> Response:
+        body = s.MembershipSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        membership = membership_set(
+            project=self.project, user=_user(body.validated_data["user"]["username"]),
+            role=body.validated_data["role"], actor=request.user.get_username(),
+        )
+        return Response(s.MembershipSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("user", str, required=True, description="who to remove")],
+        responses={204: None},
+    )
+    def delete(self, request: Request, slug: str) -> Response:
+        name = request.query_params.get("user")
+        if not name:
+            raise InvalidInput.single("user", "name the member to remove: ?user=<username>")
+        membership_remove(project=self.project, user=_user(name), actor=request.user.get_username())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _user(username: str) -> AbstractBaseUser:
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise InvalidInput.single("user", f"no user {username!r}")
+    return user

@@ -40,7 +40,7 @@ def sign_existing_chains(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("hitl", "0004_items_in_content_store"),
+        ("hitl", "0005_project_membership"),
     ]
 
     operations = [

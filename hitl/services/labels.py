@@ -1,5 +1,11 @@
 """Human labels: the one service through which every label enters hitl (web UI, API, Label
-Studio, imports and the demo's simulated reviewer)."""
+Studio, imports and the demo's simulated reviewer).
+
+Held-out items are what candidates and production are judged on, so people label them only
+through a review task (the web review queue, Label Studio, or the API naming ``review_task``):
+nobody can hand-pick held-out items to label. Imports and the demo's simulated reviewer
+(TRUSTED_SOURCES) are called only by operators' code, never by a view, so they may label any item.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from hitl.errors import InvalidInput
-from hitl.models import Item, Label, LabelSource, LabelStatus, ReviewTask, ReviewTaskStatus
+from hitl.models import Item, Label, LabelSource, LabelStatus, ReviewTask, ReviewTaskStatus, Split
 
 # Longer than this is a reviewer who left the page open, not time spent on the item.
 MAX_LEAD_TIME_SECONDS = 24 * 3600
+
+# Sources only trusted code uses (no view or API can name them): they may label held-out items
+# without a review task.
+TRUSTED_SOURCES = frozenset({LabelSource.IMPORT, LabelSource.SIMULATED})
 
 
 def plausible_lead_time(seconds: object) -> float | None:
@@ -60,6 +70,10 @@ def label_submit(
         task = ReviewTask.objects.filter(pk=review_task_id, item_id=item.id).first()
         if task is None:
             raise InvalidInput.single("review_task", f"no review task {review_task_id} for item {item.id}")
+    elif item.split == Split.HOLDOUT and source not in TRUSTED_SOURCES:
+        raise InvalidInput.single(
+            "review_task", f"item {item.id} is held out for evaluation: it takes labels only "
+                           "through a review task; name its review task")
     current = Label.objects.filter(item=item, status=LabelStatus.CURRENT).first()
     if current is not None and _same_label(current, value, name, source, external_id):
         _close_review_tasks(item.id)

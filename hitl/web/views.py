@@ -6,33 +6,63 @@ import time
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from hitl import selectors
 from hitl.errors import InvalidInput
-from hitl.models import LabelSource, RetrainingCycle, ReviewTask, ReviewTaskStatus
+from hitl.models import (
+    LabelSource,
+    Project,
+    ProjectRole,
+    RetrainingCycle,
+    ReviewTask,
+    ReviewTaskStatus,
+)
+from hitl.services.access import Action, NotAMember, RoleTooLow, actions_allowed, role_required
 from hitl.services.labels import label_submit, plausible_lead_time, review_task_skip
 
 QUEUE_PAGE_SIZE = 24
 
 
+def _allowed(
+    request: HttpRequest, project: Project | None, action: Action, missing: str,
+) -> set[str]:
+    """Check the user's role in the project; returns what the role may do, for the template. A
+    non-member sees the same 404 as for something that does not exist."""
+    if project is None:
+        raise Http404(missing)
+    try:
+        role = role_required(project=project, user=request.user, action=action)
+    except NotAMember:
+        raise Http404(missing) from None
+    except RoleTooLow as exc:
+        raise PermissionDenied(str(exc)) from None
+    return actions_allowed(role)
+
+
 @login_required
 def projects(request: HttpRequest) -> HttpResponse:
-    rows = [{"project": p, "summary": selectors.project_summary(p), "audit": selectors.audit_accuracy(p)}
-            for p in selectors.projects_list()]
+    rows = [
+        {"project": p, "role": ProjectRole(p.role).label, "summary": selectors.project_summary(p),
+         "audit": selectors.audit_accuracy(p)}
+        for p in selectors.projects_visible(request.user)
+    ]
     return render(request, "hitl/projects.html", {"rows": rows})
 
 
 @login_required
 def review_queue(request: HttpRequest, slug: str) -> HttpResponse:
-    project = selectors.project_get(slug)
+    project = selectors.project_find(slug)
+    can = _allowed(request, project, Action.VIEW, f"no project {slug!r}")
     page = Paginator(selectors.review_queue(project), QUEUE_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "hitl/review_queue.html", {
         "project": project, "page": page, "labels": project.labels, "shown_at": f"{time.time():.3f}",
+        "can": can,
     })
 
 
@@ -46,6 +76,8 @@ def _lead_time(request: HttpRequest) -> float | None:
 @login_required
 @require_POST
 def review_task_label(request: HttpRequest, pk: int) -> HttpResponse:
+    project = selectors.project_owning(ReviewTask, pk)
+    _allowed(request, project, Action.LABEL, f"no review task {pk}")
     task = get_object_or_404(ReviewTask.objects.select_related("batch__project", "prediction"), pk=pk)
     slug = task.batch.project.slug
     if task.status != ReviewTaskStatus.OPEN:
@@ -71,7 +103,8 @@ def review_task_label(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 def cycles(request: HttpRequest, slug: str) -> HttpResponse:
-    project = selectors.project_get(slug)
+    project = selectors.project_find(slug)
+    _allowed(request, project, Action.VIEW, f"no project {slug!r}")
     rows = []
     for cycle in selectors.cycles_list(project):
         by_role = {snapshot.role: snapshot for snapshot in cycle.snapshots.all()}
@@ -81,6 +114,7 @@ def cycles(request: HttpRequest, slug: str) -> HttpResponse:
 
 @login_required
 def cycle_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    _allowed(request, selectors.project_owning(RetrainingCycle, pk), Action.VIEW, f"no cycle {pk}")
     cycle = get_object_or_404(RetrainingCycle.objects.select_related("project", "base_version", "candidate_version"), pk=pk)
     snapshots = []
     for snapshot in cycle.snapshots.select_related("model_version").order_by("role"):

@@ -9,8 +9,13 @@ pytestmark = pytest.mark.django_db
 
 
 def change_form_data(admin_client, url: str) -> dict:
-    form = admin_client.get(url).context["adminform"].form
-    return {name: "" if form[name].value() is None else form[name].value() for name in form.fields}
+    context = admin_client.get(url).context
+    form = context["adminform"].form
+    data = {name: "" if form[name].value() is None else form[name].value() for name in form.fields}
+    for inline in context["inline_admin_formsets"]:  # the members inline's management form
+        management = inline.formset.management_form
+        data.update({f"{management.prefix}-{key}": v for key, v in management.initial.items()})
+    return data
 
 
 def test_project_settings_are_checked(admin_client, project) -> None:

@@ -172,7 +172,8 @@ def test_deleting_an_edited_annotation_withdraws_every_version(pushed, reviewer)
 
     link, rows = pushed
     item_id = rows[0].review_task.item_id
-    label_submit(item_id=item_id, value="shirt", source=LabelSource.WEB, reviewer=reviewer)
+    label_submit(item_id=item_id, value="shirt", source=LabelSource.WEB, reviewer=reviewer,
+                 review_task_id=rows[0].review_task_id)  # as the review queue sends it
     apply(link, annotation(1, 101, "bag", "2026-11-26T10:00:00Z"))
     apply(link, annotation(1, 101, "coat", "2026-11-26T10:05:00Z"))
     annotation_delete(link=link, annotation_id=1, seen_via="webhook")

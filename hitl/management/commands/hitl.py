@@ -11,6 +11,9 @@
     hitl verify-trust --project cats
     hitl export-trust --project cats --output cats-trust.jsonl
     hitl rotate-trust-key
+    hitl add-member --project cats --user rita --role reviewer  (viewer/reviewer/ml_engineer/admin)
+    hitl remove-member --project cats --user rita
+    hitl members --project cats
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from hitl import selectors
 from hitl.errors import Conflict, InvalidInput
-from hitl.models import Deployment, ModelVersion, Project
+from hitl.models import Deployment, ModelVersion, Project, ProjectRole
 from hitl.selectors import production_version
+from hitl.services.access import membership_remove, membership_set
 from hitl.services.cycles import cycle_request
 from hitl.services.projects import (
     deployment_create,
@@ -109,6 +115,17 @@ class Command(BaseCommand):
         export.add_argument("--output", help="file to write (default: standard output)")
 
         actions.add_parser("rotate-trust-key", help="sign new trust events with a new key (old events still verify)")
+        add_member = actions.add_parser("add-member", help="give a user a role in a project")
+        add_member.add_argument("--project", required=True)
+        add_member.add_argument("--user", required=True, help="username")
+        add_member.add_argument("--role", required=True, choices=ProjectRole.values)
+
+        remove_member = actions.add_parser("remove-member", help="take a user out of a project")
+        remove_member.add_argument("--project", required=True)
+        remove_member.add_argument("--user", required=True, help="username")
+
+        members = actions.add_parser("members", help="list a project's members and their roles")
+        members.add_argument("--project", required=True)
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"].replace("-", "_")
@@ -226,3 +243,29 @@ class Command(BaseCommand):
         old, new = rotate_signing_key()
         self.stdout.write(f"trust events are now signed with key {new} (was {old}); copy "
                           f"{settings.HITL_TRUST_KEY_FILE} and {settings.HITL_TRUST_PUBLIC_KEYS} to every host")
+
+    def _user(self, username: str) -> AbstractBaseUser:
+        user = get_user_model().objects.filter(username=username).first()
+        if user is None:
+            raise CommandError(f"no user {username!r} (create one in the admin)")
+        return user
+
+    def add_member(self, o: dict[str, Any]) -> None:
+        project, user = self._project(o["project"]), self._user(o["user"])
+        membership = membership_set(project=project, user=user, role=o["role"], actor=ACTOR)
+        role = membership.get_role_display().lower()
+        self.stdout.write(f"{user.get_username()} is {role} of {project.slug}")
+
+    def remove_member(self, o: dict[str, Any]) -> None:
+        project, user = self._project(o["project"]), self._user(o["user"])
+        removed = membership_remove(project=project, user=user, actor=ACTOR)
+        self.stdout.write(f"removed {user.get_username()} from {project.slug}" if removed
+                          else f"{user.get_username()} was no member of {project.slug}")
+
+    def members(self, o: dict[str, Any]) -> None:
+        project = self._project(o["project"])
+        rows = selectors.memberships_list(project)
+        for membership in rows:
+            self.stdout.write(f"{membership.user.get_username():<30} {membership.role}")
+        if not rows:
+            self.stdout.write(f"{project.slug} has no members")

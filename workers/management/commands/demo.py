@@ -35,6 +35,7 @@ from hitl.models import (
     Item,
     LabelSource,
     Project,
+    ProjectRole,
     RetrainingCycle,
     ReviewBatch,
     ReviewBatchStatus,
@@ -43,6 +44,7 @@ from hitl.models import (
     Split,
 )
 from hitl.selectors import production_version
+from hitl.services.access import membership_set
 from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import items_register, predictions_ingest
 from hitl.services.labels import label_submit
@@ -172,6 +174,7 @@ class Demo:
         user, _ = user_model.objects.get_or_create(username=DEMO_USER, defaults={"is_staff": True, "is_superuser": True})
         user.set_password(DEMO_PASSWORD)
         user.save()
+        membership_set(project=project, user=user, role=ProjectRole.ADMIN, actor="demo")
         return project
 
     def write_images(self, data: ArrayDataset, indices: np.ndarray, folder: str) -> list[str]:
