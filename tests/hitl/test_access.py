@@ -45,7 +45,8 @@ from hitl.services.access import (
 from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import predictions_ingest
 from hitl.services.projects import deployment_create, project_create
-from hitl.services.selection import review_batch_request, review_batch_select
+from hitl.services.selection import review_batch_request
+from workers.pipelines.selection import review_batch_select
 from tests.conftest import LABELS, make_version, member, token_client
 
 pytestmark = pytest.mark.django_db
@@ -158,7 +159,7 @@ def world(project, version, deployment_and_token, ingest):
     other = project_create(slug=f"{project.slug}-other", name="Other", labels=list(LABELS))
     other_version = make_version(other, "v-other")
     _, other_token = deployment_create(
-        project=other, name="cam", environment="edge", model_version=other_version
+        project=other, name="cam", environment="edge", model_version=other_version, storage_prefix="cam"
     )
     users["non_member"] = member(
         other, "nina", ProjectRole.ADMIN

@@ -46,14 +46,15 @@ def test_the_bounds_themselves_are_accepted() -> None:
         train_config_clean({"speed": 11})
 
 
-def test_api_refuses_bad_options_with_the_field_and_writes_nothing(operator_client, project) -> None:
+def test_api_refuses_bad_options_with_the_field_and_writes_nothing(operator_client, project_admin_client,
+                                                                   project) -> None:
     cycles = f"/api/v1/projects/{project.slug}/cycles/"
     for option, value in [("epochs", 100_000), ("device", "cuda:x"), ("batch_size", 10**9)]:
         response = operator_client.post(cycles, {"train_config": {option: value}}, format="json")
         assert response.status_code == 400, response.content
         assert response.json()["errors"][0]["field"] == f"train_config.{option}"
     assert not RetrainingCycle.objects.filter(project=project).exists()
-    patch = operator_client.patch(f"/api/v1/projects/{project.slug}/",
+    patch = project_admin_client.patch(f"/api/v1/projects/{project.slug}/",
                                   {"train_config": {"device": "cuda1"}, "batch_size": 50}, format="json")
     assert patch.status_code == 400
     assert [e["field"] for e in patch.json()["errors"]] == ["train_config.device"]
@@ -123,10 +124,10 @@ def test_initial_weights_must_be_a_regular_file_under_the_models_folder(models_r
     assert not Project.objects.filter(slug="escapes").exists()
 
 
-def test_api_refuses_initial_weights_outside_the_models_folder(operator_client, project, models_root,
+def test_api_refuses_initial_weights_outside_the_models_folder(project_admin_client, project, models_root,
                                                                tmp_path: Path) -> None:
     outside = weights_file(tmp_path / "outside.safetensors")
-    response = operator_client.patch(f"/api/v1/projects/{project.slug}/", {"initial_weights": str(outside)},
+    response = project_admin_client.patch(f"/api/v1/projects/{project.slug}/", {"initial_weights": str(outside)},
                                      format="json")
     assert response.status_code == 400 and response.json()["errors"][0]["field"] == "initial_weights"
 
