@@ -10,3 +10,5 @@ urlpatterns = [
     path("labeling/", include("labeling.urls")),
     path("", include("hitl.web.urls")),
 ]
+
+handler400 = "hitl.api.errors.bad_request"

@@ -1,11 +1,11 @@
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from hitl.api import views
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
+    path("docs/", SpectacularSwaggerSplitView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
     path("predictions/", views.PredictionIngestView.as_view(), name="predictions-ingest"),
     path("projects/", views.ProjectListView.as_view(), name="projects"),
     path("projects/<slug:slug>/", views.ProjectDetailView.as_view(), name="project"),

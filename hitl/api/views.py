@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from django.http import FileResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -16,7 +14,7 @@ from rest_framework.views import APIView
 
 from hitl import selectors
 from hitl.api import serializers as s
-from hitl.api.parsers import LenientJSONParser
+from hitl.api.parsers import StrictJSONParser, json_document, query_id
 from hitl.api.permissions import IsDeployment, IsOperator, IsReviewer
 from hitl.errors import InvalidInput
 from hitl.media import image_response
@@ -37,7 +35,7 @@ class PredictionIngestView(APIView):
     """Bulk prediction ingestion for deployments (all-or-nothing)."""
 
     permission_classes = [IsDeployment]
-    parser_classes = [LenientJSONParser, MultiPartParser]
+    parser_classes = [StrictJSONParser, MultiPartParser]
 
     @extend_schema(
         request={"application/json": {"type": "object", "properties": {
@@ -57,10 +55,7 @@ class PredictionIngestView(APIView):
         payload = request.data
         if request.content_type.startswith("multipart/"):
             uploads = request.FILES
-            try:
-                payload = json.loads(request.data.get("payload", ""))
-            except json.JSONDecodeError as exc:
-                raise InvalidInput.single("payload", f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+            payload = json_document(request.data.get("payload", ""), field="payload")
         result = predictions_ingest(deployment=request.user, payload=payload, uploads=uploads)
         return Response(
             {"model_version": result.model_version.name, "created": result.created,
@@ -81,7 +76,7 @@ class ProjectListView(generics.ListAPIView):
 class ProjectDetailView(APIView):
     """A project (GET); staff change its settings (PATCH): strategy, batch size, audit share, ..."""
 
-    parser_classes = [LenientJSONParser]
+    parser_classes = [StrictJSONParser]
 
     def get_permissions(self):
         return [IsOperator()] if self.request.method == "PATCH" else [IsReviewer()]
@@ -145,13 +140,10 @@ class PredictionListView(generics.ListAPIView):
     pagination_class = ById
 
     def get_queryset(self):
-        item = self.request.query_params.get("item")
-        if item is not None and not (item.isascii() and item.isdecimal()):
-            raise InvalidInput.single("item", "must be an item id")
         return selectors.predictions_list(
             selectors.project_get(self.kwargs["slug"]),
             model_version=self.request.query_params.get("model_version"),
-            item_id=int(item) if item is not None else None,
+            item_id=query_id(self.request.query_params, "item"),
         )
 
 
