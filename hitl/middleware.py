@@ -33,7 +33,7 @@ def _spool_chunked_body(request: HttpRequest, limit: int) -> HttpResponse | None
     """Read a body sent without Content-Length (chunked) into a spooled file, at most ``limit``
     bytes, and give the request a Content-Length: Django and DRF read such a body as empty."""
     source = request.META["wsgi.input"]
-    # noqa: the request reads it after this returns; it is closed when the request is collected
+    # not a context manager: the request reads it after this returns (closed when collected)
     spool = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE)  # noqa: SIM115
     size = 0
     while chunk := source.read(min(CHUNK_BYTES, limit + 1 - size)):
