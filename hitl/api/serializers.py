@@ -36,7 +36,7 @@ class ArtifactSerializer(serializers.ModelSerializer):
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    parent = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     artifacts = ArtifactSerializer(many=True, read_only=True)
     training_label_count = serializers.IntegerField(read_only=True)
 
@@ -65,7 +65,7 @@ class ItemSerializer(serializers.ModelSerializer):
 
 class PredictionSerializer(serializers.ModelSerializer):
     model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     probabilities = serializers.SerializerMethodField()
 
     class Meta:
@@ -78,8 +78,10 @@ class PredictionSerializer(serializers.ModelSerializer):
 
 
 class ReviewTaskSerializer(serializers.ModelSerializer):
-    predicted_label = serializers.CharField(source="prediction.predicted_label", default=None)
-    confidence = serializers.FloatField(source="prediction.confidence", default=None)
+    predicted_label = serializers.CharField(source="prediction.predicted_label", default=None, allow_null=True,
+                                            read_only=True)
+    confidence = serializers.FloatField(source="prediction.confidence", default=None, allow_null=True,
+                                        read_only=True)
     image_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -92,7 +94,7 @@ class ReviewTaskSerializer(serializers.ModelSerializer):
 
 
 class ReviewBatchSerializer(serializers.ModelSerializer):
-    model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    model_version = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     tasks = serializers.IntegerField(source="tasks.count", read_only=True)
 
     class Meta:
@@ -131,8 +133,8 @@ class SnapshotSerializer(serializers.ModelSerializer):
 
 
 class CycleSerializer(serializers.ModelSerializer):
-    base_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    candidate_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    base_version = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    candidate_version = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     snapshots = SnapshotSerializer(many=True, read_only=True)
 
     class Meta:
@@ -158,3 +160,32 @@ class IngestResultSerializer(serializers.Serializer):
     duplicates = serializers.IntegerField()
     items_created = serializers.IntegerField()
     item_ids = serializers.ListField(child=serializers.IntegerField())
+
+
+class TrustHistorySerializer(serializers.Serializer):
+    verified = serializers.BooleanField()
+    problem = serializers.CharField(allow_blank=True)
+    first_bad_sequence = serializers.IntegerField(allow_null=True)
+    head_hash = serializers.CharField(allow_null=True)
+    events = TrustEventSerializer(many=True)
+
+
+class AccuracyEstimateSerializer(serializers.Serializer):
+    model_version = serializers.CharField()
+    n = serializers.IntegerField()
+    correct = serializers.IntegerField()
+    accuracy = serializers.FloatField()
+    low = serializers.FloatField(help_text="95% Wilson interval")
+    high = serializers.FloatField()
+
+
+class FieldErrorSerializer(serializers.Serializer):
+    field = serializers.CharField(allow_blank=True, help_text="where the fault is, e.g. predictions[3].probabilities")
+    message = serializers.CharField(help_text="what to fix")
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every 4xx answer (hitl.api.errors)."""
+
+    detail = serializers.CharField()
+    errors = FieldErrorSerializer(many=True)

@@ -241,7 +241,7 @@ class AuditAccuracyView(APIView):
 
     permission_classes = [IsReviewer]
 
-    @extend_schema(responses={200: {"type": "array", "items": {"type": "object"}}})
+    @extend_schema(responses=s.AccuracyEstimateSerializer(many=True))
     def get(self, request: Request, slug: str) -> Response:
         return Response([vars(e) for e in selectors.audit_accuracy(selectors.project_get(slug))])
 
@@ -249,7 +249,7 @@ class AuditAccuracyView(APIView):
 class TrustHistoryView(APIView):
     permission_classes = [IsReviewer]
 
-    @extend_schema(responses={200: {"type": "object"}})
+    @extend_schema(responses=s.TrustHistorySerializer)
     def get(self, request: Request, slug: str) -> Response:
         project = selectors.project_get(slug)
         check = trust_verify(project_id=project.id)
