@@ -12,3 +12,4 @@ urlpatterns = [
 ]
 
 handler400 = "hitl.api.errors.bad_request"
+handler404 = "hitl.api.errors.not_found"

@@ -11,7 +11,8 @@ from django.core.exceptions import (
     TooManyFieldsSent,
     TooManyFilesSent,
 )
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -69,6 +70,13 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Jso
     files, a suspicious header) in the error shape, with the status the fault deserves."""
     response = request_body_error(exception) if exception is not None else None
     return response or json_error(400, "", str(exception) or "bad request")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: the API and the labeling endpoints answer in the error shape; pages in HTML."""
+    if request.path.startswith(("/api/", "/labeling/")):
+        return json_error(404, "", "not found: no such endpoint or object")
+    return defaults.page_not_found(request, exception)
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
