@@ -6,6 +6,7 @@ point at real objects most of the time, so the fuzzer gets past the 404s."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 import zlib
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from hitl.services.cycles import cycle_request
 from hitl.services.selection import review_batch_request, review_batch_select
 
 pytestmark = [pytest.mark.django_db, pytest.mark.fuzz]
-MAX_EXAMPLES = 12  # per operation and credential: the whole run stays within a few minutes on 2 cores
+MAX_EXAMPLES = int(os.environ.get("HITL_FUZZ_EXAMPLES", "12"))  # per operation and credential: the whole run stays within a few minutes on 2 cores
 CHECKS = [schemathesis.checks.not_a_server_error, status_code_conformance, content_type_conformance,
           response_headers_conformance, response_schema_conformance]
 
