@@ -1,9 +1,10 @@
 """Request policies that hold for every endpoint (API, web forms, the labeling webhook, admin).
 
-- ``RequestBodyLimitMiddleware``: a body declared larger than HITL_MAX_REQUEST_BYTES gets a 413
-  before a byte of it is read; a body without Content-Length (chunked) is read at most up to the
-  limit (one byte more gets a 413); a NUL in a query parameter or header, or a malformed Content-Length, gets a 400; too many
-  multipart files or fields get a 400 naming the setting. All answers are JSON.
+- ``RequestBodyLimitMiddleware``: a body declared larger than HITL_MAX_REQUEST_BYTES gets a
+  413 before a byte of it is read; a body without Content-Length (chunked) is read at most up to
+  the limit (one byte more gets a 413); a NUL in a query parameter or header, or a malformed
+  Content-Length, gets a 400; too many multipart files or fields get a 400 naming the setting.
+  All answers are JSON.
 - ``LoginThrottleMiddleware``: failed sign-ins at the web and admin login are counted in the shared
   cache per (username, client address) and per client address; past the limit, a 429 with
   Retry-After until the window has passed.
@@ -40,7 +41,9 @@ def _spool_chunked_body(request: HttpRequest, limit: int) -> HttpResponse | None
         size += len(chunk)
         if size > limit:
             spool.close()
-            return json_error(413, "body", f"the body is over the limit of {limit} bytes (HITL_MAX_REQUEST_BYTES)")
+            return json_error(
+                413, "body", f"the body is over the limit of {limit} bytes (HITL_MAX_REQUEST_BYTES)"
+            )
         spool.write(chunk)
     spool.seek(0)
     request.META["CONTENT_LENGTH"] = str(size)
@@ -56,8 +59,10 @@ class RequestBodyLimitMiddleware:
         refusal = self._refusal(request)
         if refusal is not None:
             return refusal
-        if not request.META.get("CONTENT_LENGTH") and "chunked" in request.META.get(
-                "HTTP_TRANSFER_ENCODING", "").lower():
+        if (
+            not request.META.get("CONTENT_LENGTH")
+            and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower()
+        ):
             refusal = _spool_chunked_body(request, settings.HITL_MAX_REQUEST_BYTES)
             if refusal is not None:
                 return refusal
@@ -73,18 +78,26 @@ class RequestBodyLimitMiddleware:
         if declared and not (declared.isascii() and declared.isdecimal()):
             return json_error(400, "Content-Length", "must be a whole number of bytes")
         if declared and int(declared) > limit:
-            return json_error(413, "body", f"the body is {int(declared)} bytes; the limit is {limit} bytes "
-                                           "(HITL_MAX_REQUEST_BYTES)")
+            return json_error(
+                413,
+                "body",
+                f"the body is {int(declared)} bytes; the limit is {limit} bytes "
+                "(HITL_MAX_REQUEST_BYTES)",
+            )
         for key, value in request.META.items():
             if key.startswith("HTTP_") and isinstance(value, str) and "\x00" in value:
-                return json_error(400, key[5:].replace("_", "-").title(), "contains a NUL character; remove it")
+                return json_error(
+                    400, key[5:].replace("_", "-").title(), "contains a NUL character; remove it"
+                )
         try:
             parameters = list(request.GET.lists())
         except TooManyFieldsSent as exc:
             return request_body_error(exc)
         for name, values in parameters:
             if "\x00" in name or any("\x00" in v for v in values):
-                return json_error(400, name.replace("\x00", "\\x00"), "contains a NUL character; remove it")
+                return json_error(
+                    400, name.replace("\x00", "\\x00"), "contains a NUL character; remove it"
+                )
         return None
 
 
@@ -95,13 +108,18 @@ class LoginThrottleMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        if request.method != "POST" or request.path not in {reverse("login"), reverse("admin:login")}:
+        if request.method != "POST" or request.path not in {
+            reverse("login"),
+            reverse("admin:login"),
+        }:
             return self.get_response(request)
         keys = self._keys(request)
         limits = settings.HITL_LOGIN_FAILURE_LIMITS
         window = settings.HITL_LOGIN_WINDOW_SECONDS
         if any((cache.get(key) or 0) >= limit for key, limit in zip(keys, limits)):
-            response = json_error(429, "username", f"too many failed sign-ins; try again in {window} seconds")
+            response = json_error(
+                429, "username", f"too many failed sign-ins; try again in {window} seconds"
+            )
             response["Retry-After"] = str(window)
             return response
         response = self.get_response(request)
@@ -134,5 +152,7 @@ class ContentSecurityPolicyMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
         if settings.HITL_CONTENT_SECURITY_POLICY:
-            response.headers.setdefault("Content-Security-Policy", settings.HITL_CONTENT_SECURITY_POLICY)
+            response.headers.setdefault(
+                "Content-Security-Policy", settings.HITL_CONTENT_SECURITY_POLICY
+            )
         return response

@@ -41,7 +41,7 @@ def env_number(name: str, default: float, cast: type = int) -> float:
 
 
 DEBUG = env_bool("HITL_DEBUG", False)
-# Production mode: HTTPS only (HSTS, redirect, secure cookies), and no start with DEBUG or a weak key.
+# Production mode: HTTPS only (HSTS, redirect, secure cookies); no start with DEBUG or a weak key.
 PRODUCTION = env_bool("HITL_PRODUCTION", False)
 ALLOWED_HOSTS = [h for h in env_str("HITL_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("HITL_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
@@ -61,9 +61,9 @@ SESSION_COOKIE_HTTPONLY = True
 # inline (the page templates carry a <style> block); nothing may frame hitl.
 HITL_CONTENT_SECURITY_POLICY = env_str(
     "HITL_CONTENT_SECURITY_POLICY",
-    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
-    "font-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'",
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
 )
 
 DATA_DIR = Path(env_str("HITL_DATA_DIR", str(BASE_DIR / "var"))).resolve()
@@ -106,13 +106,13 @@ def _refuse_unsafe_production() -> None:
     if not PRODUCTION:
         return
     if DEBUG:
-        raise ImproperlyConfigured("HITL_PRODUCTION=true with HITL_DEBUG=true: debug pages leak settings; "
-                                   "unset HITL_DEBUG")
+        raise ImproperlyConfigured(
+            "HITL_PRODUCTION=true with HITL_DEBUG=true: debug pages leak settings; unset HITL_DEBUG")
     key = env_str("HITL_SECRET_KEY", "")
     if len(key) < 50 or len(set(key)) < 5 or key.startswith("django-insecure-"):
         raise ImproperlyConfigured(
-            "HITL_PRODUCTION=true needs HITL_SECRET_KEY: at least 50 characters, 5 of them different, "
-            "e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+            "HITL_PRODUCTION=true needs HITL_SECRET_KEY: at least 50 characters, 5 of them "
+            "different, e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))'"
         )
 
 
@@ -211,7 +211,7 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 
-# One body limit for every endpoint (hitl.middleware.RequestBodyLimitMiddleware), multipart included.
+# One body limit for every endpoint, multipart included (hitl.middleware).
 HITL_MAX_REQUEST_BYTES = int(env_number("HITL_MAX_REQUEST_BYTES", 128 * 1024 * 1024))
 HITL_MAX_JSON_DEPTH = int(env_number("HITL_MAX_JSON_DEPTH", 32))
 DATA_UPLOAD_MAX_MEMORY_SIZE = HITL_MAX_REQUEST_BYTES
@@ -290,14 +290,16 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
 # --- abuse limits ---
 # Throttles (hitl.api.throttles) and the login lockout count in this cache: Redis, shared by every
 # web process, when the broker is Redis; else this process's memory.
-HITL_CACHE_URL = env_str("HITL_CACHE_URL", CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
-                         else "locmem://")
+_BROKER_IS_REDIS = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+HITL_CACHE_URL = env_str("HITL_CACHE_URL", CELERY_BROKER_URL if _BROKER_IS_REDIS else "locmem://")
+# Several hitl installations (and test databases) may share one Redis: keys carry a prefix.
+_CACHE_PREFIX = env_str("HITL_CACHE_PREFIX", f"{HITL_QUEUE_PREFIX}:{DATABASES['default']['NAME']}")
 CACHES = {
     "default": (
-        {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"} if HITL_CACHE_URL == "locmem://" else
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": HITL_CACHE_URL,
-         # several hitl installations (and test databases) may share one Redis
-         "KEY_PREFIX": env_str("HITL_CACHE_PREFIX", f"{HITL_QUEUE_PREFIX}:{DATABASES['default']['NAME']}")}
+        {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+        if HITL_CACHE_URL == "locmem://"
+        else {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": HITL_CACHE_URL,
+              "KEY_PREFIX": _CACHE_PREFIX}
     )
 }
 # Requests per period for each kind of caller (DRF rate syntax: N/second|minute|hour|day).

@@ -47,21 +47,23 @@ def error_response(errors: list[FieldError], code: int) -> Response:
 
 def json_error(code: int, field: str, message: str) -> JsonResponse:
     """The same error shape for plain Django views and middleware."""
-    error = FieldError(field, message)
-    return JsonResponse({"detail": str(error), "errors": [{"field": field, "message": message}]}, status=code)
+    detail = str(FieldError(field, message))
+    return JsonResponse({"detail": detail, "errors": [{"field": field, "message": message}]}, status=code)
 
 
 def request_body_error(exc: Exception) -> JsonResponse | None:
     """The JSON answer for Django's own body-size and multipart-count errors (None: not one)."""
     if isinstance(exc, RequestDataTooBig):
         limit = settings.HITL_MAX_REQUEST_BYTES
-        return json_error(413, "body", f"the body is over the limit of {limit} bytes (HITL_MAX_REQUEST_BYTES)")
+        return json_error(413, "body", f"the body is over the limit of {limit} bytes "
+                                       "(HITL_MAX_REQUEST_BYTES)")
     if isinstance(exc, TooManyFilesSent):
-        return json_error(400, "body", f"more than {settings.DATA_UPLOAD_MAX_NUMBER_FILES} files in one request "
+        most = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+        return json_error(400, "body", f"more than {most} files in one request "
                                        "(HITL_MAX_UPLOAD_FILES); send fewer")
     if isinstance(exc, TooManyFieldsSent):
-        return json_error(400, "body", f"more than {settings.DATA_UPLOAD_MAX_NUMBER_FIELDS} fields in one request; "
-                                       "send fewer")
+        most = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return json_error(400, "body", f"more than {most} fields in one request; send fewer")
     return None
 
 

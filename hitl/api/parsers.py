@@ -46,12 +46,14 @@ def _parse_int(text: str) -> int | _Refused:
 def _parse_float(text: str) -> float | _Refused:
     value = float(text)
     if not math.isfinite(value):
-        return _Refused("is a number too large for a float (NaN or infinity after parsing); send a finite number")
+        return _Refused("is too large for a float (it would become infinity); send a finite number")
     return value
 
 
 def _parse_constant(text: str) -> _Refused:
-    return _Refused(f"is {text}: NaN or infinity is not a number hitl accepts; send a finite number")
+    return _Refused(
+        f"is {text}: NaN or infinity is not a number hitl accepts; send a finite number"
+    )
 
 
 def _object(pairs: list[tuple[str, Any]]) -> dict | _Refused:
@@ -64,7 +66,11 @@ def _object(pairs: list[tuple[str, Any]]) -> dict | _Refused:
 
 
 def _describe(text: str) -> str:
-    return "a NUL character" if "\x00" in text else "a lone surrogate (an unpaired \\ud800-\\udfff escape)"
+    return (
+        "a NUL character"
+        if "\x00" in text
+        else "a lone surrogate (an unpaired \\ud800-\\udfff escape)"
+    )
 
 
 def _field(path: str, key: str | int) -> str:
@@ -87,11 +93,15 @@ def _check(document: Any, *, field: str, max_depth: int) -> None:
         if not isinstance(value, (dict, list)):
             continue
         if depth >= max_depth:
-            raise InvalidInput.single(path or "body", f"nests deeper than {max_depth} levels (HITL_MAX_JSON_DEPTH)")
+            raise InvalidInput.single(
+                path or "body", f"nests deeper than {max_depth} levels (HITL_MAX_JSON_DEPTH)"
+            )
         if isinstance(value, dict):
             for key, child in value.items():
                 if _FORBIDDEN_CHARACTERS.search(key):
-                    raise InvalidInput.single(_field(path, "<key>"), f"a key contains {_describe(key)}; remove it")
+                    raise InvalidInput.single(
+                        _field(path, "<key>"), f"a key contains {_describe(key)}; remove it"
+                    )
                 stack.append((child, _field(path, key), depth + 1))
         else:
             stack.extend((child, _field(path, i), depth + 1) for i, child in enumerate(value))
@@ -106,14 +116,21 @@ def json_document(raw: bytes | str, *, field: str = "") -> Any:
         except UnicodeDecodeError:
             raise InvalidInput.single(what, "malformed JSON: the body is not UTF-8") from None
     try:
-        document = json.loads(raw, object_pairs_hook=_object, parse_int=_parse_int,
-                              parse_float=_parse_float, parse_constant=_parse_constant)
+        document = json.loads(
+            raw,
+            object_pairs_hook=_object,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=_parse_constant,
+        )
     except RecursionError:  # the C scanner stops at the interpreter's recursion limit, quickly
         raise InvalidInput.single(
-            what, f"nests deeper than {settings.HITL_MAX_JSON_DEPTH} levels (HITL_MAX_JSON_DEPTH)") from None
+            what, f"nests deeper than {settings.HITL_MAX_JSON_DEPTH} levels (HITL_MAX_JSON_DEPTH)"
+        ) from None
     except json.JSONDecodeError as exc:
         raise InvalidInput.single(
-            what, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+            what, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     _check(document, field=field, max_depth=settings.HITL_MAX_JSON_DEPTH)
     return document
 
@@ -138,6 +155,8 @@ class StrictJSONParser(BaseParser):
 
     media_type = "application/json"
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+    def parse(
+        self, stream: Any, media_type: str | None = None, parser_context: dict | None = None
+    ) -> Any:
         # InvalidInput passes through DRF's request.data to the exception handler, field and all.
         return json_document(stream.read() if stream is not None else b"")

@@ -30,8 +30,12 @@ class DeploymentTokenScheme(OpenApiAuthenticationExtension):
     name = "deploymentToken"
 
     def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, Any]:
-        return {"type": "apiKey", "in": "header", "name": "Authorization",
-                "description": "a deployment's token: `Deployment <token>`"}
+        return {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "a deployment's token: `Deployment <token>`",
+        }
 
 
 class HitlAutoSchema(AutoSchema):
@@ -41,5 +45,8 @@ class HitlAutoSchema(AutoSchema):
         for code, description in errors.items():
             if code not in responses:
                 responses[code] = self._get_response_for_code(
-                    OpenApiResponse(ErrorSerializer, description=description), code, direction=direction)
+                    OpenApiResponse(ErrorSerializer, description=description),
+                    code,
+                    direction=direction,
+                )
         return responses

@@ -180,7 +180,7 @@ class AccuracyEstimateSerializer(serializers.Serializer):
 
 
 class FieldErrorSerializer(serializers.Serializer):
-    field = serializers.CharField(allow_blank=True, help_text="where the fault is, e.g. predictions[3].probabilities")
+    field = serializers.CharField(allow_blank=True, help_text="where, e.g. predictions[3].probabilities")
     message = serializers.CharField(help_text="what to fix")
 
 

@@ -27,7 +27,9 @@ class _SettingsRateThrottle(SimpleRateThrottle):
         try:
             return super().allow_request(request, view)
         except Exception:
-            logger.exception("throttle %s: the cache is unreachable; request let through", self.scope)
+            logger.exception(
+                "throttle %s: the cache is unreachable; request let through", self.scope
+            )
             return True
 
     def caller(self, request: Request) -> str | None:

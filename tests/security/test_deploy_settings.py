@@ -21,31 +21,51 @@ django.setup()
 from django.test import Client
 client = Client()
 out = {}
-for name, url, extra in [("login", "/login/", {"secure": True}), ("docs", "/api/v1/docs/", {"secure": True}),
-                         ("admin", "/admin/login/", {"secure": True}), ("plain_http", "/login/", {}),
-                         ("proxied", "/login/", {"HTTP_X_FORWARDED_PROTO": "https"})]:
+PAGES = [
+    ("login", "/login/", {"secure": True}),
+    ("docs", "/api/v1/docs/", {"secure": True}),
+    ("admin", "/admin/login/", {"secure": True}),
+    ("plain_http", "/login/", {}),
+    ("proxied", "/login/", {"HTTP_X_FORWARDED_PROTO": "https"}),
+]
+for name, url, extra in PAGES:
     r = client.get(url, **extra)
-    out[name] = {"status": r.status_code, "headers": dict(r.headers), "location": r.get("Location", ""),
-                 "cookies": {k: {"secure": bool(v["secure"]), "httponly": bool(v["httponly"])}
-                             for k, v in r.cookies.items()},
-                 "body": r.content.decode(errors="replace") if r.status_code == 200 else ""}
+    cookies = {k: {"secure": bool(v["secure"])} for k, v in r.cookies.items()}
+    body = r.content.decode(errors="replace") if r.status_code == 200 else ""
+    out[name] = {"status": r.status_code, "headers": dict(r.headers), "cookies": cookies,
+                 "location": r.get("Location", ""), "body": body}
 print(json.dumps(out))
 """
 
 
 def run(tmp_path: Path, args: list[str], **env: str) -> subprocess.CompletedProcess:
-    base = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root"), "HITL_DATA_DIR": str(tmp_path),
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "CELERY_BROKER_URL": "filesystem://",
-            "HITL_ALLOWED_HOSTS": "hitl.example.com,testserver", "DJANGO_SETTINGS_MODULE": "hitl.settings"}
-    return subprocess.run([sys.executable, *args], env={**base, **env}, cwd=settings.BASE_DIR,
-                          capture_output=True, text=True, timeout=120)
+    base = {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/root"),
+        "HITL_DATA_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "CELERY_BROKER_URL": "filesystem://",
+        "HITL_ALLOWED_HOSTS": "hitl.example.com,testserver",
+        "DJANGO_SETTINGS_MODULE": "hitl.settings",
+    }
+    return subprocess.run(  # the caller asserts on the exit status
+        [sys.executable, *args],
+        check=False,
+        env={**base, **env},
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 PRODUCTION = {"HITL_PRODUCTION": "true", "HITL_SECRET_KEY": STRONG_KEY}
 
 
 def test_check_deploy_passes_with_no_warning_in_production_mode(tmp_path) -> None:
-    result = run(tmp_path, ["manage.py", "check", "--deploy", "--fail-level", "WARNING"], **PRODUCTION)
+    result = run(
+        tmp_path, ["manage.py", "check", "--deploy", "--fail-level", "WARNING"], **PRODUCTION
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues" in result.stdout
     assert "WARNING" not in result.stdout + result.stderr
@@ -53,15 +73,20 @@ def test_check_deploy_passes_with_no_warning_in_production_mode(tmp_path) -> Non
 
 def test_check_deploy_warns_outside_production_mode(tmp_path) -> None:
     """The check above can fail: the same command without production mode reports the gaps."""
-    result = run(tmp_path, ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-                 HITL_SECRET_KEY=STRONG_KEY)
+    result = run(
+        tmp_path,
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        HITL_SECRET_KEY=STRONG_KEY,
+    )
     assert result.returncode != 0
     assert "security.W004" in result.stderr and "security.W008" in result.stderr
 
 
 @pytest.fixture(scope="module")
 def production_pages(tmp_path_factory) -> dict:
-    result = run(tmp_path_factory.mktemp("prod"), ["-c", PROBE], **PRODUCTION, HITL_BEHIND_TLS_PROXY="true")
+    result = run(
+        tmp_path_factory.mktemp("prod"), ["-c", PROBE], **PRODUCTION, HITL_BEHIND_TLS_PROXY="true"
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -73,7 +98,9 @@ def test_security_headers_on_every_page(production_pages, page) -> None:
     assert response["status"] == 200
     assert headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains"
     csp = headers["Content-Security-Policy"]
-    assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp and "unsafe-eval" not in csp
+    assert (
+        "script-src 'self';" in csp and "frame-ancestors 'none'" in csp and "unsafe-eval" not in csp
+    )
     assert headers["X-Frame-Options"] == "DENY"
     assert headers["Referrer-Policy"] == "same-origin"
     assert headers["X-Content-Type-Options"] == "nosniff"
@@ -84,7 +111,10 @@ def test_pages_work_under_the_policy(production_pages) -> None:
     for page in ("login", "docs", "admin"):
         body = production_pages[page]["body"]
         scripts = body.split("<script")[1:]
-        assert all(" src=" in tag.split(">")[0] or "application/json" in tag.split(">")[0] for tag in scripts), page
+        assert all(
+            " src=" in tag.split(">")[0] or "application/json" in tag.split(">")[0]
+            for tag in scripts
+        ), page
     assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in production_pages["docs"]["body"]
 
 
@@ -95,13 +125,16 @@ def test_cookies_are_secure_and_http_redirects_to_https(production_pages) -> Non
     assert production_pages["proxied"]["status"] == 200  # X-Forwarded-Proto from the TLS proxy
 
 
-@pytest.mark.parametrize(("env", "words"), [
-    ({"HITL_DEBUG": "true"}, "HITL_DEBUG"),
-    ({"HITL_SECRET_KEY": ""}, "HITL_SECRET_KEY"),
-    ({"HITL_SECRET_KEY": "short-key"}, "at least 50 characters"),
-    ({"HITL_SECRET_KEY": "ab" * 40}, "5 of them different"),
-    ({"HITL_SECRET_KEY": "django-insecure-" + STRONG_KEY}, "HITL_SECRET_KEY"),
-])
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"HITL_DEBUG": "true"}, "HITL_DEBUG"),
+        ({"HITL_SECRET_KEY": ""}, "HITL_SECRET_KEY"),
+        ({"HITL_SECRET_KEY": "short-key"}, "at least 50 characters"),
+        ({"HITL_SECRET_KEY": "ab" * 40}, "5 of them different"),
+        ({"HITL_SECRET_KEY": "django-insecure-" + STRONG_KEY}, "HITL_SECRET_KEY"),
+    ],
+)
 def test_production_mode_refuses_an_unsafe_configuration(tmp_path, env, words) -> None:
     result = run(tmp_path, ["manage.py", "check"], **{**PRODUCTION, **env})
     assert result.returncode != 0
@@ -109,9 +142,17 @@ def test_production_mode_refuses_an_unsafe_configuration(tmp_path, env, words) -
 
 
 def test_secure_cookies_alone_still_works(tmp_path) -> None:
-    result = run(tmp_path, ["-c", "import django; django.setup(); from django.conf import settings as s; "
-                                  "print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_SSL_REDIRECT)"],
-                 HITL_SECURE_COOKIES="true")
+    result = run(
+        tmp_path,
+        [
+            "-c",
+            (
+                "import django; django.setup(); from django.conf import settings as s; "
+                "print(s.SESSION_COOKIE_SECURE, s.CSRF_COOKIE_SECURE, s.SECURE_SSL_REDIRECT)"
+            ),
+        ],
+        HITL_SECURE_COOKIES="true",
+    )
     assert result.stdout.split() == ["True", "True", "False"], result.stderr
 
 

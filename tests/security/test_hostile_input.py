@@ -54,13 +54,17 @@ def assert_nothing_stored() -> None:
 
 # --- strings: NUL and lone surrogates, in values and keys ---------------------------------------
 
-@pytest.mark.parametrize("fragment", [
-    r'[0.1, 0.9], "predicted_label": "co\u0000at"',
-    r'[0.1, 0.9], "predicted_label": "\ud800"',
-    r'[0.1, 0.9], "predicted_label": "\udfff tail"',
-    r'[0.1, 0.9], "bad\u0000key": 1',
-    r'[0.1, 0.9], "\udc00": 1',
-])
+
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        r'[0.1, 0.9], "predicted_label": "co\u0000at"',
+        r'[0.1, 0.9], "predicted_label": "\ud800"',
+        r'[0.1, 0.9], "predicted_label": "\udfff tail"',
+        r'[0.1, 0.9], "bad\u0000key": 1',
+        r'[0.1, 0.9], "\udc00": 1',
+    ],
+)
 def test_nul_and_lone_surrogates_are_refused_naming_the_field(ingest_text, fragment) -> None:
     response = ingest_text(fragment)
     assert response.status_code == 400
@@ -70,12 +74,17 @@ def test_nul_and_lone_surrogates_are_refused_naming_the_field(ingest_text, fragm
     assert_nothing_stored()
 
 
-def test_nul_in_a_label_value_and_a_project_setting(reviewer_client, operator_client, project, ingest) -> None:
+def test_nul_in_a_label_value_and_a_project_setting(
+    reviewer_client, operator_client, project, ingest
+) -> None:
     item_id = ingest(range(2)).item_ids[0]
-    response = raw_post(reviewer_client, f"/api/v1/items/{item_id}/labels/", r'{"value": "coat\u0000"}')
+    response = raw_post(
+        reviewer_client, f"/api/v1/items/{item_id}/labels/", r'{"value": "coat\u0000"}'
+    )
     assert response.status_code == 400 and errors_of(response)[0][0] == "value"
-    response = operator_client.patch(f"/api/v1/projects/{project.slug}/", r'{"name": "x\ud83d"}',
-                                     content_type="application/json")
+    response = operator_client.patch(
+        f"/api/v1/projects/{project.slug}/", r'{"name": "x\ud83d"}', content_type="application/json"
+    )
     assert response.status_code == 400 and errors_of(response)[0][0] == "name"
     assert Label.objects.count() == 0
 
@@ -83,23 +92,34 @@ def test_nul_in_a_label_value_and_a_project_setting(reviewer_client, operator_cl
 def test_paired_surrogate_escapes_are_ordinary_text(reviewer_client, ingest) -> None:
     """\\ud83d\\ude00 is one emoji, not a lone surrogate: it reaches validation (unknown label)."""
     item_id = ingest(range(1)).item_ids[0]
-    response = raw_post(reviewer_client, f"/api/v1/items/{item_id}/labels/", r'{"value": "\ud83d\ude00"}')
+    response = raw_post(
+        reviewer_client, f"/api/v1/items/{item_id}/labels/", r'{"value": "\ud83d\ude00"}'
+    )
     assert response.status_code == 400
     assert "unknown label" in errors_of(response)[0][1] or "not one of" in errors_of(response)[0][1]
 
 
 # --- numbers: NaN, infinity, overflow, integers beyond 64 bits ----------------------------------
 
-@pytest.mark.parametrize(("fragment", "words"), [
-    ("[NaN, 0.9]", "NaN"),
-    ("[Infinity, 0.9]", "infinity"),
-    ("[-Infinity, 0.9]", "infinity"),
-    ("[1e400, 0.9]", "too large"),
-    ("[-1e999, 0.9]", "too large"),
-    ("[1" + "0" * 5000 + ", 0.9]", "64-bit"),  # Python's int() refuses > 4300 digits: a 500 before
-    ("[18446744073709551616, 0.9]", "64-bit"),
-])
-def test_non_finite_and_overflowing_numbers_are_refused_naming_the_element(ingest_text, fragment, words) -> None:
+
+@pytest.mark.parametrize(
+    ("fragment", "words"),
+    [
+        ("[NaN, 0.9]", "NaN"),
+        ("[Infinity, 0.9]", "infinity"),
+        ("[-Infinity, 0.9]", "infinity"),
+        ("[1e400, 0.9]", "too large"),
+        ("[-1e999, 0.9]", "too large"),
+        (
+            "[1" + "0" * 5000 + ", 0.9]",
+            "64-bit",
+        ),  # Python's int() refuses > 4300 digits: a 500 before
+        ("[18446744073709551616, 0.9]", "64-bit"),
+    ],
+)
+def test_non_finite_and_overflowing_numbers_are_refused_naming_the_element(
+    ingest_text, fragment, words
+) -> None:
     response = ingest_text(fragment)
     assert response.status_code == 400
     (field, message), *_ = errors_of(response)
@@ -108,29 +128,41 @@ def test_non_finite_and_overflowing_numbers_are_refused_naming_the_element(inges
     assert_nothing_stored()
 
 
-@pytest.mark.parametrize("body", [
-    '{"batch_size": 99999999999999999999}',
-    '{"audit_fraction": NaN}',
-    '{"holdout_fraction": Infinity}',
-    '{"train_config": {"learning_rate": 1e999}}',
-])
-def test_project_settings_never_store_overflow_or_non_finite(operator_client, project, body) -> None:
-    response = operator_client.patch(f"/api/v1/projects/{project.slug}/", body, content_type="application/json")
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"batch_size": 99999999999999999999}',
+        '{"audit_fraction": NaN}',
+        '{"holdout_fraction": Infinity}',
+        '{"train_config": {"learning_rate": 1e999}}',
+    ],
+)
+def test_project_settings_never_store_overflow_or_non_finite(
+    operator_client, project, body
+) -> None:
+    response = operator_client.patch(
+        f"/api/v1/projects/{project.slug}/", body, content_type="application/json"
+    )
     assert response.status_code == 400
     field = errors_of(response)[0][0]
-    assert field.split(".")[0] == next(iter(json.loads(body.replace("NaN", "0").replace("Infinity", "0")
-                                                     .replace("1e999", "0"))))
+    assert field.split(".")[0] == next(
+        iter(json.loads(body.replace("NaN", "0").replace("Infinity", "0").replace("1e999", "0")))
+    )
 
 
 def test_review_task_id_beyond_64_bits(reviewer_client, ingest) -> None:
     item_id = ingest(range(1)).item_ids[0]
-    response = raw_post(reviewer_client, f"/api/v1/items/{item_id}/labels/",
-                        '{"value": "coat", "review_task": 99999999999999999999}')
+    response = raw_post(
+        reviewer_client,
+        f"/api/v1/items/{item_id}/labels/",
+        '{"value": "coat", "review_task": 99999999999999999999}',
+    )
     assert response.status_code == 400 and errors_of(response)[0][0] == "review_task"
     assert Label.objects.count() == 0
 
 
 # --- structure: duplicate keys, deep nesting ----------------------------------------------------
+
 
 def test_duplicate_keys_are_refused(ingest_text) -> None:
     response = ingest_text('[0.1, 0.9], "predicted_label": "bag", "predicted_label": "coat"')
@@ -148,7 +180,9 @@ def test_duplicate_top_level_key(deployment_client) -> None:
 @pytest.mark.parametrize("depth", [33, 900, 100_000])
 def test_deep_nesting_is_refused_quickly(deployment_client, depth) -> None:
     started = time.monotonic()
-    response = raw_post(deployment_client, INGEST, '{"predictions": ' + "[" * depth + "]" * depth + "}")
+    response = raw_post(
+        deployment_client, INGEST, '{"predictions": ' + "[" * depth + "]" * depth + "}"
+    )
     assert response.status_code == 400
     assert "deeper than 32" in errors_of(response)[0][1]
     assert time.monotonic() - started < 2
@@ -162,22 +196,34 @@ def test_nesting_within_the_limit_reaches_validation(deployment_client) -> None:
 def test_multipart_payload_field_follows_the_same_policy(deployment_client, write_images) -> None:
     paths = write_images(range(1))
     payload = json.dumps({"predictions": [{"image_path": paths[0], "probabilities": [0.1] * 10}]})
-    response = deployment_client.post(INGEST, {"payload": payload.replace("0.1", "NaN", 1)}, format="multipart")
-    assert response.status_code == 400 and errors_of(response)[0][0] == "payload.predictions[0].probabilities[0]"
+    response = deployment_client.post(
+        INGEST, {"payload": payload.replace("0.1", "NaN", 1)}, format="multipart"
+    )
+    assert (
+        response.status_code == 400
+        and errors_of(response)[0][0] == "payload.predictions[0].probabilities[0]"
+    )
     response = deployment_client.post(INGEST, {"payload": '{"a": 1, "a": 2}'}, format="multipart")
     assert response.status_code == 400 and "more than once" in errors_of(response)[0][1]
 
 
 def test_webhook_body_follows_the_same_policy(client) -> None:
     headers = {WEBHOOK_HEADER: webhook_secret()}
-    for body, words in [('{"action": "ANNOTATION_CREATED", "action": "x"}', "more than once"),
-                        ('{"action": "\\u0000"}', "NUL"), ("[" * 50_000, "deeper"), ('{"n": NaN}', "NaN")]:
-        response = client.post("/labeling/webhook/", body, content_type="application/json", headers=headers)
+    for body, words in [
+        ('{"action": "ANNOTATION_CREATED", "action": "x"}', "more than once"),
+        ('{"action": "\\u0000"}', "NUL"),
+        ("[" * 50_000, "deeper"),
+        ('{"n": NaN}', "NaN"),
+    ]:
+        response = client.post(
+            "/labeling/webhook/", body, content_type="application/json", headers=headers
+        )
         assert response.status_code == 400, body[:40]
         assert words in response.json()["detail"]
 
 
 # --- sizes: a 413 before the body is read, for JSON, multipart and chunked bodies ----------------
+
 
 class UnreadableBody(io.RawIOBase):
     """A WSGI input that fails the test if anything reads the body."""
@@ -194,8 +240,14 @@ def wsgi():
     request_started.disconnect(close_old_connections)
     handler = WSGIHandler()
 
-    def call(path: str, *, content_type: str, headers: dict[str, str], body: io.RawIOBase,
-             authorization: str = "") -> tuple[int, dict[str, str], bytes]:
+    def call(
+        path: str,
+        *,
+        content_type: str,
+        headers: dict[str, str],
+        body: io.RawIOBase,
+        authorization: str = "",
+    ) -> tuple[int, dict[str, str], bytes]:
         environ = RequestFactory().generic("POST", path).environ
         environ.pop("CONTENT_LENGTH", None)
         environ["CONTENT_TYPE"] = content_type
@@ -206,7 +258,9 @@ def wsgi():
         status: list[str] = []
         started: dict[str, str] = {}
 
-        def start_response(line: str, response_headers: list[tuple[str, str]], exc_info=None) -> None:
+        def start_response(
+            line: str, response_headers: list[tuple[str, str]], exc_info=None
+        ) -> None:
             status.append(line)
             started.update(response_headers)
 
@@ -217,18 +271,28 @@ def wsgi():
     request_started.connect(close_old_connections)
 
 
-@pytest.mark.parametrize(("path", "content_type"), [
-    (INGEST, "application/json"),
-    (INGEST, "multipart/form-data; boundary=xyz"),
-    ("/labeling/webhook/", "application/json"),
-    ("/login/", "application/x-www-form-urlencoded"),
-    ("/admin/login/", "multipart/form-data; boundary=xyz"),
-    ("/api/v1/projects/any/cycles/", "application/json"),
-])
-def test_oversized_body_gets_413_before_it_is_read(wsgi, deployment_and_token, path, content_type) -> None:
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        (INGEST, "application/json"),
+        (INGEST, "multipart/form-data; boundary=xyz"),
+        ("/labeling/webhook/", "application/json"),
+        ("/login/", "application/x-www-form-urlencoded"),
+        ("/admin/login/", "multipart/form-data; boundary=xyz"),
+        ("/api/v1/projects/any/cycles/", "application/json"),
+    ],
+)
+def test_oversized_body_gets_413_before_it_is_read(
+    wsgi, deployment_and_token, path, content_type
+) -> None:
     with override_settings(HITL_MAX_REQUEST_BYTES=1000, DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
-        code, headers, content = wsgi(path, content_type=content_type, headers={"CONTENT_LENGTH": "1001"},
-                                      body=UnreadableBody(), authorization=f"Deployment {deployment_and_token[1]}")
+        code, headers, content = wsgi(
+            path,
+            content_type=content_type,
+            headers={"CONTENT_LENGTH": "1001"},
+            body=UnreadableBody(),
+            authorization=f"Deployment {deployment_and_token[1]}",
+        )
     assert code == 413
     assert headers["Content-Type"] == "application/json"
     assert "HITL_MAX_REQUEST_BYTES" in json.loads(content)["detail"]
@@ -236,8 +300,12 @@ def test_oversized_body_gets_413_before_it_is_read(wsgi, deployment_and_token, p
 
 @pytest.mark.parametrize("length", ["12abc", "-5", "１２"])
 def test_malformed_content_length_is_refused(wsgi, length) -> None:
-    code, _, content = wsgi(INGEST, content_type="application/json", headers={"CONTENT_LENGTH": length},
-                            body=UnreadableBody())
+    code, _, content = wsgi(
+        INGEST,
+        content_type="application/json",
+        headers={"CONTENT_LENGTH": length},
+        body=UnreadableBody(),
+    )
     assert code == 400 and json.loads(content)["errors"][0]["field"] == "Content-Length"
 
 
@@ -245,13 +313,25 @@ def test_chunked_body_is_cut_off_at_the_limit(wsgi, deployment_and_token) -> Non
     auth = f"Deployment {deployment_and_token[1]}"
     chunked = {"HTTP_TRANSFER_ENCODING": "chunked"}
     with override_settings(HITL_MAX_REQUEST_BYTES=1000, DATA_UPLOAD_MAX_MEMORY_SIZE=1000):
-        code, _, content = wsgi(INGEST, content_type="application/json", headers=chunked,
-                                body=io.BytesIO(b'{"predictions": [' + b" " * 5000 + b"]}"), authorization=auth)
+        code, _, content = wsgi(
+            INGEST,
+            content_type="application/json",
+            headers=chunked,
+            body=io.BytesIO(b'{"predictions": [' + b" " * 5000 + b"]}"),
+            authorization=auth,
+        )
         assert code == 413 and b"HITL_MAX_REQUEST_BYTES" in content
         # under the limit, a chunked body is read like any other (Django alone reads it as empty)
-        code, _, content = wsgi(INGEST, content_type="application/json", headers=chunked,
-                                body=io.BytesIO(b'{"predictions": [{"probabilities": NaN}]}'), authorization=auth)
-    assert code == 400 and json.loads(content)["errors"][0]["field"] == "predictions[0].probabilities"
+        code, _, content = wsgi(
+            INGEST,
+            content_type="application/json",
+            headers=chunked,
+            body=io.BytesIO(b'{"predictions": [{"probabilities": NaN}]}'),
+            authorization=auth,
+        )
+    assert (
+        code == 400 and json.loads(content)["errors"][0]["field"] == "predictions[0].probabilities"
+    )
 
 
 def test_too_many_files_and_fields_get_a_json_4xx(deployment_client, client) -> None:
@@ -269,19 +349,34 @@ def test_too_many_files_and_fields_get_a_json_4xx(deployment_client, client) -> 
 
 # --- ids and parameters in the URL -------------------------------------------------------------
 
-@pytest.mark.parametrize("path", [
-    "/api/v1/items/99999999999999999999/labels/",
-    "/api/v1/items/9223372036854775808/image",
-    "/api/v1/cycles/99999999999999999999/",
-    "/api/v1/review-batches/184467440737095516160/",
-    "/labeling/images/99999999999999999999/sig",
-])
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/items/99999999999999999999/labels/",
+        "/api/v1/items/9223372036854775808/image",
+        "/api/v1/cycles/99999999999999999999/",
+        "/api/v1/review-batches/184467440737095516160/",
+        "/labeling/images/99999999999999999999/sig",
+    ],
+)
 def test_ids_beyond_64_bits_in_the_path_are_not_found(reviewer_client, path) -> None:
     assert reviewer_client.get(path).status_code == 404
 
 
-@pytest.mark.parametrize("query", ["item=99999999999999999999", "item=-1", "item=1e3", "item=%00",
-                                   "model_version=%00v1", "split=%00", "labeled=%00", "%00=1"])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "item=99999999999999999999",
+        "item=-1",
+        "item=1e3",
+        "item=%00",
+        "model_version=%00v1",
+        "split=%00",
+        "labeled=%00",
+        "%00=1",
+    ],
+)
 def test_bad_query_parameters_get_400(reviewer_client, project, query) -> None:
     kind = "items" if query.startswith(("split", "labeled")) else "predictions"
     response = reviewer_client.get(f"/api/v1/projects/{project.slug}/{kind}/?{query}")

@@ -35,9 +35,16 @@ from hitl.services.cycles import cycle_request
 from hitl.services.selection import review_batch_request, review_batch_select
 
 pytestmark = [pytest.mark.django_db, pytest.mark.fuzz]
-MAX_EXAMPLES = int(os.environ.get("HITL_FUZZ_EXAMPLES", "12"))  # per operation and credential: the whole run stays within a few minutes on 2 cores
-CHECKS = [schemathesis.checks.not_a_server_error, status_code_conformance, content_type_conformance,
-          response_headers_conformance, response_schema_conformance]
+MAX_EXAMPLES = int(
+    os.environ.get("HITL_FUZZ_EXAMPLES", "12")
+)  # per operation and credential: the whole run stays within a few minutes on 2 cores
+CHECKS = [
+    schemathesis.checks.not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 @dataclass
@@ -55,7 +62,10 @@ PEOPLE: dict[str, dict[str, object]] = {"user": {}, "staff": {"is_staff": True}}
 CREDENTIALS: dict[str, Callable[[World], dict[str, str]]] = {
     "anonymous": lambda world: {},
     "deployment": lambda world: {"Authorization": f"Deployment {world.deployment_token}"},
-    **{name: (lambda world, name=name: {"Authorization": f"Token {person_token(name)}"}) for name in PEOPLE},
+    **{
+        name: (lambda world, name=name: {"Authorization": f"Token {person_token(name)}"})
+        for name in PEOPLE
+    },
 }
 
 
@@ -70,9 +80,15 @@ def world(project, deployment_and_token, ingest, operator) -> World:
     batch = review_batch_request(project=project, requested_by="fuzz", size=3)
     review_batch_select(batch_id=batch.id)
     cycle = cycle_request(project=project, requested_by="fuzz", train_config=None)
-    return World(project=project, deployment_token=deployment_and_token[1], ids={
-        "items": result.item_ids, "review-batches": [batch.id], "cycles": [cycle.id],
-    })
+    return World(
+        project=project,
+        deployment_token=deployment_and_token[1],
+        ids={
+            "items": result.item_ids,
+            "review-batches": [batch.id],
+            "cycles": [cycle.id],
+        },
+    )
 
 
 def load_schema():
@@ -81,7 +97,9 @@ def load_schema():
     document = SchemaGenerator().get_schema(request=None, public=True)
     loaded = schemathesis.openapi.from_dict(json.loads(OpenApiJsonRenderer().render(document)))
     loaded.app = WSGIHandler()
-    loaded.config.generation.update(modes=["positive", "negative"], max_examples=MAX_EXAMPLES, allow_x00=True)
+    loaded.config.generation.update(
+        modes=["positive", "negative"], max_examples=MAX_EXAMPLES, allow_x00=True
+    )
     return loaded
 
 
@@ -90,7 +108,10 @@ schema = load_schema()
 
 def aim_at_real_objects(case, world: World) -> None:
     """Three cases in four get real path parameters; the rest keep the fuzzer's own."""
-    if not case.path_parameters or zlib.crc32(repr(sorted(case.path_parameters.items())).encode()) % 4 == 0:
+    if (
+        not case.path_parameters
+        or zlib.crc32(repr(sorted(case.path_parameters.items())).encode()) % 4 == 0
+    ):
         return
     if "slug" in case.path_parameters:
         case.path_parameters["slug"] = world.project.slug
@@ -108,17 +129,29 @@ def in_process_app():
     signals = (request_started, request_finished)
     for signal in signals:
         signal.disconnect(close_old_connections)
-    with override_settings(HITL_THROTTLE_RATES=rates, HITL_PUBLIC_API_SCHEMA=True,
-                           CACHES={"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-                                               "LOCATION": uuid.uuid4().hex}}):
+    with override_settings(
+        HITL_THROTTLE_RATES=rates,
+        HITL_PUBLIC_API_SCHEMA=True,
+        CACHES={
+            "default": {
+                "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                "LOCATION": uuid.uuid4().hex,
+            }
+        },
+    ):
         yield
     for signal in signals:
         signal.connect(close_old_connections)
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
-          phases=[Phase.explicit, Phase.generate])
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+    phases=[Phase.explicit, Phase.generate],
+)
 def test_api_answers_every_request_as_its_schema_says(case, world, in_process_app) -> None:
     """Every generated request is sent once with each kind of credential."""
     aim_at_real_objects(case, world)

@@ -18,8 +18,11 @@ def own_cache():
     Redis that is FLUSHDB for everyone; the keys expire with their window instead."""
     prefix = f"test-throttle-{uuid.uuid4().hex}"
     assert settings.CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache"
-    cache = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": settings.HITL_CACHE_URL,
-             "KEY_PREFIX": prefix}
+    cache = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": settings.HITL_CACHE_URL,
+        "KEY_PREFIX": prefix,
+    }
     with override_settings(CACHES={"default": cache}):
         yield prefix
 
@@ -40,7 +43,9 @@ def test_a_user_is_throttled_per_user(own_cache, reviewer_client, operator_clien
         for _ in range(3):
             assert reviewer_client.get("/api/v1/projects/").status_code == 200
         assert_throttled(reviewer_client.get("/api/v1/projects/"))
-        assert operator_client.get("/api/v1/projects/").status_code == 200  # another person's budget
+        assert (
+            operator_client.get("/api/v1/projects/").status_code == 200
+        )  # another person's budget
     keys = redis.Redis.from_url(settings.HITL_CACHE_URL).keys(f"{own_cache}:*throttle_user_*")
     assert len(keys) == 2  # counted in Redis, where every web process sees it
 
@@ -48,7 +53,9 @@ def test_a_user_is_throttled_per_user(own_cache, reviewer_client, operator_clien
 def test_a_deployment_is_throttled_per_deployment(own_cache, deployment_client) -> None:
     with rates(deployment="2/minute"):
         for _ in range(2):
-            assert deployment_client.post("/api/v1/predictions/", {}, format="json").status_code == 400
+            assert (
+                deployment_client.post("/api/v1/predictions/", {}, format="json").status_code == 400
+            )
         assert_throttled(deployment_client.post("/api/v1/predictions/", {}, format="json"))
 
 
@@ -62,17 +69,24 @@ def test_anonymous_callers_are_throttled_by_address(own_cache, client) -> None:
 
 
 @pytest.mark.parametrize("url", ["/login/", "/admin/login/"])
-def test_login_locks_out_after_failures_even_with_the_right_password(own_cache, client, operator, url) -> None:
+def test_login_locks_out_after_failures_even_with_the_right_password(
+    own_cache, client, operator, url
+) -> None:
     limit = settings.HITL_LOGIN_FAILURE_LIMITS[0]
     for _ in range(limit):
         response = client.post(url, {"username": "otto", "password": "wrong"})
         assert response.status_code == 200  # the form again, with its error
     locked = client.post(url, {"username": "otto", "password": "otto-pass-123"})
-    assert locked.status_code == 429 and int(locked["Retry-After"]) == settings.HITL_LOGIN_WINDOW_SECONDS
+    assert (
+        locked.status_code == 429
+        and int(locked["Retry-After"]) == settings.HITL_LOGIN_WINDOW_SECONDS
+    )
     assert "too many failed sign-ins" in locked.json()["detail"]
     assert "_auth_user_id" not in client.session
     # the same account from another address is not locked by this one's failures
-    elsewhere = client.post(url, {"username": "otto", "password": "otto-pass-123"}, REMOTE_ADDR="10.9.9.9")
+    elsewhere = client.post(
+        url, {"username": "otto", "password": "otto-pass-123"}, REMOTE_ADDR="10.9.9.9"
+    )
     assert elsewhere.status_code == 302
 
 
@@ -80,15 +94,22 @@ def test_a_successful_login_resets_the_account_count(own_cache, client, reviewer
     limit = settings.HITL_LOGIN_FAILURE_LIMITS[0]
     for _ in range(limit - 1):
         assert client.post("/login/", {"username": "rita", "password": "wrong"}).status_code == 200
-    assert client.post("/login/", {"username": "rita", "password": "rita-pass-123"}).status_code == 302
+    assert (
+        client.post("/login/", {"username": "rita", "password": "rita-pass-123"}).status_code == 302
+    )
     client.logout()
     for _ in range(limit - 1):
         assert client.post("/login/", {"username": "rita", "password": "wrong"}).status_code == 200
-    assert client.post("/login/", {"username": "rita", "password": "rita-pass-123"}).status_code == 302
+    assert (
+        client.post("/login/", {"username": "rita", "password": "rita-pass-123"}).status_code == 302
+    )
 
 
 def test_one_address_guessing_many_accounts_is_locked(own_cache, client, reviewer) -> None:
     with override_settings(HITL_LOGIN_FAILURE_LIMITS=(5, 4)):
         for name in ["a", "b", "c", "d"]:
             assert client.post("/login/", {"username": name, "password": "x"}).status_code == 200
-        assert client.post("/login/", {"username": "rita", "password": "rita-pass-123"}).status_code == 429
+        assert (
+            client.post("/login/", {"username": "rita", "password": "rita-pass-123"}).status_code
+            == 429
+        )
