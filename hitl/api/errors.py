@@ -47,8 +47,9 @@ def error_response(errors: list[FieldError], code: int) -> Response:
 
 def json_error(code: int, field: str, message: str) -> JsonResponse:
     """The same error shape for plain Django views and middleware."""
-    detail = str(FieldError(field, message))
-    return JsonResponse({"detail": detail, "errors": [{"field": field, "message": message}]}, status=code)
+    body = {"detail": str(FieldError(field, message)),
+            "errors": [{"field": field, "message": message}]}
+    return JsonResponse(body, status=code)
 
 
 def request_body_error(exc: Exception) -> JsonResponse | None:
