@@ -154,6 +154,25 @@ class TrustEventSerializer(serializers.ModelSerializer):
         fields = ["sequence", "kind", "actor", "payload", "created_at", "previous_hash", "hash"]
 
 
+class PredictionRecordSerializer(serializers.Serializer):
+    """One prediction of a bulk (the schema; hitl.services.ingestion validates)."""
+
+    image_path = serializers.CharField(required=False, help_text="relative to the storage root")
+    image_base64 = serializers.CharField(required=False)
+    image_upload = serializers.CharField(required=False, help_text="multipart file field name")
+    probabilities = serializers.ListField(child=serializers.FloatField())
+    predicted_label = serializers.CharField(required=False)
+
+
+class IngestRequestSerializer(serializers.Serializer):
+    model_version = serializers.CharField(required=False, help_text="default: the deployment's")
+    predictions = PredictionRecordSerializer(many=True)
+
+
+class IngestMultipartSerializer(serializers.Serializer):
+    payload = serializers.CharField(help_text="the JSON bulk; files go in fields named by image_upload")
+
+
 class IngestResultSerializer(serializers.Serializer):
     model_version = serializers.CharField(source="model_version.name")
     created = serializers.IntegerField()

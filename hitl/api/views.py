@@ -38,16 +38,8 @@ class PredictionIngestView(APIView):
     parser_classes = [StrictJSONParser, MultiPartParser]
 
     @extend_schema(
-        request={"application/json": {"type": "object", "properties": {
-            "model_version": {"type": "string"},
-            "predictions": {"type": "array", "items": {"type": "object", "properties": {
-                "image_path": {"type": "string", "description": "relative to the storage root"},
-                "image_base64": {"type": "string"},
-                "image_upload": {"type": "string", "description": "multipart file field name"},
-                "probabilities": {"type": "array", "items": {"type": "number"}},
-                "predicted_label": {"type": "string"},
-            }, "required": ["probabilities"]}},
-        }, "required": ["predictions"]}},
+        request={"application/json": s.IngestRequestSerializer,
+                 "multipart/form-data": s.IngestMultipartSerializer},
         responses={201: s.IngestResultSerializer},
     )
     def post(self, request: Request) -> Response:
