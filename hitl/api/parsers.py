@@ -43,13 +43,6 @@ def _parse_int(text: str) -> int | _Refused:
     return value
 
 
-def _parse_float(text: str) -> float | _Refused:
-    value = float(text)
-    if not math.isfinite(value):
-        return _Refused("is too large for a float (it would become infinity); send a finite number")
-    return value
-
-
 def _parse_constant(text: str) -> _Refused:
     return _Refused(
         f"is {text}: NaN or infinity is not a number hitl accepts; send a finite number"
@@ -79,32 +72,39 @@ def _field(path: str, key: str | int) -> str:
     return f"{path}.{key}" if path else key
 
 
+def _refuse(path: str, message: str) -> InvalidInput:
+    return InvalidInput.single(path or "body", message)
+
+
+def _check_scalar(value: Any, path: str) -> None:
+    if isinstance(value, _Refused):
+        raise _refuse(path, value.reason)
+    if isinstance(value, str) and _FORBIDDEN_CHARACTERS.search(value):
+        raise _refuse(path, f"contains {_describe(value)}; remove it")
+    if isinstance(value, float) and not math.isfinite(value):  # 1e400 parses as infinity
+        raise _refuse(path, "is too large for a float (it would be infinity); send a finite number")
+
+
 def _check(document: Any, *, field: str, max_depth: int) -> None:
-    """Walk the parsed document without recursion; raise InvalidInput at the first refused value."""
+    """Walk the parsed document without recursion; raise InvalidInput at the first refused value.
+    Paths are spelled out only for containers and faults: a bulk is mostly numbers."""
     stack: list[tuple[Any, str, int]] = [(document, field, 0)]
     while stack:
         value, path, depth = stack.pop()
-        if isinstance(value, _Refused):
-            raise InvalidInput.single(path or "body", value.reason)
-        if isinstance(value, str):
-            if _FORBIDDEN_CHARACTERS.search(value):
-                raise InvalidInput.single(path or "body", f"contains {_describe(value)}; remove it")
-            continue
         if not isinstance(value, (dict, list)):
+            _check_scalar(value, path)
             continue
         if depth >= max_depth:
-            raise InvalidInput.single(
-                path or "body", f"nests deeper than {max_depth} levels (HITL_MAX_JSON_DEPTH)"
-            )
-        if isinstance(value, dict):
-            for key, child in value.items():
-                if _FORBIDDEN_CHARACTERS.search(key):
-                    raise InvalidInput.single(
-                        _field(path, "<key>"), f"a key contains {_describe(key)}; remove it"
-                    )
-                stack.append((child, _field(path, key), depth + 1))
-        else:
-            stack.extend((child, _field(path, i), depth + 1) for i, child in enumerate(value))
+            raise _refuse(path, f"nests deeper than {max_depth} levels (HITL_MAX_JSON_DEPTH)")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, child in items:
+            if isinstance(key, str) and _FORBIDDEN_CHARACTERS.search(key):
+                raise _refuse(_field(path, "<key>"), f"a key contains {_describe(key)}; remove it")
+            if isinstance(child, float) and math.isfinite(child):
+                continue
+            if child is None or isinstance(child, (bool, int)):
+                continue
+            stack.append((child, _field(path, key), depth + 1))
 
 
 def json_document(raw: bytes | str, *, field: str = "") -> Any:
@@ -120,7 +120,6 @@ def json_document(raw: bytes | str, *, field: str = "") -> Any:
             raw,
             object_pairs_hook=_object,
             parse_int=_parse_int,
-            parse_float=_parse_float,
             parse_constant=_parse_constant,
         )
     except RecursionError:  # the C scanner stops at the interpreter's recursion limit, quickly

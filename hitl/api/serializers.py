@@ -78,10 +78,11 @@ class PredictionSerializer(serializers.ModelSerializer):
 
 
 class ReviewTaskSerializer(serializers.ModelSerializer):
-    predicted_label = serializers.CharField(source="prediction.predicted_label", default=None, allow_null=True,
-                                            read_only=True)
-    confidence = serializers.FloatField(source="prediction.confidence", default=None, allow_null=True,
-                                        read_only=True)
+    # None when the task's prediction is gone (SET_NULL)
+    predicted_label = serializers.CharField(source="prediction.predicted_label", default=None,
+                                            allow_null=True, read_only=True)
+    confidence = serializers.FloatField(source="prediction.confidence", default=None,
+                                        allow_null=True, read_only=True)
     image_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -134,7 +135,8 @@ class SnapshotSerializer(serializers.ModelSerializer):
 
 class CycleSerializer(serializers.ModelSerializer):
     base_version = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
-    candidate_version = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    candidate_version = serializers.SlugRelatedField(slug_field="name", read_only=True,
+                                                     allow_null=True)
     snapshots = SnapshotSerializer(many=True, read_only=True)
 
     class Meta:
@@ -170,7 +172,7 @@ class IngestRequestSerializer(serializers.Serializer):
 
 
 class IngestMultipartSerializer(serializers.Serializer):
-    payload = serializers.CharField(help_text="the JSON bulk; files go in fields named by image_upload")
+    payload = serializers.CharField(help_text="the JSON bulk; files in fields named by image_upload")
 
 
 class IngestResultSerializer(serializers.Serializer):
@@ -199,7 +201,7 @@ class AccuracyEstimateSerializer(serializers.Serializer):
 
 
 class FieldErrorSerializer(serializers.Serializer):
-    field = serializers.CharField(allow_blank=True, help_text="where, e.g. predictions[3].probabilities")
+    field = serializers.CharField(allow_blank=True, help_text="e.g. predictions[3].probabilities")
     message = serializers.CharField(help_text="what to fix")
 
 
