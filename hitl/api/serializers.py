@@ -172,7 +172,7 @@ class IngestRequestSerializer(serializers.Serializer):
 
 
 class IngestMultipartSerializer(serializers.Serializer):
-    payload = serializers.CharField(help_text="the JSON bulk; files in fields named by image_upload")
+    payload = serializers.CharField(help_text="the JSON bulk; files go in image_upload fields")
 
 
 class IngestResultSerializer(serializers.Serializer):
