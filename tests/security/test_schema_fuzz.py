@@ -161,3 +161,28 @@ def test_api_answers_every_request_as_its_schema_says(case, world, in_process_ap
         except Exception as exc:
             exc.add_note(f"credential: {name}")
             raise
+
+
+def test_schema_marks_nullable_fields_and_declares_errors() -> None:
+    """What the fuzzer relies on, stated once: fields that can be null say so, and every
+    operation declares the error answers in the one error shape."""
+    document = json.loads(OpenApiJsonRenderer().render(SchemaGenerator().get_schema(public=True)))
+    components = document["components"]["schemas"]
+    nullable = {
+        ("ModelVersion", "parent"), ("Prediction", "deployment"), ("ReviewTask", "predicted_label"),
+        ("ReviewTask", "confidence"), ("ReviewBatch", "model_version"), ("Cycle", "base_version"),
+        ("Cycle", "candidate_version"), ("TrustHistory", "head_hash"),
+        ("TrustHistory", "first_bad_sequence"),
+    }
+    for component, name in nullable:
+        assert components[component]["properties"][name].get("nullable") is True, (component, name)
+    error = {"$ref": "#/components/schemas/Error"}
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            for code in ("400", "401", "403", "404", "413", "429"):
+                content = operation["responses"][code]["content"]["application/json"]
+                assert content["schema"] == error, (method, path, code)
+    ingest = document["paths"]["/api/v1/predictions/"]["post"]
+    assert set(ingest["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+    assert "201" in ingest["responses"]
+    assert "deploymentToken" in document["components"]["securitySchemes"]
