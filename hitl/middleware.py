@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 from collections.abc import Callable
 
@@ -27,6 +28,7 @@ from django.urls import reverse
 from hitl.api.errors import json_error, request_body_error
 
 Handler = Callable[[HttpRequest], HttpResponse]
+logger = logging.getLogger(__name__)
 CHUNK_BYTES = 64 * 1024
 
 
@@ -114,25 +116,48 @@ class LoginThrottleMiddleware:
         }:
             return self.get_response(request)
         keys = self._keys(request)
-        limits = settings.HITL_LOGIN_FAILURE_LIMITS
         window = settings.HITL_LOGIN_WINDOW_SECONDS
-        if any((cache.get(key) or 0) >= limit for key, limit in zip(keys, limits)):
+        if self._locked(keys):
             response = json_error(
-                429, "username", f"too many failed sign-ins; try again in {window} seconds"
+                429, "username", f"too many failed sign-ins; try again in {window} seconds or less"
             )
             response["Retry-After"] = str(window)
             return response
         response = self.get_response(request)
         if response.status_code == 200:  # the form again: the credentials were refused
+            self._count_failure(keys, window)
+        elif response.status_code in (301, 302, 303):
+            self._forget(keys[0])
+        return response
+
+    @staticmethod
+    def _locked(keys: tuple[str, str]) -> bool:
+        try:
+            counts = cache.get_many(keys)
+        except Exception:  # the cache down must not stop every sign-in
+            logger.exception("login lockout: the cache is unreachable; sign-in not limited")
+            return False
+        limits = settings.HITL_LOGIN_FAILURE_LIMITS
+        return any(counts.get(key, 0) >= limit for key, limit in zip(keys, limits))
+
+    @staticmethod
+    def _count_failure(keys: tuple[str, str], window: int) -> None:
+        try:
             for key in keys:
-                cache.add(key, 0, timeout=window)
+                cache.add(key, 0, timeout=window)  # the window starts at the first failure
                 try:
                     cache.incr(key)
-                except ValueError:  # expired between add and incr: this failure starts a new window
+                except ValueError:  # expired between add and incr: a new window
                     cache.set(key, 1, timeout=window)
-        elif response.status_code in (301, 302, 303):
-            cache.delete(keys[0])
-        return response
+        except Exception:
+            logger.exception("login lockout: the cache is unreachable; failure not counted")
+
+    @staticmethod
+    def _forget(key: str) -> None:
+        try:
+            cache.delete(key)
+        except Exception:
+            logger.exception("login lockout: the cache is unreachable")
 
     @staticmethod
     def _keys(request: HttpRequest) -> tuple[str, str]:

@@ -169,9 +169,14 @@ def test_schema_marks_nullable_fields_and_declares_errors() -> None:
     document = json.loads(OpenApiJsonRenderer().render(SchemaGenerator().get_schema(public=True)))
     components = document["components"]["schemas"]
     nullable = {
-        ("ModelVersion", "parent"), ("Prediction", "deployment"), ("ReviewTask", "predicted_label"),
-        ("ReviewTask", "confidence"), ("ReviewBatch", "model_version"), ("Cycle", "base_version"),
-        ("Cycle", "candidate_version"), ("TrustHistory", "head_hash"),
+        ("ModelVersion", "parent"),
+        ("Prediction", "deployment"),
+        ("ReviewTask", "predicted_label"),
+        ("ReviewTask", "confidence"),
+        ("ReviewBatch", "model_version"),
+        ("Cycle", "base_version"),
+        ("Cycle", "candidate_version"),
+        ("TrustHistory", "head_hash"),
         ("TrustHistory", "first_bad_sequence"),
     }
     for component, name in nullable:

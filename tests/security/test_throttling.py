@@ -113,3 +113,19 @@ def test_one_address_guessing_many_accounts_is_locked(own_cache, client, reviewe
             client.post("/login/", {"username": "rita", "password": "rita-pass-123"}).status_code
             == 429
         )
+
+
+def test_an_unreachable_cache_lets_requests_through(reviewer_client, client, reviewer) -> None:
+    """Throttling and the lockout fail open (and log): Redis down must not take the API down."""
+    dead = {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://127.0.0.1:1/0",
+        "KEY_PREFIX": "unreachable",
+    }
+    with override_settings(CACHES={"default": dead}):
+        assert reviewer_client.get("/api/v1/projects/").status_code == 200
+        assert client.post("/login/", {"username": "rita", "password": "wrong"}).status_code == 200
+        assert (
+            client.post("/login/", {"username": "rita", "password": "rita-pass-123"}).status_code
+            == 302
+        )
