@@ -107,7 +107,8 @@ def _refuse_unsafe_production() -> None:
         return
     if DEBUG:
         raise ImproperlyConfigured(
-            "HITL_PRODUCTION=true with HITL_DEBUG=true: debug pages leak settings; unset HITL_DEBUG")
+            "HITL_PRODUCTION=true with HITL_DEBUG=true: debug pages leak settings; unset HITL_DEBUG"
+        )
     key = env_str("HITL_SECRET_KEY", "")
     if len(key) < 50 or len(set(key)) < 5 or key.startswith("django-insecure-"):
         raise ImproperlyConfigured(
