@@ -57,6 +57,15 @@ def _check_train_config(options: object) -> str | None:
     return None
 
 
+def _check_initial_weights(value: object) -> str | None:
+    if value == "":
+        return None
+    try:
+        return None if isinstance(value, str) and Path(value).is_file() else f"no file at {value}"
+    except (OSError, ValueError):  # a name too long for the file system: no file either
+        return "no file at this path (the name is too long)"
+
+
 def _between(low: float, high: float, kind: type = float) -> Callable[[object], str | None]:
     def check(value: object) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
@@ -69,7 +78,7 @@ SETTING_CHECKS: dict[str, Callable[[object], str | None]] = {
     "name": lambda v: None if isinstance(v, str) and 0 < len(v) <= 200 else "must be 1 to 200 characters",
     "labels": _check_labels,
     "architecture": lambda v: None if v in ARCHITECTURES else f"unknown; use one of {', '.join(sorted(ARCHITECTURES))}",
-    "initial_weights": lambda v: None if v == "" or (isinstance(v, str) and Path(v).is_file()) else f"no file at {v}",
+    "initial_weights": lambda v: _check_initial_weights(v),
     "holdout_fraction": _between(0.01, 0.99),
     "selection_strategy": lambda v: None if v in SELECTION_STRATEGIES else f"unknown; use one of {', '.join(SELECTION_STRATEGIES)}",
     "batch_size": _between(1, 10_000, int),

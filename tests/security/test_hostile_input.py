@@ -150,6 +150,15 @@ def test_project_settings_never_store_overflow_or_non_finite(
     )
 
 
+def test_overlong_path_setting_is_a_400_not_an_os_error(operator_client, project) -> None:
+    """Found by the schema fuzzer: a 5,000-character initial_weights path made stat() raise."""
+    body = json.dumps({"initial_weights": "a/" * 2500})
+    response = operator_client.patch(
+        f"/api/v1/projects/{project.slug}/", body, content_type="application/json"
+    )
+    assert response.status_code == 400 and errors_of(response)[0][0] == "initial_weights"
+
+
 def test_review_task_id_beyond_64_bits(reviewer_client, ingest) -> None:
     item_id = ingest(range(1)).item_ids[0]
     response = raw_post(

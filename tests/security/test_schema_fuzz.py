@@ -11,6 +11,7 @@ import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import schemathesis
@@ -50,45 +51,43 @@ CHECKS = [
 @dataclass
 class World:
     """Real objects for the fuzzer to hit: a project with items, predictions, labels, a selected
-    review batch and a cycle, and a deployment token."""
+    review batch and a cycle; a deployment token, and a token per kind of person."""
 
     project: Project
     deployment_token: str
+    person_tokens: dict[str, str] = field(default_factory=dict)
     ids: dict[str, list[int]] = field(default_factory=dict)
 
 
-# Each kind of caller, as the headers it sends. Adding one (e.g. a project role) is one line.
-PEOPLE: dict[str, dict[str, object]] = {"user": {}, "staff": {"is_staff": True}}
+# Each kind of person: how to make one of a plain new user. Adding a kind (e.g. a project role:
+# lambda world, user: membership_set(project=world.project, user=user, role=...)) is one line.
+PEOPLE: dict[str, Callable[[World, Any], object]] = {
+    "user": lambda world, user: None,
+    "staff": lambda world, user: type(user).objects.filter(pk=user.pk).update(is_staff=True),
+}
 CREDENTIALS: dict[str, Callable[[World], dict[str, str]]] = {
     "anonymous": lambda world: {},
     "deployment": lambda world: {"Authorization": f"Deployment {world.deployment_token}"},
     **{
-        name: (lambda world, name=name: {"Authorization": f"Token {person_token(name)}"})
+        name: (lambda world, name=name: {"Authorization": f"Token {world.person_tokens[name]}"})
         for name in PEOPLE
     },
 }
 
 
-def person_token(kind: str) -> str:
-    user, _ = get_user_model().objects.get_or_create(username=f"fuzz-{kind}", defaults=PEOPLE[kind])
-    return Token.objects.get_or_create(user=user)[0].key
-
-
 @pytest.fixture()
-def world(project, deployment_and_token, ingest, operator) -> World:
+def world(project, deployment_and_token, ingest) -> World:
     result = ingest(range(8))
     batch = review_batch_request(project=project, requested_by="fuzz", size=3)
     review_batch_select(batch_id=batch.id)
     cycle = cycle_request(project=project, requested_by="fuzz", train_config=None)
-    return World(
-        project=project,
-        deployment_token=deployment_and_token[1],
-        ids={
-            "items": result.item_ids,
-            "review-batches": [batch.id],
-            "cycles": [cycle.id],
-        },
-    )
+    world = World(project=project, deployment_token=deployment_and_token[1])
+    world.ids = {"items": result.item_ids, "review-batches": [batch.id], "cycles": [cycle.id]}
+    for kind, make in PEOPLE.items():
+        user = get_user_model().objects.create_user(f"fuzz-{kind}", password=uuid.uuid4().hex)
+        make(world, user)
+        world.person_tokens[kind] = Token.objects.create(user=user).key
+    return world
 
 
 def load_schema():
