@@ -231,6 +231,19 @@ def test_webhook_body_follows_the_same_policy(client) -> None:
         assert words in response.json()["detail"]
 
 
+@pytest.mark.parametrize("project_id", [-1, 2**31, 2**62])
+def test_webhook_project_id_out_of_column_range(client, project_id) -> None:
+    """A project id no Label Studio project can have is a 4xx (or recorded as unknown), not a 500."""
+    body = json.dumps({"action": "ANNOTATION_CREATED", "project": {"id": project_id}})
+    response = client.post(
+        "/labeling/webhook/",
+        body,
+        content_type="application/json",
+        headers={WEBHOOK_HEADER: webhook_secret()},
+    )
+    assert response.status_code < 500
+
+
 # --- sizes: a 413 before the body is read, for JSON, multipart and chunked bodies ----------------
 
 
