@@ -41,11 +41,30 @@ def env_number(name: str, default: float, cast: type = int) -> float:
 
 
 DEBUG = env_bool("HITL_DEBUG", False)
+# Production mode: HTTPS only (HSTS, redirect, secure cookies); no start with DEBUG or a weak key.
+PRODUCTION = env_bool("HITL_PRODUCTION", False)
 ALLOWED_HOSTS = [h for h in env_str("HITL_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("HITL_CSRF_TRUSTED_ORIGINS", "").split(",") if o]
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("HITL_SECURE_COOKIES", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("HITL_SECURE_COOKIES", PRODUCTION)
 if env_bool("HITL_BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("HITL_SSL_REDIRECT", PRODUCTION)
+SECURE_HSTS_SECONDS = int(env_number("HITL_HSTS_SECONDS", 365 * 24 * 3600 if PRODUCTION else 0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("HITL_HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading is a promise to browsers' built-in lists that is slow to take back: only on request.
+SECURE_HSTS_PRELOAD = env_bool("HITL_HSTS_PRELOAD", False)
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+# Scripts only from this origin (Swagger UI's included, served by the split view); styles may be
+# inline (the page templates carry a <style> block); nothing may frame hitl.
+HITL_CONTENT_SECURITY_POLICY = env_str(
+    "HITL_CONTENT_SECURITY_POLICY",
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+)
 
 DATA_DIR = Path(env_str("HITL_DATA_DIR", str(BASE_DIR / "var"))).resolve()
 MEDIA_ROOT = Path(env_str("HITL_MEDIA_ROOT", str(DATA_DIR / "media"))).resolve()
@@ -82,6 +101,28 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+
+
+def _refuse_unsafe_production() -> None:
+    """HITL_PRODUCTION=true with DEBUG, or without a strong HITL_SECRET_KEY, does not start."""
+    if not PRODUCTION:
+        return
+    if DEBUG:
+        raise ImproperlyConfigured(
+            "HITL_PRODUCTION=true with HITL_DEBUG=true: debug pages leak settings; unset HITL_DEBUG"
+        )
+    key = env_str("HITL_SECRET_KEY", "")
+    if len(key) < 50 or len(set(key)) < 5 or key.startswith("django-insecure-"):
+        raise ImproperlyConfigured(
+            "HITL_PRODUCTION=true needs HITL_SECRET_KEY: at least 50 characters, 5 of them "
+            "different, e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
+
+
+_refuse_unsafe_production()
+if PRODUCTION and not SECURE_HSTS_PRELOAD:
+    # check --deploy warns when HSTS preloading is off; off is the deliberate default (see above).
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
 if not STORAGE_ROOT.is_relative_to(MEDIA_ROOT):
     raise ImproperlyConfigured(
         f"HITL_STORAGE_ROOT ({STORAGE_ROOT}) must be inside HITL_MEDIA_ROOT ({MEDIA_ROOT})"
@@ -112,7 +153,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "hitl.middleware.RequestBodyLimitMiddleware",  # first: a 413 before anything reads the body
     "django.middleware.security.SecurityMiddleware",
+    "hitl.middleware.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -120,6 +163,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "hitl.middleware.LoginThrottleMiddleware",
 ]
 
 ROOT_URLCONF = "hitl.urls"
@@ -179,7 +223,10 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = True
 
-DATA_UPLOAD_MAX_MEMORY_SIZE = int(env_number("HITL_MAX_REQUEST_BYTES", 128 * 1024 * 1024))
+# One body limit for every endpoint, multipart included (hitl.middleware).
+HITL_MAX_REQUEST_BYTES = int(env_number("HITL_MAX_REQUEST_BYTES", 128 * 1024 * 1024))
+HITL_MAX_JSON_DEPTH = int(env_number("HITL_MAX_JSON_DEPTH", 32))
+DATA_UPLOAD_MAX_MEMORY_SIZE = HITL_MAX_REQUEST_BYTES
 DATA_UPLOAD_MAX_NUMBER_FILES = int(env_number("HITL_MAX_UPLOAD_FILES", 1000))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 32 * 1024 * 1024
 
@@ -190,10 +237,20 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "hitl.api.schema.HitlAutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 100,
     "EXCEPTION_HANDLER": "hitl.api.errors.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": [
+        "hitl.api.throttles.AnonymousThrottle",
+        "hitl.api.throttles.UserThrottle",
+        "hitl.api.throttles.DeploymentThrottle",
+    ],
+    "DEFAULT_PARSER_CLASSES": [
+        "hitl.api.parsers.StrictJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "UNAUTHENTICATED_USER": None,
 }
@@ -253,6 +310,32 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+
+# --- abuse limits ---
+# Throttles (hitl.api.throttles) and the login lockout count in this cache: Redis, shared by every
+# web process, when the broker is Redis; else this process's memory.
+_BROKER_IS_REDIS = CELERY_BROKER_URL.startswith(("redis://", "rediss://"))
+HITL_CACHE_URL = env_str("HITL_CACHE_URL", CELERY_BROKER_URL if _BROKER_IS_REDIS else "locmem://")
+# Several hitl installations (and test databases) may share one Redis: keys carry a prefix.
+_CACHE_PREFIX = env_str("HITL_CACHE_PREFIX", f"{HITL_QUEUE_PREFIX}:{DATABASES['default']['NAME']}")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+        if HITL_CACHE_URL == "locmem://"
+        else {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": HITL_CACHE_URL,
+              "KEY_PREFIX": _CACHE_PREFIX}
+    )
+}
+# Requests per period for each kind of caller (DRF rate syntax: N/second|minute|hour|day).
+HITL_THROTTLE_RATES = {
+    "anonymous": env_str("HITL_THROTTLE_ANONYMOUS", "60/minute"),
+    "user": env_str("HITL_THROTTLE_USER", "600/minute"),
+    "deployment": env_str("HITL_THROTTLE_DEPLOYMENT", "600/minute"),
+}
+# Failed sign-ins (web and admin) per window: per username and address, and per address.
+HITL_LOGIN_FAILURE_LIMITS = (int(env_number("HITL_LOGIN_FAILURES_PER_ACCOUNT", 5)),
+                             int(env_number("HITL_LOGIN_FAILURES_PER_ADDRESS", 50)))
+HITL_LOGIN_WINDOW_SECONDS = int(env_number("HITL_LOGIN_WINDOW_SECONDS", 900))
 
 LOGGING = {
     "version": 1,

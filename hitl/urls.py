@@ -10,3 +10,6 @@ urlpatterns = [
     path("labeling/", include("labeling.urls")),
     path("", include("hitl.web.urls")),
 ]
+
+handler400 = "hitl.api.errors.bad_request"
+handler404 = "hitl.api.errors.not_found"

@@ -4,12 +4,13 @@ work to Celery, so it answers far inside Label Studio's 1 s timeout."""
 from __future__ import annotations
 
 import hmac
-import json
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from hitl.api.parsers import parse_json_body
+from hitl.errors import InvalidInput
 from hitl.media import image_response
 from hitl.models import Item
 from labeling.services.links import WEBHOOK_HEADER, image_signature_check, webhook_secret
@@ -23,9 +24,9 @@ def webhook(request: HttpRequest) -> HttpResponse:
     if not hmac.compare_digest(given.encode(), webhook_secret().encode()):
         return JsonResponse({"detail": f"missing or wrong {WEBHOOK_HEADER} header"}, status=403)
     try:
-        event = webhook_event_record(payload=json.loads(request.body))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return JsonResponse({"detail": "body is not JSON"}, status=400)
+        event = webhook_event_record(payload=parse_json_body(request))
+    except InvalidInput as exc:
+        return JsonResponse({"detail": str(exc)}, status=400)
     except MalformedEvent as exc:
         return JsonResponse({"detail": str(exc)}, status=400)
     return JsonResponse({"event": event.id}, status=202)

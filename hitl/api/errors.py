@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ObjectDoesNotExist
-from django.http import Http404
+from django.conf import settings
+from django.core.exceptions import (
+    ObjectDoesNotExist,
+    RequestDataTooBig,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -36,6 +43,43 @@ def error_response(errors: list[FieldError], code: int) -> Response:
          "errors": [{"field": e.field, "message": e.message} for e in errors]},
         status=code,
     )
+
+
+def json_error(code: int, field: str, message: str) -> JsonResponse:
+    """The same error shape for plain Django views and middleware."""
+    body = {"detail": str(FieldError(field, message)),
+            "errors": [{"field": field, "message": message}]}
+    return JsonResponse(body, status=code)
+
+
+def request_body_error(exc: Exception) -> JsonResponse | None:
+    """The JSON answer for Django's own body-size and multipart-count errors (None: not one)."""
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.HITL_MAX_REQUEST_BYTES
+        return json_error(413, "body", f"the body is over the limit of {limit} bytes "
+                                       "(HITL_MAX_REQUEST_BYTES)")
+    if isinstance(exc, TooManyFilesSent):
+        most = settings.DATA_UPLOAD_MAX_NUMBER_FILES
+        return json_error(400, "body", f"more than {most} files in one request "
+                                       "(HITL_MAX_UPLOAD_FILES); send fewer")
+    if isinstance(exc, TooManyFieldsSent):
+        most = settings.DATA_UPLOAD_MAX_NUMBER_FIELDS
+        return json_error(400, "body", f"more than {most} fields in one request; send fewer")
+    return None
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """handler400: Django's own 400s (a multipart body it could not parse, too many fields or
+    files, a suspicious header) in the error shape, with the status the fault deserves."""
+    response = request_body_error(exception) if exception is not None else None
+    return response or json_error(400, "", str(exception) or "bad request")
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """handler404: the API and the labeling endpoints answer in the error shape; pages in HTML."""
+    if request.path.startswith(("/api/", "/labeling/")):
+        return json_error(404, "", "not found: no such endpoint or object")
+    return defaults.page_not_found(request, exception)
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:

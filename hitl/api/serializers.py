@@ -38,7 +38,7 @@ class ArtifactSerializer(serializers.ModelSerializer):
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    parent = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     artifacts = ArtifactSerializer(many=True, read_only=True)
     training_label_count = serializers.IntegerField(read_only=True)
 
@@ -67,7 +67,7 @@ class ItemSerializer(serializers.ModelSerializer):
 
 class PredictionSerializer(serializers.ModelSerializer):
     model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    deployment = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     probabilities = serializers.SerializerMethodField()
 
     class Meta:
@@ -80,8 +80,11 @@ class PredictionSerializer(serializers.ModelSerializer):
 
 
 class ReviewTaskSerializer(serializers.ModelSerializer):
-    predicted_label = serializers.CharField(source="prediction.predicted_label", default=None)
-    confidence = serializers.FloatField(source="prediction.confidence", default=None)
+    # None when the task's prediction is gone (SET_NULL)
+    predicted_label = serializers.CharField(source="prediction.predicted_label", default=None,
+                                            allow_null=True, read_only=True)
+    confidence = serializers.FloatField(source="prediction.confidence", default=None,
+                                        allow_null=True, read_only=True)
     image_url = serializers.SerializerMethodField()
 
     class Meta:
@@ -94,7 +97,7 @@ class ReviewTaskSerializer(serializers.ModelSerializer):
 
 
 class ReviewBatchSerializer(serializers.ModelSerializer):
-    model_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    model_version = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
     tasks = serializers.IntegerField(source="tasks.count", read_only=True)
 
     class Meta:
@@ -133,8 +136,9 @@ class SnapshotSerializer(serializers.ModelSerializer):
 
 
 class CycleSerializer(serializers.ModelSerializer):
-    base_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    candidate_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    base_version = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    candidate_version = serializers.SlugRelatedField(slug_field="name", read_only=True,
+                                                     allow_null=True)
     snapshots = SnapshotSerializer(many=True, read_only=True)
 
     class Meta:
@@ -152,6 +156,25 @@ class TrustEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = TrustEvent
         fields = ["sequence", "kind", "actor", "payload", "created_at", "previous_hash", "hash", "key_id", "signature"]
+
+
+class PredictionRecordSerializer(serializers.Serializer):
+    """One prediction of a bulk (the schema; hitl.services.ingestion validates)."""
+
+    image_path = serializers.CharField(required=False, help_text="relative to the storage root")
+    image_base64 = serializers.CharField(required=False)
+    image_upload = serializers.CharField(required=False, help_text="multipart file field name")
+    probabilities = serializers.ListField(child=serializers.FloatField())
+    predicted_label = serializers.CharField(required=False)
+
+
+class IngestRequestSerializer(serializers.Serializer):
+    model_version = serializers.CharField(required=False, help_text="default: the deployment's")
+    predictions = PredictionRecordSerializer(many=True)
+
+
+class IngestMultipartSerializer(serializers.Serializer):
+    payload = serializers.CharField(help_text="the JSON bulk; files go in image_upload fields")
 
 
 class IngestResultSerializer(serializers.Serializer):
@@ -179,3 +202,15 @@ class MembershipSerializer(serializers.ModelSerializer):
         model = ProjectMembership
         fields = ["user", "role", "created_at"]
         read_only_fields = ["created_at"]
+
+
+class FieldErrorSerializer(serializers.Serializer):
+    field = serializers.CharField(allow_blank=True, help_text="e.g. predictions[3].probabilities")
+    message = serializers.CharField(help_text="what to fix")
+
+
+class ErrorSerializer(serializers.Serializer):
+    """Every 4xx answer (hitl.api.errors)."""
+
+    detail = serializers.CharField()
+    errors = FieldErrorSerializer(many=True)

@@ -2,13 +2,13 @@ from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from hitl.api import views
 from hitl.api.permissions import SchemaReader
 from hitl.selectors import is_person
 
-swagger_ui = SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[])
+swagger_ui = SpectacularSwaggerSplitView.as_view(url_name="schema", permission_classes=[])
 
 
 def api_docs(request: HttpRequest) -> HttpResponse:

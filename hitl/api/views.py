@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
@@ -20,7 +19,7 @@ from rest_framework.views import APIView
 
 from hitl import selectors
 from hitl.api import serializers as s
-from hitl.api.parsers import LenientJSONParser
+from hitl.api.parsers import StrictJSONParser, json_document, query_id
 from hitl.api.permissions import IsDeployment, IsPerson, ProjectAccess
 from hitl.errors import InvalidInput
 from hitl.media import image_response
@@ -73,19 +72,11 @@ class PredictionIngestView(APIView):
     """Bulk prediction ingestion for deployments (all-or-nothing)."""
 
     permission_classes = [IsDeployment]
-    parser_classes = [LenientJSONParser, MultiPartParser]
+    parser_classes = [StrictJSONParser, MultiPartParser]
 
     @extend_schema(
-        request={"application/json": {"type": "object", "properties": {
-            "model_version": {"type": "string"},
-            "predictions": {"type": "array", "items": {"type": "object", "properties": {
-                "image_path": {"type": "string", "description": "relative to the storage root"},
-                "image_base64": {"type": "string"},
-                "image_upload": {"type": "string", "description": "multipart file field name"},
-                "probabilities": {"type": "array", "items": {"type": "number"}},
-                "predicted_label": {"type": "string"},
-            }, "required": ["probabilities"]}},
-        }, "required": ["predictions"]}},
+        request={"application/json": s.IngestRequestSerializer,
+                 "multipart/form-data": s.IngestMultipartSerializer},
         responses={201: s.IngestResultSerializer},
     )
     def post(self, request: Request) -> Response:
@@ -93,10 +84,7 @@ class PredictionIngestView(APIView):
         payload = request.data
         if request.content_type.startswith("multipart/"):
             uploads = request.FILES
-            try:
-                payload = json.loads(request.data.get("payload", ""))
-            except json.JSONDecodeError as exc:
-                raise InvalidInput.single("payload", f"malformed JSON: {exc.msg} at column {exc.colno}") from None
+            payload = json_document(request.data.get("payload", ""), field="payload")
         result = predictions_ingest(deployment=request.user, payload=payload, uploads=uploads)
         return Response(
             {"model_version": result.model_version.name, "created": result.created,
@@ -120,7 +108,7 @@ class ProjectDetailView(ProjectScoped, APIView):
     share, ..."""
 
     access = {"GET": Action.VIEW, "PATCH": Action.CHANGE_SETTINGS}
-    parser_classes = [LenientJSONParser]
+    parser_classes = [StrictJSONParser]
 
     @extend_schema(responses=s.ProjectSerializer)
     def get(self, request: Request, slug: str) -> Response:
@@ -174,12 +162,9 @@ class PredictionListView(ProjectScoped, generics.ListAPIView):
     pagination_class = ById
 
     def get_queryset(self):
-        item = self.request.query_params.get("item")
-        if item is not None and not (item.isascii() and item.isdecimal()):
-            raise InvalidInput.single("item", "must be an item id")
         return selectors.predictions_list(
             self.project, model_version=self.request.query_params.get("model_version"),
-            item_id=int(item) if item is not None else None,
+            item_id=query_id(self.request.query_params, "item"),
         )
 
 

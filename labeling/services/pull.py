@@ -179,6 +179,11 @@ def _delete(link: LabelStudioProject, annotation_id: int, seen_via: str) -> Labe
 # --- webhooks -------------------------------------------------------------------------------------
 
 @transaction.atomic
+def _is_column_id(value: object) -> bool:
+    """An id the ls_project_id column can hold (a PositiveIntegerField); anything else is unknown."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
+
+
 def webhook_event_record(*, payload: Any) -> WebhookEvent:
     """Store the event and hand it to a worker; the receiver answers right after."""
     if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
@@ -186,7 +191,7 @@ def webhook_event_record(*, payload: Any) -> WebhookEvent:
     project = payload.get("project")
     ls_project_id = project.get("id") if isinstance(project, dict) else project
     event = WebhookEvent.objects.create(action=payload["action"][:40], payload=payload,
-                                        ls_project_id=ls_project_id if isinstance(ls_project_id, int) else None)
+                                        ls_project_id=ls_project_id if _is_column_id(ls_project_id) else None)
     enqueue("labeling.tasks.process_webhook_event", event.id)
     return event
 

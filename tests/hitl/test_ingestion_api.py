@@ -103,8 +103,8 @@ def test_base64_and_multipart_uploads(deployment_client, fashion) -> None:
     ("mutate", "field", "message"),
     [
         (lambda r: r.update(probabilities=r["probabilities"][:9]), "predictions[2].probabilities", "has 9 values"),
-        (lambda r: r["probabilities"].__setitem__(0, float("nan")), "predictions[2].probabilities", "NaN"),
-        (lambda r: r["probabilities"].__setitem__(0, float("inf")), "predictions[2].probabilities", "NaN or infinity"),
+        (lambda r: r["probabilities"].__setitem__(0, float("nan")), "predictions[2].probabilities[0]", "NaN"),
+        (lambda r: r["probabilities"].__setitem__(0, float("inf")), "predictions[2].probabilities[0]", "NaN or infinity"),
         (lambda r: r.update(probabilities=[0.05] * 10), "predictions[2].probabilities", "sums to 0.5"),
         (lambda r: r.update(probabilities=[1.5, -0.5] + [0.0] * 8), "predictions[2].probabilities", "between 0 and 1"),
         (lambda r: r.update(probabilities=["0.1"] * 10), "predictions[2].probabilities", "only numbers"),
@@ -254,7 +254,7 @@ def test_symlinks_cannot_reach_outside_the_storage_root(deployment_client, media
 
 def test_a_body_over_the_limit_is_refused_unread(deployment_client, write_images) -> None:
     payload = json.dumps(body(write_images(range(3))))
-    with override_settings(DATA_UPLOAD_MAX_MEMORY_SIZE=100):
+    with override_settings(HITL_MAX_REQUEST_BYTES=100):
         response = deployment_client.post(URL, payload, content_type="application/json")
     assert response.status_code == 413 and "the limit is 100" in response.json()["detail"]
     assert_nothing_stored()
