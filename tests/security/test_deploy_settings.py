@@ -85,7 +85,8 @@ def test_check_deploy_warns_outside_production_mode(tmp_path) -> None:
 @pytest.fixture(scope="module")
 def production_pages(tmp_path_factory) -> dict:
     result = run(
-        tmp_path_factory.mktemp("prod"), ["-c", PROBE], **PRODUCTION, HITL_BEHIND_TLS_PROXY="true"
+        tmp_path_factory.mktemp("prod"), ["-c", PROBE], **PRODUCTION, HITL_BEHIND_TLS_PROXY="true",
+        HITL_PUBLIC_API_SCHEMA="true",
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])

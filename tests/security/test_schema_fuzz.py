@@ -31,9 +31,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from hitl.models import Project
+from hitl.models import Project, ProjectRole
+from hitl.services.access import membership_set
 from hitl.services.cycles import cycle_request
-from hitl.services.selection import review_batch_request, review_batch_select
+from hitl.services.selection import review_batch_request
+from workers.pipelines.selection import review_batch_select
 
 pytestmark = [pytest.mark.django_db, pytest.mark.fuzz]
 MAX_EXAMPLES = int(
@@ -59,11 +61,15 @@ class World:
     ids: dict[str, list[int]] = field(default_factory=dict)
 
 
-# Each kind of person: how to make one of a plain new user. Adding a kind (e.g. a project role:
-# lambda world, user: membership_set(project=world.project, user=user, role=...)) is one line.
+def _role(role: str) -> Callable[[World, Any], object]:
+    return lambda world, user: membership_set(project=world.project, user=user, role=role, actor="fuzz")
+
+
+# Each kind of person: how to make one of a plain new user. Adding a kind is one line.
 PEOPLE: dict[str, Callable[[World, Any], object]] = {
-    "user": lambda world, user: None,
+    "non-member": lambda world, user: None,
     "staff": lambda world, user: type(user).objects.filter(pk=user.pk).update(is_staff=True),
+    **{role: _role(role) for role in ProjectRole.values},
 }
 CREDENTIALS: dict[str, Callable[[World], dict[str, str]]] = {
     "anonymous": lambda world: {},
@@ -175,8 +181,8 @@ def test_schema_marks_nullable_fields_and_declares_errors() -> None:
         ("ReviewBatch", "model_version"),
         ("Cycle", "base_version"),
         ("Cycle", "candidate_version"),
-        ("TrustHistory", "head_hash"),
-        ("TrustHistory", "first_bad_sequence"),
+        ("PaginatedTrustEventList", "head_hash"),
+        ("PaginatedTrustEventList", "first_bad_sequence"),
     }
     for component, name in nullable:
         assert components[component]["properties"][name].get("nullable") is True, (component, name)

@@ -72,6 +72,7 @@ def test_anonymous_callers_are_throttled_by_address(own_cache, client) -> None:
 def test_login_locks_out_after_failures_even_with_the_right_password(
     own_cache, client, operator, url
 ) -> None:
+    type(operator).objects.filter(pk=operator.pk).update(is_staff=True)  # the admin signs in staff only
     limit = settings.HITL_LOGIN_FAILURE_LIMITS[0]
     for _ in range(limit):
         response = client.post(url, {"username": "otto", "password": "wrong"})
