@@ -152,9 +152,18 @@ class TrustEventSerializer(serializers.ModelSerializer):
         fields = ["sequence", "kind", "actor", "payload", "created_at", "previous_hash", "hash"]
 
 
+class PredictionConflictSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="Position in the bulk.")
+    item_id = serializers.IntegerField()
+    field = serializers.ChoiceField(choices=["probabilities", "predicted_label"])
+
+
 class IngestResultSerializer(serializers.Serializer):
     model_version = serializers.CharField(source="model_version.name")
     created = serializers.IntegerField()
     duplicates = serializers.IntegerField()
     items_created = serializers.IntegerField()
     item_ids = serializers.ListField(child=serializers.IntegerField())
+    conflicts = PredictionConflictSerializer(
+        many=True, help_text="Re-sent predictions that differ from the stored one, which stands."
+    )
