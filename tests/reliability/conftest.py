@@ -76,9 +76,23 @@ class RedisServer:
     def start(self) -> None:
         with open(self.directory / "redis.log", "a") as log:
             self.process = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--daemonize", "no", "--dir", str(self.directory)],
-                stdout=log, stderr=subprocess.STDOUT,
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                    "--dir",
+                    str(self.directory),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wait_port(self.port, self.process)
 
@@ -112,14 +126,34 @@ class PostgresCluster:
     def init(self) -> None:
         if os.geteuid() == 0:
             shutil.chown(self.directory, "postgres", "postgres")
-        self._as_postgres(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust",
-                          "--no-sync", "-E", "UTF8")
+        self._as_postgres(
+            str(PG_BIN / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
 
     def start(self) -> None:
-        options = (f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.directory} "
-                   "-c fsync=off -c full_page_writes=off -c max_connections=60")
-        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.directory / "pg.log"),
-                          "-o", options, "-w", "start")
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.directory} "
+            "-c fsync=off -c full_page_writes=off -c max_connections=60"
+        )
+        self._as_postgres(
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.directory / "pg.log"),
+            "-o",
+            options,
+            "-w",
+            "start",
+        )
 
     def stop(self) -> None:
         """A fast shutdown: every open session is cut off, as in a failover or a restart."""
@@ -186,25 +220,58 @@ STALLED_AFTER = 2
 
 
 @pytest.fixture(scope="session")
-def fault_worker(django_db_setup, django_db_blocker, media_root: Path, queue_prefix: str, broker: RedisServer,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+def fault_worker(
+    django_db_setup,
+    django_db_blocker,
+    media_root: Path,
+    queue_prefix: str,
+    broker: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[WorkerProcess]:
     """One Celery worker process (one pool process, so a queued message stays queued while it
     is busy) against the test database and the disposable Redis."""
     db = connection.settings_dict
     url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
     log = tmp_path_factory.mktemp("fault-worker") / "worker.log"
     hostname = f"{queue_prefix}@faults"
-    env = {**os.environ, "DATABASE_URL": url, "HITL_MEDIA_ROOT": str(media_root),
-           "HITL_STORAGE_ROOT": str(media_root / "storage"), "HITL_QUEUE_PREFIX": queue_prefix,
-           "HITL_DATA_DIR": str(log.parent), "CELERY_BROKER_URL": broker.url,
-           "HITL_SECRET_KEY": settings.SECRET_KEY, "HITL_STALLED_AFTER_SECONDS": str(STALLED_AFTER),
-           "HITL_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)}
+    env = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "HITL_MEDIA_ROOT": str(media_root),
+        "HITL_STORAGE_ROOT": str(media_root / "storage"),
+        "HITL_QUEUE_PREFIX": queue_prefix,
+        "HITL_DATA_DIR": str(log.parent),
+        "CELERY_BROKER_URL": broker.url,
+        "HITL_SECRET_KEY": settings.SECRET_KEY,
+        "HITL_STALLED_AFTER_SECONDS": str(STALLED_AFTER),
+        "HITL_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+    }
     with open(log, "w") as output:
         popen = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork", "--concurrency", "1",
-             "--loglevel", "INFO", "--without-mingle", "--without-gossip", "--hostname", hostname,
-             "-Q", f"{queue_prefix}.cpu,{queue_prefix}.gpu"],
-            env=env, cwd=settings.BASE_DIR, stdout=output, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                "worker",
+                "--pool",
+                "prefork",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+                "--without-mingle",
+                "--without-gossip",
+                "--hostname",
+                hostname,
+                "-Q",
+                f"{queue_prefix}.cpu,{queue_prefix}.gpu",
+            ],
+            env=env,
+            cwd=settings.BASE_DIR,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     worker = WorkerProcess(popen, log, hostname)
     wait_for_worker(worker)
@@ -237,13 +304,20 @@ def _ping(worker: WorkerProcess) -> bool:
 def wait_for(fault_worker: WorkerProcess) -> Callable[..., float]:
     """Wait for ``condition``; return the seconds it took. Fails with the worker's log."""
 
-    def wait(condition: Callable[[], bool], what: str, timeout: float = 120,
-             every: Callable[[], Any] | None = None, every_seconds: float = 3.0) -> float:
+    def wait(
+        condition: Callable[[], bool],
+        what: str,
+        timeout: float = 120,
+        every: Callable[[], Any] | None = None,
+        every_seconds: float = 3.0,
+    ) -> float:
         start = time.monotonic()
         last = start
         while not condition():
             if fault_worker.popen.poll() is not None:
-                raise AssertionError(f"the worker died while waiting for {what}:\n{fault_worker.log_tail()}")
+                raise AssertionError(
+                    f"the worker died while waiting for {what}:\n{fault_worker.log_tail()}"
+                )
             now = time.monotonic()
             if now - start > timeout:
                 raise AssertionError(f"timed out waiting for {what}:\n{fault_worker.log_tail()}")
@@ -262,7 +336,11 @@ def report_section(key: str, markdown: str) -> None:
     text = REPORT.read_text() if REPORT.exists() else REPORT_INTRO
     block = f"{begin}\n{markdown.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _: block, text)
+        if pattern.search(text)
+        else text.rstrip() + "\n\n" + block + "\n"
+    )
     REPORT.write_text(text)
 
 
@@ -273,16 +351,24 @@ class TableLock:
     def __init__(self, table: str) -> None:
         db = connection.settings_dict
         self.table = table
-        self.conn = psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"])
+        self.conn = psycopg.connect(
+            host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]
+        )
         self.conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
 
     def waiters(self) -> int:
         """Sessions (other than this one) waiting for a lock in a query on the table."""
-        with psycopg.connect(host=self.conn.info.host, port=self.conn.info.port, user=self.conn.info.user,
-                             dbname=self.conn.info.dbname, autocommit=True) as probe:
+        with psycopg.connect(
+            host=self.conn.info.host,
+            port=self.conn.info.port,
+            user=self.conn.info.user,
+            dbname=self.conn.info.dbname,
+            autocommit=True,
+        ) as probe:
             return probe.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND wait_event_type = 'Lock' AND query ILIKE %s", [f"%{self.table}%"],
+                "AND wait_event_type = 'Lock' AND query ILIKE %s",
+                [f"%{self.table}%"],
             ).fetchone()[0]
 
     def wait_for_waiter(self, worker: WorkerProcess, timeout: float = 60) -> float:
@@ -290,7 +376,9 @@ class TableLock:
         while self.waiters() == 0:
             if time.monotonic() - start > timeout:
                 self.release()
-                raise AssertionError(f"no task reached {self.table} in {timeout}s:\n{worker.log_tail()}")
+                raise AssertionError(
+                    f"no task reached {self.table} in {timeout}s:\n{worker.log_tail()}"
+                )
             time.sleep(0.1)
         return time.monotonic() - start
 

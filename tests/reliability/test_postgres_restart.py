@@ -26,7 +26,13 @@ import pytest
 import requests
 from django.conf import settings
 
-from tests.reliability.conftest import PostgresCluster, RedisServer, free_port, report_section, wait_port
+from tests.reliability.conftest import (
+    PostgresCluster,
+    RedisServer,
+    free_port,
+    report_section,
+    wait_port,
+)
 
 pytestmark = [pytest.mark.faults]
 CLIENTS = 4
@@ -57,26 +63,56 @@ class Live:
 
 
 @pytest.fixture()
-def web_server(postgres_cluster: PostgresCluster, broker: RedisServer, media_root: Path,
-                tmp_path: Path) -> Iterator[Live]:
+def web_server(
+    postgres_cluster: PostgresCluster, broker: RedisServer, media_root: Path, tmp_path: Path
+) -> Iterator[Live]:
     database = f"live_{uuid.uuid4().hex[:8]}"
     postgres_cluster.execute("postgres", f"CREATE DATABASE {database}")
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "hitl.settings", "DATABASE_URL": postgres_cluster.url(database),
-           "HITL_MEDIA_ROOT": str(media_root), "HITL_STORAGE_ROOT": str(media_root / "storage"),
-           "HITL_DATA_DIR": str(tmp_path), "CELERY_BROKER_URL": broker.url,
-           "HITL_QUEUE_PREFIX": f"hitl-live-{uuid.uuid4().hex[:8]}", "HITL_SECRET_KEY": settings.SECRET_KEY,
-           "HITL_DB_CONN_MAX_AGE": "60"}  # persistent connections: the restart breaks them under the app
-    seeded = subprocess.run([sys.executable, "-c", SEED], env=env, cwd=settings.BASE_DIR, capture_output=True,
-                            text=True, timeout=300)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "hitl.settings",
+        "DATABASE_URL": postgres_cluster.url(database),
+        "HITL_MEDIA_ROOT": str(media_root),
+        "HITL_STORAGE_ROOT": str(media_root / "storage"),
+        "HITL_DATA_DIR": str(tmp_path),
+        "CELERY_BROKER_URL": broker.url,
+        "HITL_QUEUE_PREFIX": f"hitl-live-{uuid.uuid4().hex[:8]}",
+        "HITL_SECRET_KEY": settings.SECRET_KEY,
+        "HITL_DB_CONN_MAX_AGE": "60",
+    }  # persistent connections: the restart breaks them under the app
+    seeded = subprocess.run(
+        [sys.executable, "-c", SEED],
+        env=env,
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,  # its stderr is shown below
+    )
     assert seeded.returncode == 0, seeded.stderr[-3000:]
     token = seeded.stdout.strip().splitlines()[-1]
     port = free_port()
     log = tmp_path / "gunicorn.log"
     with open(log, "w") as output:
         server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "hitl.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-             "--threads", "2", "--timeout", "60"],
-            env=env, cwd=settings.BASE_DIR, stdout=output, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "hitl.wsgi",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--workers",
+                "2",
+                "--threads",
+                "2",
+                "--timeout",
+                "60",
+            ],
+            env=env,
+            cwd=settings.BASE_DIR,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_port(port, server)
@@ -99,18 +135,28 @@ class ClientLog:
     network_errors: int = 0
 
 
-def _client(live: Live, bulks: list[tuple[int, list[str]]], log: ClientLog, deadline: float) -> None:
+def _client(
+    live: Live, bulks: list[tuple[int, list[str]]], log: ClientLog, deadline: float
+) -> None:
     session = requests.Session()
     session.headers["Authorization"] = f"Deployment {live.token}"
     rng = np.random.default_rng(len(bulks))
     for number, paths in bulks:
-        body = {"predictions": [{"image_path": p, "probabilities": q.tolist()}
-                                for p, q in zip(paths, rng.dirichlet(np.ones(10), size=len(paths)))]}
+        body = {
+            "predictions": [
+                {"image_path": p, "probabilities": q.tolist()}
+                for p, q in zip(paths, rng.dirichlet(np.ones(10), size=len(paths)))
+            ]
+        }
         retried = False
         while time.monotonic() < deadline:
             try:
-                response = session.post(f"{live.url}/api/v1/predictions/", data=json.dumps(body),
-                                        headers={"Content-Type": "application/json"}, timeout=30)
+                response = session.post(
+                    f"{live.url}/api/v1/predictions/",
+                    data=json.dumps(body),
+                    headers={"Content-Type": "application/json"},
+                    timeout=30,
+                )
             except requests.RequestException:
                 log.network_errors += 1
                 time.sleep(0.2)
@@ -119,7 +165,9 @@ def _client(live: Live, bulks: list[tuple[int, list[str]]], log: ClientLog, dead
             if response.status_code == 201:
                 log.acknowledged.append(number)
                 if retried and response.json()["duplicates"]:
-                    log.duplicates_on_retry += 1  # the earlier try committed; only its answer was lost
+                    log.duplicates_on_retry += (
+                        1  # the earlier try committed; only its answer was lost
+                    )
                 break
             if response.status_code == 503 and "Retry-After" in response.headers:
                 retried = True
@@ -133,20 +181,28 @@ def _client(live: Live, bulks: list[tuple[int, list[str]]], log: ClientLog, dead
 
 def _stored(cluster: PostgresCluster, database: str) -> dict[str, int]:
     """Predictions per stored item image path."""
-    rows = cluster.execute(database, "SELECT i.image, count(p.id) FROM hitl_item i "
-                                     "LEFT JOIN hitl_prediction p ON p.item_id = i.id GROUP BY i.image")
+    rows = cluster.execute(
+        database,
+        "SELECT i.image, count(p.id) FROM hitl_item i "
+        "LEFT JOIN hitl_prediction p ON p.item_id = i.id GROUP BY i.image",
+    )
     return dict(rows)
 
 
-def test_postgres_restart_under_ingestion_load(web_server: Live, postgres_cluster: PostgresCluster,
-                                               write_images) -> None:
+def test_postgres_restart_under_ingestion_load(
+    web_server: Live, postgres_cluster: PostgresCluster, write_images
+) -> None:
     started = time.monotonic()
     paths = write_images(range(CLIENTS * BULKS_PER_CLIENT * BULK_SIZE), folder="live")
-    bulks = [(n, paths[n * BULK_SIZE:(n + 1) * BULK_SIZE]) for n in range(CLIENTS * BULKS_PER_CLIENT)]
+    bulks = [
+        (n, paths[n * BULK_SIZE : (n + 1) * BULK_SIZE]) for n in range(CLIENTS * BULKS_PER_CLIENT)
+    ]
     logs = [ClientLog() for _ in range(CLIENTS)]
     deadline = time.monotonic() + 150
-    threads = [threading.Thread(target=_client, args=(web_server, bulks[c::CLIENTS], logs[c], deadline))
-               for c in range(CLIENTS)]
+    threads = [
+        threading.Thread(target=_client, args=(web_server, bulks[c::CLIENTS], logs[c], deadline))
+        for c in range(CLIENTS)
+    ]
     workers_before = set(_children(web_server.server.pid))
     for thread in threads:
         thread.start()
@@ -179,7 +235,9 @@ def test_postgres_restart_under_ingestion_load(web_server: Live, postgres_cluste
     assert set(_children(web_server.server.pid)) == workers_before
     assert "Traceback" not in web_server.log.read_text()
 
-    report_section("postgres", f"""
+    report_section(
+        "postgres",
+        f"""
 ## PostgreSQL restarted under ingestion load (`tests/reliability/test_postgres_restart.py`)
 
 gunicorn (2 processes x 2 threads, persistent database connections with health checks) against a
@@ -200,9 +258,10 @@ disposable PostgreSQL cluster; {CLIENTS} client threads each posted {BULKS_PER_C
 | predictions lost / stored twice | 0 / 0 |
 | web server restarts needed | 0 |
 | wall time of the test | {time.monotonic() - started:.1f} s |
-""")
+""",
+    )
 
 
 def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False).stdout
     return [int(p) for p in out.split()]

@@ -39,24 +39,35 @@ def _queued(client: redis.Redis, prefix: str) -> int:
 
 
 def test_work_queued_in_a_restarted_redis_completes_once(
-    project, labeled_items, ingest, broker, fault_worker, queue_prefix, wait_for,
+    project,
+    labeled_items,
+    ingest,
+    broker,
+    fault_worker,
+    queue_prefix,
+    wait_for,
 ) -> None:
     started = time.monotonic()
     labeled_items(range(150), folder="train")
     project.min_eval_labels = 1
     project.promotion_min_delta = 1.0  # the candidate is kept out of production: the batch ranks
-    project.save()                     # v1's predictions whichever of the two runs first
+    project.save()  # v1's predictions whichever of the two runs first
     version = ingest(range(150, 190)).model_version
-    wait_for(lambda: not Prediction.objects.filter(scored_at__isnull=True).exists(), "scoring of the pool")
+    wait_for(
+        lambda: not Prediction.objects.filter(scored_at__isnull=True).exists(),
+        "scoring of the pool",
+    )
 
     # Keep the worker's one pool process busy, so what follows stays queued in Redis.
-    event = WebhookEvent.objects.create(action="PROJECT_UPDATED", payload={"action": "PROJECT_UPDATED"},
-                                        state=EventState.PROCESSED)
+    event = WebhookEvent.objects.create(
+        action="PROJECT_UPDATED", payload={"action": "PROJECT_UPDATED"}, state=EventState.PROCESSED
+    )
     busy = TableLock(WebhookEvent._meta.db_table)
     celery_app.send_task("labeling.tasks.process_webhook_event", args=[event.id])
     busy.wait_for_waiter(fault_worker)
-    batch = review_batch_request(project=project, requested_by="test", size=BATCH_SIZE, audit_fraction=0.2,
-                                 strategy="margin")
+    batch = review_batch_request(
+        project=project, requested_by="test", size=BATCH_SIZE, audit_fraction=0.2, strategy="margin"
+    )
     cycle = cycle_request(project=project, requested_by="test")
     client = redis.Redis.from_url(broker.url)
     queued = _queued(client, queue_prefix)
@@ -84,15 +95,21 @@ def test_work_queued_in_a_restarted_redis_completes_once(
     beat()
     beat()
     recovery = wait_for(
-        lambda: ReviewBatch.objects.get(pk=batch.pk).status != ReviewBatchStatus.PENDING
-        and RetrainingCycle.objects.get(pk=cycle.pk).is_finished,
-        "the re-sent selection and cycle", timeout=180, every=beat,
+        lambda: (
+            ReviewBatch.objects.get(pk=batch.pk).status != ReviewBatchStatus.PENDING
+            and RetrainingCycle.objects.get(pk=cycle.pk).is_finished
+        ),
+        "the re-sent selection and cycle",
+        timeout=180,
+        every=beat,
     )
 
     batch.refresh_from_db()
     cycle.refresh_from_db()
     assert batch.status == ReviewBatchStatus.SELECTED, batch.error
-    tasks = list(ReviewTask.objects.filter(batch__project=project).values_list("batch_id", "item_id"))
+    tasks = list(
+        ReviewTask.objects.filter(batch__project=project).values_list("batch_id", "item_id")
+    )
     assert len(tasks) == BATCH_SIZE and {b for b, _ in tasks} == {batch.id}
     assert len({item for _, item in tasks}) == BATCH_SIZE
     assert cycle.status == CycleStatus.SUCCEEDED, cycle.error
@@ -101,7 +118,9 @@ def test_work_queued_in_a_restarted_redis_completes_once(
     assert EvaluationSnapshot.objects.filter(cycle=cycle).count() == 2
     assert TrustEvent.objects.filter(project=project, kind="model_evaluated").count() == 2
 
-    report_section("redis", f"""
+    report_section(
+        "redis",
+        f"""
 ## Redis restarted with work queued (`tests/reliability/test_redis_restart.py`)
 
 A disposable `redis-server` without persistence; one real Celery worker process (never
@@ -120,4 +139,5 @@ selection and a retraining cycle stayed queued; then Redis was killed and starte
 | work run twice to a different result | 0 |
 | seconds from the first beat to both finished | {recovery:.1f} |
 | wall time of the test | {time.monotonic() - started:.1f} s |
-""")
+""",
+    )

@@ -91,16 +91,28 @@ def _check_scores(setup: Setup) -> None:
 
 def _request_batch(strategy: str) -> Callable[[Setup], None]:
     def start(setup: Setup) -> None:
-        setup.state["batch"] = review_batch_request(project=setup.project, requested_by="test", size=BATCH_SIZE,
-                                                    audit_fraction=0.2, strategy=strategy).id
+        setup.state["batch"] = review_batch_request(
+            project=setup.project,
+            requested_by="test",
+            size=BATCH_SIZE,
+            audit_fraction=0.2,
+            strategy=strategy,
+        ).id
+
     return start
 
 
 def _lost_batch(setup: Setup) -> None:
     """A pending batch whose selection message was lost (created without sending it)."""
     _scored_pool(setup)
-    batch = ReviewBatch.objects.create(project=setup.project, strategy="margin", size=BATCH_SIZE,
-                                       audit_fraction=0.2, seed=1, requested_by="test")
+    batch = ReviewBatch.objects.create(
+        project=setup.project,
+        strategy="margin",
+        size=BATCH_SIZE,
+        audit_fraction=0.2,
+        seed=1,
+        requested_by="test",
+    )
     ReviewBatch.objects.filter(pk=batch.pk).update(created_at=batch.created_at.replace(year=2000))
     setup.state["batch"] = batch.id
 
@@ -112,7 +124,9 @@ def _batch_selected(setup: Setup) -> bool:
 def _check_batch(setup: Setup) -> None:
     batch = ReviewBatch.objects.get(pk=setup.state["batch"])
     assert batch.status == ReviewBatchStatus.SELECTED, batch.error
-    items = list(ReviewTask.objects.filter(batch__project=setup.project).values_list("item_id", flat=True))
+    items = list(
+        ReviewTask.objects.filter(batch__project=setup.project).values_list("item_id", flat=True)
+    )
     assert len(items) == BATCH_SIZE and len(set(items)) == BATCH_SIZE
 
 
@@ -134,7 +148,9 @@ def _cycle_finished(setup: Setup) -> bool:
 def _check_cycle(setup: Setup) -> None:
     cycle = RetrainingCycle.objects.get(pk=setup.state["cycle"])
     assert cycle.status == CycleStatus.SUCCEEDED, cycle.error
-    assert ModelVersion.objects.filter(project=setup.project).exclude(pk=setup.version.pk).count() == 1
+    assert (
+        ModelVersion.objects.filter(project=setup.project).exclude(pk=setup.version.pk).count() == 1
+    )
     assert cycle.candidate_version is not None
     assert EvaluationSnapshot.objects.filter(cycle=cycle).count() == 2
     for kind in ("model_trained", "model_evaluated"):
@@ -144,14 +160,16 @@ def _check_cycle(setup: Setup) -> None:
 
 
 def _unpredicted_items(setup: Setup) -> None:
-    setup.state["items"] = items_register(project=setup.project,
-                                          image_paths=setup.write_images(range(300, 300 + POOL), folder="new"))
+    setup.state["items"] = items_register(
+        project=setup.project, image_paths=setup.write_images(range(300, 300 + POOL), folder="new")
+    )
 
 
 def _send(name: str, key: str | None = None) -> Callable[[Setup], None]:
     def start(setup: Setup) -> None:
         argument = setup.version.id if key == "version" else setup.state[key] if key else None
         celery_app.send_task(name, args=[] if argument is None else [argument])
+
     return start
 
 
@@ -160,13 +178,16 @@ def _all_predicted(setup: Setup) -> bool:
 
 
 def _check_predictions(setup: Setup) -> None:
-    items = list(Prediction.objects.filter(model_version=setup.version).values_list("item_id", flat=True))
+    items = list(
+        Prediction.objects.filter(model_version=setup.version).values_list("item_id", flat=True)
+    )
     assert sorted(items) == sorted(setup.state["items"])
 
 
 def _pending_event(setup: Setup) -> None:
-    setup.state["event"] = WebhookEvent.objects.create(action="PROJECT_UPDATED",
-                                                       payload={"action": "PROJECT_UPDATED"}).id
+    setup.state["event"] = WebhookEvent.objects.create(
+        action="PROJECT_UPDATED", payload={"action": "PROJECT_UPDATED"}
+    ).id
 
 
 def _event_processed(setup: Setup) -> bool:
@@ -179,26 +200,75 @@ def _check_event(setup: Setup) -> None:
 
 
 CASES = [
-    KillCase("workers.tasks.score_predictions", UncertaintyScore._meta.db_table, _nothing,
-             lambda setup: setup.ingest(range(200, 200 + POOL)), _all_scored, _check_scores),
-    KillCase("workers.tasks.select_review_batch", ReviewTask._meta.db_table, _scored_pool,
-             _request_batch("margin"), _batch_selected, _check_batch),
-    KillCase("workers.tasks.select_review_batch_with_model", ReviewTask._meta.db_table, _scored_pool,
-             _request_batch("coreset"), _batch_selected, _check_batch),
-    KillCase("workers.tasks.retrain", TrustEvent._meta.db_table, _labeled_project, _request_cycle,
-             _cycle_finished, _check_cycle),
-    KillCase("workers.tasks.evaluate", EvaluationSnapshot._meta.db_table, _labeled_project, _request_cycle,
-             _cycle_finished, _check_cycle),
-    KillCase("workers.tasks.predict_items", Prediction._meta.db_table, _unpredicted_items,
-             _send("workers.tasks.predict_items", "version"), _all_predicted, _check_predictions),
-    KillCase("workers.tasks.requeue_stalled_work", ReviewBatch._meta.db_table, _lost_batch,
-             _send("workers.tasks.requeue_stalled_work"), _batch_selected, _check_batch),
-    KillCase("labeling.tasks.process_webhook_event", WebhookEvent._meta.db_table, _pending_event,
-             _send("labeling.tasks.process_webhook_event", "event"), _event_processed, _check_event),
+    KillCase(
+        "workers.tasks.score_predictions",
+        UncertaintyScore._meta.db_table,
+        _nothing,
+        lambda setup: setup.ingest(range(200, 200 + POOL)),
+        _all_scored,
+        _check_scores,
+    ),
+    KillCase(
+        "workers.tasks.select_review_batch",
+        ReviewTask._meta.db_table,
+        _scored_pool,
+        _request_batch("margin"),
+        _batch_selected,
+        _check_batch,
+    ),
+    KillCase(
+        "workers.tasks.select_review_batch_with_model",
+        ReviewTask._meta.db_table,
+        _scored_pool,
+        _request_batch("coreset"),
+        _batch_selected,
+        _check_batch,
+    ),
+    KillCase(
+        "workers.tasks.retrain",
+        TrustEvent._meta.db_table,
+        _labeled_project,
+        _request_cycle,
+        _cycle_finished,
+        _check_cycle,
+    ),
+    KillCase(
+        "workers.tasks.evaluate",
+        EvaluationSnapshot._meta.db_table,
+        _labeled_project,
+        _request_cycle,
+        _cycle_finished,
+        _check_cycle,
+    ),
+    KillCase(
+        "workers.tasks.predict_items",
+        Prediction._meta.db_table,
+        _unpredicted_items,
+        _send("workers.tasks.predict_items", "version"),
+        _all_predicted,
+        _check_predictions,
+    ),
+    KillCase(
+        "workers.tasks.requeue_stalled_work",
+        ReviewBatch._meta.db_table,
+        _lost_batch,
+        _send("workers.tasks.requeue_stalled_work"),
+        _batch_selected,
+        _check_batch,
+    ),
+    KillCase(
+        "labeling.tasks.process_webhook_event",
+        WebhookEvent._meta.db_table,
+        _pending_event,
+        _send("labeling.tasks.process_webhook_event", "event"),
+        _event_processed,
+        _check_event,
+    ),
 ]
 # These talk to a Label Studio server at once (push, pull); they are not in this table.
-NEEDS_LABEL_STUDIO = frozenset({"labeling.tasks.push_review_tasks", "labeling.tasks.reconcile",
-                                "labeling.tasks.reconcile_all"})
+NEEDS_LABEL_STUDIO = frozenset(
+    {"labeling.tasks.push_review_tasks", "labeling.tasks.reconcile", "labeling.tasks.reconcile_all"}
+)
 
 
 def test_every_task_type_has_a_kill_case() -> None:
@@ -225,7 +295,14 @@ def _wait(condition: Callable[[], bool], seconds: float) -> bool:
 
 @pytest.mark.parametrize("case", CASES, ids=[case.task.rsplit(".", 1)[1] for case in CASES])
 def test_a_task_killed_midway_completes_once(
-    case: KillCase, project, version, ingest, labeled_items, write_images, fault_worker, wait_for,
+    case: KillCase,
+    project,
+    version,
+    ingest,
+    labeled_items,
+    write_images,
+    fault_worker,
+    wait_for,
 ) -> None:
     started = time.monotonic()
     setup = Setup(project, version, ingest, labeled_items, write_images, {})
@@ -243,6 +320,7 @@ def test_a_task_killed_midway_completes_once(
     by_redelivery = _wait(lambda: case.done(setup), REDELIVERY_GRACE)
     beats = 0
     if not by_redelivery:
+
         def beat() -> None:
             nonlocal beats
             celery_app.send_task("workers.tasks.requeue_stalled_work")
@@ -251,8 +329,13 @@ def test_a_task_killed_midway_completes_once(
         beat()
         wait_for(lambda: case.done(setup), f"{case.task} after the kill", timeout=120, every=beat)
     case.check(setup)
-    RESULTS[case.task] = {"killed": len(killed), "redelivery": by_redelivery, "beats": beats,
-                          "attempts": setup.state.get("attempts"), "seconds": time.monotonic() - started}
+    RESULTS[case.task] = {
+        "killed": len(killed),
+        "redelivery": by_redelivery,
+        "beats": beats,
+        "attempts": setup.state.get("attempts"),
+        "seconds": time.monotonic() - started,
+    }
     if len(RESULTS) == len(CASES):
         _report()
 
@@ -263,15 +346,21 @@ def _busy() -> bool:
 
 
 def _report_row(case: KillCase, result: dict[str, Any]) -> str:
-    completed_by = "redelivery" if result["redelivery"] else f"redelivery + beat ({result['beats']} firings)"
+    completed_by = (
+        "redelivery" if result["redelivery"] else f"redelivery + beat ({result['beats']} firings)"
+    )
     attempts = "-" if result["attempts"] is None else result["attempts"]
-    return (f"| `{case.task}` | `{case.table}` | {result['killed']} | {completed_by} | {attempts} | 0 | 0 "
-            f"| {result['seconds']:.1f} |")
+    return (
+        f"| `{case.task}` | `{case.table}` | {result['killed']} | {completed_by} | {attempts} | 0 | 0 "
+        f"| {result['seconds']:.1f} |"
+    )
 
 
 def _report() -> None:
     rows = "\n".join(_report_row(case, RESULTS[case.task]) for case in CASES)
-    report_section("worker-kill", f"""
+    report_section(
+        "worker-kill",
+        f"""
 ## A worker SIGKILLed in each task type (`tests/reliability/test_worker_kill.py`)
 
 One real Celery worker process with one pool process, the test database and a disposable Redis.
@@ -285,4 +374,5 @@ and are not in this table.
 | task | stopped at | pool processes killed | completed by | cycle attempts | lost | duplicated | seconds |
 | --- | --- | --- | --- | --- | --- | --- | --- |
 {rows}
-""")
+""",
+    )
