@@ -366,10 +366,12 @@ def _report() -> None:
 One real Celery worker process with one pool process, the test database and a disposable Redis.
 Each task was stopped at a query on the table named (held `ACCESS EXCLUSIVE` by the test), its
 pool process was SIGKILLed, then the table was let go. "Completed by" says whether the broker's
-redelivery alone finished the work, or whether the dead process's advisory lock made the
-redelivered task step aside so that the beat's re-send finished it. Label Studio's
-push and reconcile tasks ({", ".join(sorted(NEEDS_LABEL_STUDIO))}) need a Label Studio server
-and are not in this table.
+redelivery alone finished the work, or whether the redelivered task stepped aside and the
+beat's re-send finished it: PostgreSQL ends a dead client's session only once its blocked query
+returns, so until then that session still held the cycle's advisory lock (evaluate) or the
+prediction rows it had claimed, which scoring skips (`SKIP LOCKED`). Label Studio's push and
+reconcile tasks ({", ".join(f"`{t}`" for t in sorted(NEEDS_LABEL_STUDIO))}) need a Label Studio
+server and are not in this table.
 
 | task | stopped at | pool processes killed | completed by | cycle attempts | lost | duplicated | seconds |
 | --- | --- | --- | --- | --- | --- | --- | --- |
