@@ -9,6 +9,7 @@ OS user, trust authentication).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -219,24 +220,54 @@ VISIBILITY_TIMEOUT = 20
 STALLED_AFTER = 2
 
 
+class FaultWorker(WorkerProcess):
+    """A Celery worker process that can be killed whole (main process and pool, as when its
+    machine is lost) and started again under the same name."""
+
+    def __init__(self, env: dict[str, str], log: Path, hostname: str, queues: str) -> None:
+        self.env, self.queues, self.starts = env, queues, 0
+        super().__init__(None, log, hostname)  # type: ignore[arg-type]
+        self.start()
+
+    def start(self) -> None:
+        with open(self.log, "a") as output:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork",
+                 "--concurrency", "1", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+                 "--hostname", self.hostname, "-Q", self.queues],
+                env=self.env, cwd=settings.BASE_DIR, stdout=output, stderr=subprocess.STDOUT,
+            )
+        self.starts += 1
+        wait_for_worker(self)
+
+    def kill_all(self) -> None:
+        pool = self.children()
+        self.popen.kill()
+        for pid in pool:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+
+
 @pytest.fixture(scope="session")
 def fault_worker(
-    django_db_setup,
-    django_db_blocker,
-    media_root: Path,
-    queue_prefix: str,
-    broker: RedisServer,
+    django_db_setup, django_db_blocker, media_root: Path, queue_prefix: str, broker: RedisServer,
     tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[WorkerProcess]:
+) -> Iterator[FaultWorker]:
     """One Celery worker process (one pool process, so a queued message stays queued while it
     is busy) against the test database and the disposable Redis."""
     db = connection.settings_dict
-    url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
     log = tmp_path_factory.mktemp("fault-worker") / "worker.log"
-    hostname = f"{queue_prefix}@faults"
     env = {
         **os.environ,
-        "DATABASE_URL": url,
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
         "HITL_MEDIA_ROOT": str(media_root),
         "HITL_STORAGE_ROOT": str(media_root / "storage"),
         "HITL_QUEUE_PREFIX": queue_prefix,
@@ -246,41 +277,9 @@ def fault_worker(
         "HITL_STALLED_AFTER_SECONDS": str(STALLED_AFTER),
         "HITL_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
     }
-    with open(log, "w") as output:
-        popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "workers",
-                "worker",
-                "--pool",
-                "prefork",
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-                "--hostname",
-                hostname,
-                "-Q",
-                f"{queue_prefix}.cpu,{queue_prefix}.gpu",
-            ],
-            env=env,
-            cwd=settings.BASE_DIR,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    worker = WorkerProcess(popen, log, hostname)
-    wait_for_worker(worker)
+    worker = FaultWorker(env, log, f"{queue_prefix}@faults", f"{queue_prefix}.cpu,{queue_prefix}.gpu")
     yield worker
-    popen.send_signal(signal.SIGTERM)
-    try:
-        popen.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        popen.kill()
+    worker.stop()
     from tests.conftest import _wait_for_other_sessions_to_end
 
     _wait_for_other_sessions_to_end(django_db_blocker)

@@ -37,7 +37,7 @@ from hitl.services.scoring import predictions_score
 from hitl.services.selection import review_batch_request
 from labeling.models import EventState, WebhookEvent
 from tests.conftest import WorkerProcess
-from tests.reliability.conftest import TableLock, report_section
+from tests.reliability.conftest import STALLED_AFTER, VISIBILITY_TIMEOUT, TableLock, report_section
 from workers.celery import app as celery_app
 from workers.ml.uncertainty import SCORERS
 
@@ -378,3 +378,53 @@ server and are not in this table.
 {rows}
 """,
     )
+
+
+def test_a_worker_killed_whole_mid_cycle_loses_nothing(
+    project, version, ingest, labeled_items, write_images, fault_worker, wait_for,
+) -> None:
+    """The machine is lost: the worker's main process and its pool are SIGKILLed while a cycle
+    finishes training, so no process is left to hand the message back. A new worker starts; the
+    message stays unacknowledged in Redis until its visibility timeout, and the beat re-sends the
+    cycle (its heartbeat stopped) long before that: the cycle finishes, with one candidate."""
+    started = time.monotonic()
+    setup = Setup(project, version, ingest, labeled_items, write_images, {})
+    _labeled_project(setup)
+    lock = TableLock(TrustEvent._meta.db_table)
+    try:
+        _request_cycle(setup)
+        lock.wait_for_waiter(fault_worker)
+        fault_worker.kill_all()
+    finally:
+        lock.release()
+    fault_worker.start()
+    beats = 0
+
+    def beat() -> None:
+        nonlocal beats
+        celery_app.send_task("workers.tasks.requeue_stalled_work")
+        beats += 1
+
+    recovery = wait_for(lambda: _cycle_finished(setup), "the cycle after losing its worker", timeout=120,
+                        every=beat)
+    _check_cycle(setup)
+    assert setup.state["attempts"] == 2  # the lost attempt, then the one that finished
+    report_section("worker-lost", f"""
+## A worker lost whole mid-cycle (`tests/reliability/test_worker_kill.py`)
+
+The worker's main process and pool process were SIGKILLed together while the cycle was writing
+its trained candidate (stopped at `{TrustEvent._meta.db_table}`), as when a machine is lost: no
+process was left to hand the message back, which stays unacknowledged in Redis until the
+visibility timeout (`HITL_VISIBILITY_TIMEOUT`, {VISIBILITY_TIMEOUT} s here, 4 h by default). A new
+worker process was started and the beat re-sent the cycle once its heartbeat was older than
+`HITL_STALLED_AFTER_SECONDS` ({STALLED_AFTER} s here).
+
+| figure | value |
+| --- | --- |
+| worker processes killed (main + pool) | 2 |
+| beat firings until the cycle finished | {beats} |
+| cycle attempts / candidates stored / evaluation snapshots | {setup.state["attempts"]} / 1 / 2 |
+| lost / duplicated | 0 / 0 |
+| seconds from the new worker to the cycle finished | {recovery:.1f} |
+| wall time of the test | {time.monotonic() - started:.1f} s |
+""")
