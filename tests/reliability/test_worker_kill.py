@@ -22,6 +22,8 @@ import workers.tasks  # noqa: F401 - registers hitl's tasks with the app
 from hitl.models import (
     CycleStatus,
     EvaluationSnapshot,
+    Label,
+    LabelStatus,
     ModelVersion,
     Prediction,
     RetrainingCycle,
@@ -34,8 +36,16 @@ from hitl.models import (
 from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import items_register
 from hitl.services.scoring import predictions_score
-from hitl.services.selection import review_batch_request
-from labeling.models import EventState, WebhookEvent
+from hitl.services.selection import review_batch_request, review_batch_select
+from labeling.mapping import choice_result
+from labeling.models import (
+    EventState,
+    LabelStudioAnnotation,
+    LabelStudioProject,
+    LabelStudioTask,
+    PushState,
+    WebhookEvent,
+)
 from tests.conftest import WorkerProcess
 from tests.reliability.conftest import STALLED_AFTER, VISIBILITY_TIMEOUT, TableLock, report_section
 from workers.celery import app as celery_app
@@ -185,9 +195,19 @@ def _check_predictions(setup: Setup) -> None:
 
 
 def _pending_event(setup: Setup) -> None:
-    setup.state["event"] = WebhookEvent.objects.create(
-        action="PROJECT_UPDATED", payload={"action": "PROJECT_UPDATED"}
-    ).id
+    """A Label Studio annotation webhook, stored and not yet processed, for a pushed review task."""
+    setup.ingest(range(400, 410))
+    batch = review_batch_request(project=setup.project, requested_by="test", size=3, audit_fraction=0)
+    review_batch_select(batch_id=batch.id)
+    task = batch.tasks.order_by("rank").first()
+    link = LabelStudioProject.objects.create(project=setup.project, ls_project_id=7)
+    LabelStudioTask.objects.create(ls_project=link, review_task=task, ls_task_id=101, state=PushState.PUSHED)
+    annotation = {"id": 1, "task": 101, "result": choice_result("bag"), "updated_at": "2026-11-30T10:00:00Z",
+                  "completed_by": {"id": 3, "email": "ann@example.com"}, "was_cancelled": False}
+    payload = {"action": "ANNOTATION_CREATED", "project": {"id": 7}, "annotation": annotation}
+    setup.state["event"] = WebhookEvent.objects.create(action="ANNOTATION_CREATED", ls_project_id=7,
+                                                       payload=payload).id
+    setup.state["item"] = task.item_id
 
 
 def _event_processed(setup: Setup) -> bool:
@@ -196,7 +216,10 @@ def _event_processed(setup: Setup) -> bool:
 
 def _check_event(setup: Setup) -> None:
     event = WebhookEvent.objects.get(pk=setup.state["event"])
-    assert event.state == EventState.PROCESSED and event.processed_at is not None
+    assert event.state == EventState.PROCESSED, event.error
+    labels = list(Label.objects.filter(item_id=setup.state["item"]).values_list("value", "status", "external_id"))
+    assert labels == [("bag", LabelStatus.CURRENT, "ls-annotation:1")]
+    assert LabelStudioAnnotation.objects.filter(ls_annotation_id=1).count() == 1
 
 
 CASES = [
