@@ -281,7 +281,7 @@ CASES = [
     ),
     KillCase(
         "labeling.tasks.process_webhook_event",
-        WebhookEvent._meta.db_table,
+        Label._meta.db_table,
         _pending_event,
         _send("labeling.tasks.process_webhook_event", "event"),
         _event_processed,
@@ -391,7 +391,7 @@ Each task was stopped at a query on the table named (held `ACCESS EXCLUSIVE` by 
 pool process was SIGKILLed, then the table was let go. "Completed by" says whether the broker's
 redelivery alone finished the work, or whether the redelivered task stepped aside and the
 beat's re-send finished it: PostgreSQL ends a dead client's session only once its blocked query
-returns, so until then that session still held the cycle's advisory lock (evaluate) or the
+returns, so until then that session still held the cycle's advisory lock (retrain, evaluate) or the
 prediction rows it had claimed, which scoring skips (`SKIP LOCKED`). Label Studio's push and
 reconcile tasks ({", ".join(f"`{t}`" for t in sorted(NEEDS_LABEL_STUDIO))}) need a Label Studio
 server and are not in this table.
