@@ -33,7 +33,19 @@ from django.db import connection
 from tests.conftest import WorkerProcess
 from workers.celery import app as celery_app
 
-PG_BIN = Path(os.environ.get("HITL_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _postgres_bin() -> Path:
+    """The newest installed PostgreSQL's programs (Debian layout), or ``HITL_PG_BIN``."""
+    if "HITL_PG_BIN" in os.environ:
+        return Path(os.environ["HITL_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise RuntimeError(
+            "no PostgreSQL server programs (initdb, pg_ctl) found: install postgresql or set HITL_PG_BIN"
+        )
+    return found[-1].parent
+
+
 REPORT = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 REPORT_INTRO = """# Reliability: faults injected into the real parts
 
@@ -115,6 +127,7 @@ class PostgresCluster:
         self.port = free_port()
         self.directory = directory
         self.data = directory / "data"
+        self.bin = _postgres_bin()
         self.restarts = 0
 
     def url(self, database: str) -> str:
@@ -128,7 +141,7 @@ class PostgresCluster:
         if os.geteuid() == 0:
             shutil.chown(self.directory, "postgres", "postgres")
         self._as_postgres(
-            str(PG_BIN / "initdb"),
+            str(self.bin / "initdb"),
             "-D",
             str(self.data),
             "-U",
@@ -145,7 +158,7 @@ class PostgresCluster:
             "-c fsync=off -c full_page_writes=off -c max_connections=60"
         )
         self._as_postgres(
-            str(PG_BIN / "pg_ctl"),
+            str(self.bin / "pg_ctl"),
             "-D",
             str(self.data),
             "-l",
@@ -158,7 +171,9 @@ class PostgresCluster:
 
     def stop(self) -> None:
         """A fast shutdown: every open session is cut off, as in a failover or a restart."""
-        self._as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+        self._as_postgres(
+            str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"
+        )
 
     def restart(self, down_seconds: float = 0) -> None:
         self.stop()
@@ -232,10 +247,30 @@ class FaultWorker(WorkerProcess):
     def start(self) -> None:
         with open(self.log, "a") as output:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers", "worker", "--pool", "prefork",
-                 "--concurrency", "1", "--loglevel", "INFO", "--without-mingle", "--without-gossip",
-                 "--hostname", self.hostname, "-Q", self.queues],
-                env=self.env, cwd=settings.BASE_DIR, stdout=output, stderr=subprocess.STDOUT,
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers",
+                    "worker",
+                    "--pool",
+                    "prefork",
+                    "--concurrency",
+                    "1",
+                    "--loglevel",
+                    "INFO",
+                    "--without-mingle",
+                    "--without-gossip",
+                    "--hostname",
+                    self.hostname,
+                    "-Q",
+                    self.queues,
+                ],
+                env=self.env,
+                cwd=settings.BASE_DIR,
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
         self.starts += 1
         wait_for_worker(self)
@@ -258,7 +293,11 @@ class FaultWorker(WorkerProcess):
 
 @pytest.fixture(scope="session")
 def fault_worker(
-    django_db_setup, django_db_blocker, media_root: Path, queue_prefix: str, broker: RedisServer,
+    django_db_setup,
+    django_db_blocker,
+    media_root: Path,
+    queue_prefix: str,
+    broker: RedisServer,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FaultWorker]:
     """One Celery worker process (one pool process, so a queued message stays queued while it
@@ -277,7 +316,9 @@ def fault_worker(
         "HITL_STALLED_AFTER_SECONDS": str(STALLED_AFTER),
         "HITL_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
     }
-    worker = FaultWorker(env, log, f"{queue_prefix}@faults", f"{queue_prefix}.cpu,{queue_prefix}.gpu")
+    worker = FaultWorker(
+        env, log, f"{queue_prefix}@faults", f"{queue_prefix}.cpu,{queue_prefix}.gpu"
+    )
     yield worker
     worker.stop()
     from tests.conftest import _wait_for_other_sessions_to_end
