@@ -218,10 +218,12 @@ def test_a_differing_predicted_label_is_reported(deployment_client, write_images
 
 
 @pytest.fixture()
-def refused_predictions() -> Iterator[Callable[[], int]]:
-    """PostgreSQL aborts every prediction insert as a deadlock victim (a trigger raising SQLSTATE
-    40P01); returns how many times it did (a sequence: not rolled back with the transaction)."""
+def refused_predictions(deployment_and_token) -> Iterator[Callable[[], int]]:
+    """PostgreSQL aborts every insert of this deployment's predictions as a deadlock victim (a
+    trigger raising SQLSTATE 40P01); returns how many times it did (a sequence: not rolled back
+    with the transaction). Other sessions' inserts (a worker's) are left alone."""
     table = Prediction._meta.db_table
+    deployment_id = int(deployment_and_token[0].id)
     with connection.cursor() as cursor:
         cursor.execute("CREATE SEQUENCE refusals")
         cursor.execute(
@@ -231,7 +233,8 @@ def refused_predictions() -> Iterator[Callable[[], int]]:
             "END $$"
         )
         cursor.execute(
-            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION refuse()"
+            f"CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW "
+            f"WHEN (NEW.deployment_id = {deployment_id}) EXECUTE FUNCTION refuse()"
         )
 
     def refusals() -> int:
@@ -239,11 +242,13 @@ def refused_predictions() -> Iterator[Callable[[], int]]:
             cursor.execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM refusals")
             return cursor.fetchone()[0]
 
-    yield refusals
-    with connection.cursor() as cursor:
-        cursor.execute(f"DROP TRIGGER refuse ON {table}")
-        cursor.execute("DROP FUNCTION refuse()")
-        cursor.execute("DROP SEQUENCE refusals")
+    try:
+        yield refusals
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER IF EXISTS refuse ON {table}")
+            cursor.execute("DROP FUNCTION IF EXISTS refuse()")
+            cursor.execute("DROP SEQUENCE IF EXISTS refusals")
 
 
 def test_a_bulk_refused_on_every_attempt_gets_a_503_with_retry_after(
