@@ -35,5 +35,14 @@ class Conflict(Exception):
     """The request does not fit the current state (e.g. cancelling a finished cycle). A 409."""
 
 
+class Unavailable(Exception):
+    """The database could not take the work right now (it kept refusing a transaction under
+    contention, or it is unreachable); nothing was written. A 503 with ``Retry-After``."""
+
+    def __init__(self, message: str, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Busy(Exception):
     """Another worker holds the work this task needs; try again later (Celery retries it)."""

@@ -17,7 +17,10 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from hitl.errors import Conflict, FieldError, InvalidInput
+from hitl.errors import TRANSIENT_DB_ERRORS, Conflict, FieldError, InvalidInput, Unavailable
+
+# The database went away (a restart, a failover): the client retries; no traceback, no 500.
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 def _flatten(detail: Any, prefix: str = "") -> list[FieldError]:
@@ -82,11 +85,22 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
     return defaults.page_not_found(request, exception)
 
 
+def _unavailable(message: str, retry_after: int) -> Response:
+    response = error_response([FieldError("", message)], status.HTTP_503_SERVICE_UNAVAILABLE)
+    response["Retry-After"] = str(retry_after)
+    return response
+
+
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, InvalidInput):
         return error_response(exc.errors, status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, Conflict):
         return error_response([FieldError("", str(exc))], status.HTTP_409_CONFLICT)
+    if isinstance(exc, Unavailable):
+        return _unavailable(str(exc), exc.retry_after)
+    if isinstance(exc, TRANSIENT_DB_ERRORS):
+        return _unavailable("the database is unavailable right now; send the request again",
+                            DATABASE_RETRY_AFTER_SECONDS)
     if isinstance(exc, (ObjectDoesNotExist, Http404)):
         return error_response([FieldError("", str(exc) or "not found")], status.HTTP_404_NOT_FOUND)
     if isinstance(exc, exceptions.ParseError):

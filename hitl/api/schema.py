@@ -18,6 +18,7 @@ ERRORS = {
     "404": "no such object (or not visible to these credentials)",
     "413": "the body is over HITL_MAX_REQUEST_BYTES (refused before it is read)",
     "429": "too many requests; see Retry-After",
+    "503": "the database is briefly unavailable or refused the work under contention; retry after Retry-After",
 }
 ERRORS_WITH_BODY = {
     "409": "the request does not fit the object's current state",

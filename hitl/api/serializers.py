@@ -177,12 +177,21 @@ class IngestMultipartSerializer(serializers.Serializer):
     payload = serializers.CharField(help_text="the JSON bulk; files go in image_upload fields")
 
 
+class PredictionConflictSerializer(serializers.Serializer):
+    index = serializers.IntegerField(help_text="Position in the bulk.")
+    item_id = serializers.IntegerField()
+    field = serializers.ChoiceField(choices=["probabilities", "predicted_label"])
+
+
 class IngestResultSerializer(serializers.Serializer):
     model_version = serializers.CharField(source="model_version.name")
     created = serializers.IntegerField()
     duplicates = serializers.IntegerField()
     items_created = serializers.IntegerField()
     item_ids = serializers.ListField(child=serializers.IntegerField())
+    conflicts = PredictionConflictSerializer(
+        many=True, help_text="Re-sent predictions that differ from the stored one, which stands."
+    )
 
 
 class AccuracyEstimateSerializer(serializers.Serializer):

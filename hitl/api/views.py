@@ -86,11 +86,7 @@ class PredictionIngestView(APIView):
             uploads = request.FILES
             payload = json_document(request.data.get("payload", ""), field="payload")
         result = predictions_ingest(deployment=request.user, payload=payload, uploads=uploads)
-        return Response(
-            {"model_version": result.model_version.name, "created": result.created,
-             "duplicates": result.duplicates, "items_created": result.items_created, "item_ids": result.item_ids},
-            status=status.HTTP_201_CREATED,
-        )
+        return Response(s.IngestResultSerializer(result).data, status=status.HTTP_201_CREATED)
 
 
 class ProjectListView(generics.ListAPIView):

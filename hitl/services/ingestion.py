@@ -2,7 +2,13 @@
 
 A bulk is validated whole before anything is written: it is stored all-or-nothing. Sending the
 same bulk again stores nothing new (one prediction per item and model version), so a deployment
-may retry freely after a timeout.
+may retry freely after a timeout. A re-sent prediction that differs from the stored one is not
+stored either, but reported back as a conflict.
+
+Concurrent bulks may share images in any order. Each transaction inserts its rows in one fixed
+order (items by sha256, predictions by item id), so two bulks never hold each other's rows in a
+cycle; a transaction PostgreSQL still refuses (deadlock or serialization failure) is retried a
+few times, then the deployment gets a 503 with Retry-After.
 """
 
 from __future__ import annotations
@@ -10,17 +16,19 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Mapping
+import random
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
-from hitl.errors import FieldError, InvalidInput
+from hitl.errors import FieldError, InvalidInput, Unavailable
 from hitl.media import (
     ImageInfo,
     ImageRejected,
@@ -36,15 +44,29 @@ IMAGE_KEYS = ("image_path", "image_base64", "image_upload")
 RECORD_KEYS = frozenset((*IMAGE_KEYS, "probabilities", "predicted_label"))
 ENVELOPE_KEYS = frozenset(("model_version", "predictions"))
 MAX_REPORTED_ERRORS = 100
+# How often one bulk's transaction is tried when PostgreSQL aborts it for contention.
+TRANSACTION_ATTEMPTS = 4
+RETRYABLE_SQLSTATES = frozenset(("40P01", "40001"))  # deadlock detected, serialization failure
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PredictionConflict:
+    """A re-sent prediction that differs from the stored one (which stands)."""
+
+    index: int  # position in the bulk
+    item_id: int
+    field: str  # "probabilities" or "predicted_label"
 
 
 @dataclass(frozen=True)
 class IngestResult:
     model_version: ModelVersion
     created: int
-    duplicates: int
+    duplicates: int  # already stored, identical: a retry
     items_created: int
     item_ids: list[int]
+    conflicts: list[PredictionConflict]
 
 
 @dataclass(frozen=True)
@@ -240,21 +262,79 @@ def predictions_ingest(
     labels = version.labels
     confidence = probs[np.arange(len(predicted)), predicted]
     blobs = [row.tobytes() for row in probs.astype("<f4")]
-    with transaction.atomic():
-        item_ids, items_created = _insert_items(deployment.project, images)
-        created = predictions_bulk_insert(
-            item_ids=item_ids, version_id=version.id, deployment_id=deployment.id, blobs=blobs,
-            predicted_labels=[labels[j] for j in predicted], confidence=confidence.tolist(),
-        )
-        Deployment.objects.filter(pk=deployment.pk).update(last_seen_at=timezone.now())
-        if created:
-            enqueue("workers.tasks.score_predictions", version.id)
-    return IngestResult(version, created, len(records) - created, items_created, item_ids)
+    predicted_labels = [labels[j] for j in predicted]
+
+    def store() -> tuple[list[int], int, int]:
+        with transaction.atomic():
+            item_ids, items_created = _insert_items(deployment.project, images)
+            created = predictions_bulk_insert(
+                item_ids=item_ids, version_id=version.id, deployment_id=deployment.id, blobs=blobs,
+                predicted_labels=predicted_labels, confidence=confidence.tolist(),
+            )
+            Deployment.objects.filter(pk=deployment.pk).update(last_seen_at=timezone.now())
+            if created:
+                enqueue("workers.tasks.score_predictions", version.id)
+        return item_ids, items_created, created
+
+    item_ids, items_created, created = _retry_on_contention(store)
+    conflicts = _prediction_conflicts(version_id=version.id, item_ids=item_ids, blobs=blobs,
+                                      predicted_labels=predicted_labels)
+    duplicates = len(records) - created - len(conflicts)
+    return IngestResult(version, created, duplicates, items_created, item_ids, conflicts)
+
+
+def _retry_on_contention(store: Callable[[], T]) -> T:
+    """Run ``store`` (one transaction), again if PostgreSQL aborted it for a deadlock or a
+    serialization failure; after TRANSACTION_ATTEMPTS refusals, :class:`Unavailable`.
+
+    Inside a caller's transaction a retry could not undo what that transaction already holds,
+    so there the first refusal propagates.
+    """
+    attempts = 1 if connection.in_atomic_block else TRANSACTION_ATTEMPTS
+    for attempt in range(1, attempts + 1):
+        try:
+            return store()
+        except OperationalError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) not in RETRYABLE_SQLSTATES or attempts == 1:
+                raise
+            if attempt == attempts:
+                raise Unavailable(
+                    f"the database refused this bulk {attempts} times under concurrent writes; "
+                    "nothing was stored, send it again", retry_after=1,
+                ) from exc
+            time.sleep(random.uniform(0.01, 0.05) * attempt)  # jitter: let the other bulk commit
+    raise AssertionError("unreachable")
+
+
+def _prediction_conflicts(
+    *, version_id: int, item_ids: list[int], blobs: list[bytes], predicted_labels: list[str],
+) -> list[PredictionConflict]:
+    """Compare what is stored for each item with what this bulk sent (read after the commit, so
+    a concurrent bulk's prediction for the same item is seen)."""
+    stored: dict[int, tuple[bytes, str]] = {}
+    for start in range(0, len(item_ids), 1000):
+        rows = Prediction.objects.filter(
+            model_version_id=version_id, item_id__in=item_ids[start:start + 1000]
+        ).values_list("item_id", "probabilities", "predicted_label")
+        stored.update((item_id, (bytes(blob), label)) for item_id, blob, label in rows)
+    conflicts = []
+    for index, (item_id, blob, label) in enumerate(zip(item_ids, blobs, predicted_labels)):
+        stored_blob, stored_label = stored[item_id]
+        if stored_blob != blob:
+            conflicts.append(PredictionConflict(index, item_id, "probabilities"))
+        elif stored_label != label:
+            conflicts.append(PredictionConflict(index, item_id, "predicted_label"))
+    return conflicts
 
 
 def _insert_items(project: Any, images: list[_ImageRow]) -> tuple[list[int], int]:
-    """Create the items not yet known; return every image's item id, in order."""
+    """Create the items not yet known; return every image's item id, in the order given.
+
+    Rows are inserted sorted by sha256: two transactions sharing images then wait for each
+    other's uncommitted rows in the same order, never in a cycle.
+    """
     shas = [image.sha256 for image in images]
+    images = sorted(images, key=lambda image: image.sha256)
     splits = [split_for(image.sha256, project.holdout_fraction) for image in images]
     now = timezone.now()
     if connection.vendor == "postgresql":
@@ -265,7 +345,8 @@ def _insert_items(project: Any, images: list[_ImageRow]) -> tuple[list[int], int
                 SELECT %s, t.* , %s FROM unnest(%s::text[], %s::text[], %s::int[], %s::int[],
                     %s::int[], %s::text[], %s::text[]) AS t
                 ON CONFLICT (project_id, sha256) DO NOTHING""",
-                [project.id, now, shas, [i.image for i in images], [i.info.width for i in images],
+                [project.id, now, [i.sha256 for i in images], [i.image for i in images],
+                 [i.info.width for i in images],
                  [i.info.height for i in images], [i.size_bytes for i in images],
                  [i.info.format for i in images], splits],
             )
@@ -294,8 +375,15 @@ def predictions_bulk_insert(
     *, item_ids: list[int], version_id: int, deployment_id: int | None, blobs: list[bytes],
     predicted_labels: list[str], confidence: list[float],
 ) -> int:
-    """Insert predictions, skipping (item, version) pairs already stored; returns how many were new."""
+    """Insert predictions, skipping (item, version) pairs already stored; returns how many were new.
+
+    Rows are inserted sorted by item id, for the same reason items are sorted by sha256.
+    """
     now = timezone.now()
+    order = sorted(range(len(item_ids)), key=item_ids.__getitem__)
+    item_ids, blobs, predicted_labels, confidence = (
+        [column[i] for i in order] for column in (item_ids, blobs, predicted_labels, confidence)
+    )
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(

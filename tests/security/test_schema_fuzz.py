@@ -189,7 +189,7 @@ def test_schema_marks_nullable_fields_and_declares_errors() -> None:
     error = {"$ref": "#/components/schemas/Error"}
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
-            for code in ("400", "401", "403", "404", "413", "429"):
+            for code in ("400", "401", "403", "404", "413", "429", "503"):
                 content = operation["responses"][code]["content"]["application/json"]
                 assert content["schema"] == error, (method, path, code)
     ingest = document["paths"]["/api/v1/predictions/"]["post"]

@@ -6,6 +6,7 @@ import numpy as np
 from django.db import transaction
 from django.utils import timezone
 
+from hitl.errors import Busy
 from hitl.models import ModelVersion, Prediction, UncertaintyScore
 from workers.ml.uncertainty import SCORERS
 
@@ -39,6 +40,11 @@ def predictions_score(*, model_version_id: int, chunk_size: int = SCORE_CHUNK, w
                 .order_by("id").values_list("id", "probabilities")[:chunk_size]
             )
             if not rows:
+                if not wait and _unscored(model_version_id):
+                    # Rows another session still holds: a parallel run, or a worker that died
+                    # mid-chunk and whose session PostgreSQL has not ended yet. Try again soon
+                    # (Celery retries Busy) rather than leave them to the beat.
+                    raise Busy(f"predictions of model version {model_version_id} are being scored elsewhere")
                 return total
             ids = [row[0] for row in rows]
             probs = probabilities_matrix([row[1] for row in rows], k)
@@ -50,3 +56,7 @@ def predictions_score(*, model_version_id: int, chunk_size: int = SCORE_CHUNK, w
             UncertaintyScore.objects.bulk_create(scores, ignore_conflicts=True, batch_size=5000)
             Prediction.objects.filter(id__in=ids).update(scored_at=timezone.now())
             total += len(ids)
+
+
+def _unscored(model_version_id: int) -> bool:
+    return Prediction.objects.filter(model_version_id=model_version_id, scored_at__isnull=True).exists()
