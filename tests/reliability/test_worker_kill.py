@@ -36,8 +36,7 @@ from hitl.models import (
 )
 from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import items_register
-from hitl.services.scoring import predictions_score
-from hitl.services.selection import review_batch_request, review_batch_select
+from hitl.services.selection import review_batch_request
 from labeling.mapping import choice_result
 from labeling.models import (
     EventState,
@@ -51,6 +50,8 @@ from tests.conftest import WorkerProcess
 from tests.reliability.conftest import STALLED_AFTER, VISIBILITY_TIMEOUT, TableLock, report_section
 from workers.celery import app as celery_app
 from workers.ml.uncertainty import SCORERS
+from workers.pipelines.scoring import predictions_score
+from workers.pipelines.selection import review_batch_select
 
 pytestmark = [pytest.mark.faults, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 POOL = 40
