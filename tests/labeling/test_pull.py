@@ -192,6 +192,21 @@ def test_deleting_an_edited_annotation_withdraws_every_version(pushed, reviewer)
     assert current(rows[1].review_task.item_id) is None
 
 
+def test_a_label_restored_by_a_deletion_can_be_corrected(pushed) -> None:
+    """Two annotations on one task arrive out of order: the deleted one's label is withdrawn, the
+    other's comes back, and a later correction of it supersedes it (no clash in the history)."""
+    link, rows = pushed
+    apply(link, annotation(2, 101, "coat", "2026-11-26T10:05:00Z"))
+    apply(link, annotation(1, 101, "bag", "2026-11-26T10:00:00Z"))  # delivered late
+    annotation_delete(link=link, annotation_id=1, seen_via="webhook")
+    item_id = rows[0].review_task.item_id
+    assert current(item_id).value == "coat"
+    apply(link, annotation(2, 101, "shirt", "2026-11-26T10:09:00Z"))
+    assert current(item_id).value == "shirt" and current(item_id).previous.value == "coat"
+    annotation_delete(link=link, annotation_id=2, seen_via="reconcile")
+    assert current(item_id) is None
+
+
 class ListingClient:
     """Stands in for Label Studio's listing calls: a project that is gone, or one page of tasks."""
 
