@@ -14,6 +14,7 @@ import requests
 from django.core.management import call_command
 from django.utils import timezone
 
+from hitl.errors import InvalidInput
 from hitl.models import Label, LabelStatus, ReviewBatch, ReviewReason, ReviewTask
 from hitl.services.ingestion import items_register
 from hitl.services.projects import project_create
@@ -244,6 +245,47 @@ def test_a_rotated_secret_is_accepted_for_the_grace_period_only(client, two_link
     assert any("refused: wrong" in r.getMessage() for r in caplog.records)
     link_a.refresh_from_db()
     assert link_a.webhook_secret_sha256 == secret_digest(newest) and newest not in str(vars(link_a))
+
+
+def test_a_rotation_label_studio_did_not_take_leaves_the_old_secret_its_grace_period_only(
+        client, two_links, settings) -> None:
+    from labeling.client import LabelStudioUnavailable
+    from labeling.services.provisioning import webhook_secret_rotate
+    from tests.labeling.conftest import free_port
+
+    (link_a, _, old), _ = two_links
+    LabelStudioProject.objects.filter(pk=link_a.pk).update(webhook_id=5)
+    settings.LABEL_STUDIO_URL, settings.LABEL_STUDIO_API_KEY = f"http://127.0.0.1:{free_port()}", "token"
+    settings.LABEL_STUDIO_RETRIES = 0
+    with pytest.raises(LabelStudioUnavailable):
+        webhook_secret_rotate(project_id=link_a.project_id, grace_seconds=30)
+    link_a.refresh_from_db()
+    assert "unavailable" in link_a.last_error
+    assert timezone.now() < link_a.previous_secret_valid_until <= timezone.now() + timedelta(seconds=30)
+    assert post(client, link_a.id, created(7, annotation(1, 101, "bag")), old).status_code == 202
+    with pytest.raises(InvalidInput, match="must be 0 or more"):
+        webhook_secret_rotate(project_id=link_a.project_id, grace_seconds=-1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_0004_gives_existing_links_no_secret_and_attaches_their_events(project) -> None:
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = [("labeling", "0003_webhook_event_project")], [("labeling", "0004_per_project_webhook_secret")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    link = old.get_model("labeling", "LabelStudioProject").objects.create(project_id=project.id, ls_project_id=7)
+    event = old.get_model("labeling", "WebhookEvent").objects.create(action="ANNOTATION_CREATED", ls_project_id=7,
+                                                                     payload={})
+    stray = old.get_model("labeling", "WebhookEvent").objects.create(action="ANNOTATION_CREATED", ls_project_id=9,
+                                                                     payload={})
+    executor = MigrationExecutor(connection)
+    executor.migrate(after)
+    assert LabelStudioProject.objects.get(pk=link.pk).webhook_secret_sha256 == ""
+    assert WebhookEvent.objects.get(pk=event.pk).link_id == link.pk
+    assert WebhookEvent.objects.get(pk=stray.pk).link_id is None
 
 
 # --- against a real Label Studio ----------------------------------------------------------------
