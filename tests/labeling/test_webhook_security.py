@@ -8,10 +8,12 @@ import json
 import logging
 import time
 from datetime import timedelta
+from io import StringIO
 
 import pytest
 import requests
 from django.core.management import call_command
+from django.test import override_settings
 from django.utils import timezone
 
 from hitl.errors import InvalidInput
@@ -108,6 +110,12 @@ def test_no_or_a_wrong_secret_is_refused_before_the_body_is_read(client, two_lin
     assert sum("refused: wrong" in r.getMessage() for r in caplog.records) == 2
     assert LabelStudioRejection.objects.get(link=link_a, reason__startswith="wrong").last_remote == "127.0.0.1"
     assert post(client, link_a.id, body, secret_a).status_code == 202
+    shown = StringIO()
+    with override_settings(LABEL_STUDIO_URL=""):
+        call_command("labelstudio", "status", "--project", link_a.project.slug, stdout=shown)
+    assert "refused events and annotations: 3" in shown.getvalue()
+    assert f"webhook: {webhook_url(link_a)}; secret set" in shown.getvalue()
+    assert f"webhook: wrong {WEBHOOK_HEADER} header (2x, last from 127.0.0.1)" in shown.getvalue()
 
 
 def test_the_secret_of_another_project_is_refused(client, two_links) -> None:
