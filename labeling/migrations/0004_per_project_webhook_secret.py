@@ -20,11 +20,11 @@ def attach_events_to_links(apps, schema_editor):
 
 class Migration(migrations.Migration):
 
-    dependencies = [
+    dependencies = [  # noqa: RUF012 - Django's migration layout
         ('labeling', '0003_webhook_event_project'),
     ]
 
-    operations = [
+    operations = [  # noqa: RUF012
         migrations.AddField(
             model_name='labelstudioproject',
             name='previous_secret_sha256',
