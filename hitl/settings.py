@@ -284,8 +284,10 @@ LABEL_STUDIO_RETRIES = int(env_number("HITL_LS_RETRIES", 3))
 LABEL_STUDIO_RECONCILE_SECONDS = int(env_number("HITL_LS_RECONCILE_SECONDS", 300))
 # Where Label Studio (webhooks) and reviewers' browsers (signed image URLs) reach this service.
 HITL_PUBLIC_URL = env_str("HITL_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
-# Secrets derive from SECRET_KEY unless set: the webhook header and the image-URL signatures.
-HITL_LS_WEBHOOK_SECRET = env_str("HITL_LS_WEBHOOK_SECRET", "")
+# Each project's webhook has its own secret (`manage.py labelstudio connect` / `rotate-secret`);
+# after a rotation the previous one is still accepted this long (events already on their way).
+HITL_LS_SECRET_GRACE_SECONDS = int(env_number("HITL_LS_SECRET_GRACE_SECONDS", 60))
+# The image-URL signing key derives from SECRET_KEY unless set.
 HITL_IMAGE_URL_SECRET = env_str("HITL_IMAGE_URL_SECRET", "")
 HITL_IMAGE_URL_MAX_AGE = int(env_number("HITL_IMAGE_URL_MAX_AGE", 7 * 24 * 3600))  # seconds
 # Origins (scheme://host[:port]) whose scripts may read image responses; none by default.

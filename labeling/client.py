@@ -142,7 +142,7 @@ class LabelStudioClient:
         page = 1
         while True:
             try:
-                pager = self._call(f"list tasks page {page}", lambda: self._sdk.tasks.list(
+                pager = self._call(f"list tasks page {page}", lambda page=page: self._sdk.tasks.list(
                     project=project_id, fields="all", page=page, page_size=PAGE_SIZE))
                 items = [_as_dict(t) for t in (pager.items or [])]
             except LabelStudioBadRequest as exc:

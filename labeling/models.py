@@ -10,10 +10,19 @@ from hitl.models import Label, Project, ReviewTask
 
 
 class LabelStudioProject(models.Model):
+    """The link between a hitl project and its Label Studio project. Its webhook posts to a URL
+    naming this row, with a secret of its own; hitl keeps only the secret's SHA-256 (Label Studio
+    holds the value and sends it as a header). After a rotation the previous secret stays valid
+    until ``previous_secret_valid_until``."""
+
     project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="label_studio")
     ls_project_id = models.PositiveIntegerField(null=True, blank=True)
     label_config_sha256 = models.CharField(max_length=64, blank=True)
     webhook_id = models.PositiveIntegerField(null=True, blank=True)
+    webhook_secret_sha256 = models.CharField(max_length=64, blank=True, help_text="Empty: no webhook accepted.")
+    previous_secret_sha256 = models.CharField(max_length=64, blank=True)
+    previous_secret_valid_until = models.DateTimeField(null=True, blank=True)
+    secret_rotated_at = models.DateTimeField(null=True, blank=True)
     provisioned_at = models.DateTimeField(null=True, blank=True)
     last_push_at = models.DateTimeField(null=True, blank=True)
     last_sync_at = models.DateTimeField(null=True, blank=True)
@@ -78,6 +87,10 @@ class EventState(models.TextChoices):
 
 
 class WebhookEvent(models.Model):
+    """An authenticated event, stored before a worker applies it."""
+
+    link = models.ForeignKey(LabelStudioProject, null=True, blank=True, on_delete=models.CASCADE,
+                             related_name="events", help_text="The project link whose webhook URL it came to.")
     received_at = models.DateTimeField(default=timezone.now)
     ls_project_id = models.PositiveIntegerField(null=True, blank=True)
     action = models.CharField(max_length=40)
@@ -87,4 +100,26 @@ class WebhookEvent(models.Model):
     error = models.TextField(blank=True)
 
     class Meta:
-        indexes = [models.Index(fields=["state", "received_at"], name="webhook_event_state")]
+        indexes = (models.Index(fields=["state", "received_at"], name="webhook_event_state"),)
+
+
+class RejectionSource(models.TextChoices):
+    WEBHOOK = "webhook", "Webhook call"
+    RECONCILE = "reconcile", "Reconcile"
+
+
+class LabelStudioRejection(models.Model):
+    """A refused webhook call (no or a wrong secret, a malformed or cross-project event) or an
+    annotation reconcile would not apply because it belongs to another project. Repeats of the
+    same refusal count up on one row, so a flood of forged calls cannot fill the database."""
+
+    link = models.ForeignKey(LabelStudioProject, on_delete=models.CASCADE, related_name="rejections")
+    source = models.CharField(max_length=20, choices=RejectionSource.choices)
+    reason = models.CharField(max_length=500)
+    count = models.PositiveIntegerField(default=1)
+    first_at = models.DateTimeField(default=timezone.now)
+    last_at = models.DateTimeField(default=timezone.now)
+    last_remote = models.CharField(max_length=64, blank=True, help_text="Client address of the last webhook call.")
+
+    class Meta:
+        constraints = (models.UniqueConstraint(fields=["link", "source", "reason"], name="one_row_per_rejection"),)

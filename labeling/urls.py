@@ -4,6 +4,6 @@ from labeling import views
 
 app_name = "labeling"
 urlpatterns = [
-    path("webhook/", views.webhook, name="webhook"),
+    path("webhook/<int:link_id>/", views.webhook, name="webhook"),
     path("images/<int:item_id>/<str:signature>", views.image, name="image"),
 ]

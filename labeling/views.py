@@ -1,34 +1,35 @@
 """The webhook receiver and signed image URLs. The receiver only verifies, records and hands the
-work to Celery, so it answers far inside Label Studio's 1 s timeout."""
+work to Celery, so it answers far inside Label Studio's 1 s timeout. The secret of the link named
+by the URL is checked before the body is read."""
 
 from __future__ import annotations
-
-import hmac
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from hitl.api.parsers import parse_json_body
-from hitl.errors import InvalidInput
 from hitl.media import image_response
 from hitl.models import Item
-from labeling.services.links import WEBHOOK_HEADER, image_signature_check, webhook_secret
-from labeling.services.pull import MalformedEvent, webhook_event_record
+from labeling.services.links import image_signature_check
+from labeling.services.webhooks import (
+    WEBHOOK_HEADER,
+    WebhookRefused,
+    webhook_accept,
+    webhook_authenticate,
+)
 
 
 @csrf_exempt
 @require_POST
-def webhook(request: HttpRequest) -> HttpResponse:
-    given = request.headers.get(WEBHOOK_HEADER, "")
-    if not hmac.compare_digest(given.encode(), webhook_secret().encode()):
-        return JsonResponse({"detail": f"missing or wrong {WEBHOOK_HEADER} header"}, status=403)
+def webhook(request: HttpRequest, link_id: int) -> HttpResponse:
+    remote = request.META.get("REMOTE_ADDR", "")
     try:
-        event = webhook_event_record(payload=parse_json_body(request))
-    except InvalidInput as exc:
-        return JsonResponse({"detail": str(exc)}, status=400)
-    except MalformedEvent as exc:
-        return JsonResponse({"detail": str(exc)}, status=400)
+        link = webhook_authenticate(link_id=link_id, secret=request.headers.get(WEBHOOK_HEADER, ""), remote=remote)
+        event = webhook_accept(link=link, body=request.body, remote=remote)
+    except WebhookRefused as exc:
+        return JsonResponse({"detail": exc.detail}, status=exc.status)
+    if event is None:
+        return JsonResponse({"detail": "action not handled; nothing stored"}, status=200)
     return JsonResponse({"event": event.id}, status=202)
 
 

@@ -81,6 +81,9 @@ def label_submit(
     if current is not None:
         current.status = LabelStatus.SUPERSEDED
         current.save(update_fields=["status"])
+        # A label made current again by a retraction still has the withdrawn label after it; the
+        # new label takes that place in the history (`previous` is one-to-one).
+        Label.objects.filter(previous=current).update(previous=None)
     if task is None:
         task = ReviewTask.objects.filter(item_id=item.id, status=ReviewTaskStatus.OPEN).first()
     if prediction_id is None and task is not None:

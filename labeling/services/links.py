@@ -1,4 +1,4 @@
-"""Secrets and URLs shared by Label Studio and hitl: the webhook header, signed image URLs."""
+"""Signed image URLs that Label Studio's reviewers load (webhook secrets: `webhooks.py`)."""
 
 from __future__ import annotations
 
@@ -11,21 +11,11 @@ from django.urls import reverse
 
 from hitl.models import Item
 
-WEBHOOK_HEADER = "X-Hitl-Webhook-Secret"
-
 
 def _derived(explicit: str, purpose: str) -> bytes:
     if explicit:
         return explicit.encode()
     return hmac.new(settings.SECRET_KEY.encode(), purpose.encode(), hashlib.sha256).hexdigest().encode()
-
-
-def webhook_secret() -> str:
-    return _derived(settings.HITL_LS_WEBHOOK_SECRET, "hitl label-studio webhook").decode()
-
-
-def webhook_url() -> str:
-    return settings.HITL_PUBLIC_URL + reverse("labeling:webhook")
 
 
 IMAGE_URL_SALT = "hitl.labeling.signed-image-url"

@@ -1,7 +1,8 @@
 """Annotations back from Label Studio: by webhook (fast, best effort) and by reconcile (a
 periodic pull that recovers whatever webhooks missed). Both go through `annotation_apply`,
 keyed by Label Studio's annotation id, so a replayed, duplicated or out-of-order event is
-harmless and the two paths always agree."""
+harmless and the two paths always agree. Both also apply the same scope rule
+(`labeling.services.scope`): an annotation of another project's task changes nothing."""
 
 from __future__ import annotations
 
@@ -28,19 +29,30 @@ from labeling.models import (
     LabelStudioProject,
     LabelStudioTask,
     PushState,
+    RejectionSource,
     WebhookEvent,
 )
-from labeling.services.connection import connected_project, default_client, record_error, record_success
+from labeling.services.connection import (
+    connected_project,
+    default_client,
+    record_error,
+    record_success,
+)
 from labeling.services.push import confirm_reserved
+from labeling.services.scope import (
+    ANNOTATION_ACTIONS,
+    DELETE_ACTIONS,
+    MalformedEvent,
+    OutOfScope,
+    annotation_scope_problem,
+    event_annotations,
+    event_tasks,
+    foreign_tombstone,
+    rejection_record,
+)
 
 log = logging.getLogger(__name__)
-ANNOTATION_ACTIONS = {"ANNOTATION_CREATED", "ANNOTATIONS_CREATED", "ANNOTATION_UPDATED"}
-DELETE_ACTIONS = {"ANNOTATIONS_DELETED"}
 FINAL_STATES = {AnnotationState.APPLIED, AnnotationState.CANCELLED}
-
-
-class MalformedEvent(ValueError):
-    pass
 
 
 def _parse_time(value: Any) -> datetime | None:
@@ -86,7 +98,8 @@ def _find_task(link: LabelStudioProject, ls_task_id: int, task_data: dict | None
 
 def annotation_apply(*, link: LabelStudioProject, annotation: dict, task_data: dict | None, seen_via: str,
                      client: LabelStudioClient | None = None) -> LabelStudioAnnotation:
-    """Turn one Label Studio annotation into the matching change of hitl's labels."""
+    """Turn one Label Studio annotation into the matching change of hitl's labels; OutOfScope
+    (nothing written) if it names another project's task or annotation."""
     try:
         annotation_id, ls_task_id = int(annotation["id"]), int(annotation["task"])
     except (KeyError, TypeError, ValueError):
@@ -111,6 +124,13 @@ def _apply(link: LabelStudioProject, annotation: dict, annotation_id: int, ls_ta
            seen_via: str, reviewer: str) -> LabelStudioAnnotation:
     updated_at = _parse_time(annotation.get("updated_at"))
     record = LabelStudioAnnotation.objects.select_for_update().filter(ls_annotation_id=annotation_id).first()
+    problem = annotation_scope_problem(link, annotation_id=annotation_id, ls_task_id=ls_task_id, task_data=task_data)
+    if problem:
+        raise OutOfScope(problem)
+    if record is not None and foreign_tombstone(record, link):
+        log.warning("annotation %s: a deletion recorded for another project is dropped", annotation_id)
+        record.delete()
+        record = None
     if record is not None and (record.state == AnnotationState.DELETED or (
             record.state in FINAL_STATES and record.ls_updated_at and updated_at and updated_at <= record.ls_updated_at)):
         return record  # deleted for good, or a replay / an older version arriving late
@@ -157,13 +177,19 @@ def _reject(record: LabelStudioAnnotation, reason: str) -> LabelStudioAnnotation
 
 
 def annotation_delete(*, link: LabelStudioProject, annotation_id: int, seen_via: str) -> LabelStudioAnnotation:
-    """The annotation was deleted in Label Studio: its label is retracted. Final."""
+    """The annotation was deleted in Label Studio: its label is retracted. Final. OutOfScope if
+    hitl recorded it under another project."""
     return _first_insert_wins(lambda: _delete(link, annotation_id, seen_via))
 
 
 @transaction.atomic
 def _delete(link: LabelStudioProject, annotation_id: int, seen_via: str) -> LabelStudioAnnotation:
     record = LabelStudioAnnotation.objects.select_for_update().filter(ls_annotation_id=annotation_id).first()
+    problem = annotation_scope_problem(link, annotation_id=annotation_id, ls_task_id=None, task_data=None)
+    if problem:
+        raise OutOfScope(problem)
+    if record is not None and foreign_tombstone(record, link):
+        return record
     if record is None:  # deleted before hitl saw it: remember, so a late 'created' event is ignored
         record = LabelStudioAnnotation(ls_annotation_id=annotation_id, ls_task_id=0, ls_project=link)
     elif record.state == AnnotationState.DELETED:
@@ -179,53 +205,41 @@ def _delete(link: LabelStudioProject, annotation_id: int, seen_via: str) -> Labe
 # --- webhooks -------------------------------------------------------------------------------------
 
 @transaction.atomic
-def _is_column_id(value: object) -> bool:
-    """An id the ls_project_id column can hold (a PositiveIntegerField); anything else is unknown."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**31
-
-
-def webhook_event_record(*, payload: Any) -> WebhookEvent:
-    """Store the event and hand it to a worker; the receiver answers right after."""
-    if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
-        raise MalformedEvent("a webhook body must be a JSON object with an 'action'")
-    project = payload.get("project")
-    ls_project_id = project.get("id") if isinstance(project, dict) else project
-    event = WebhookEvent.objects.create(action=payload["action"][:40], payload=payload,
-                                        ls_project_id=ls_project_id if _is_column_id(ls_project_id) else None)
+def webhook_event_record(*, link: LabelStudioProject, payload: dict) -> WebhookEvent:
+    """Store an event that came to ``link``'s webhook (authenticated and scope-checked by
+    `labeling.services.webhooks`) and hand it to a worker; the receiver answers right after."""
+    event = WebhookEvent.objects.create(link=link, action=payload["action"][:40], payload=payload,
+                                        ls_project_id=link.ls_project_id)
     enqueue("labeling.tasks.process_webhook_event", event.id)
     return event
 
 
-def _event_annotations(payload: dict) -> list[dict]:
-    """The event's annotations: one under 'annotation', several under 'annotations'."""
-    value = payload.get("annotation", payload.get("annotations"))
-    items = value if isinstance(value, list) else [value]
-    if not items or not all(isinstance(a, dict) for a in items):
-        raise MalformedEvent(f"{payload.get('action')} event without annotation objects")
-    return items
+def _event_apply(link: LabelStudioProject, event: WebhookEvent, client: LabelStudioClient | None) -> None:
+    payload = event.payload
+    if event.action in ANNOTATION_ACTIONS:
+        tasks = event_tasks(payload)
+        for annotation in event_annotations(payload):
+            task = tasks.get(annotation.get("task"), {})
+            annotation_apply(link=link, annotation=annotation, task_data=task.get("data"), seen_via="webhook",
+                             client=client)
+    elif event.action in DELETE_ACTIONS:
+        for annotation in event_annotations(payload):
+            annotation_delete(link=link, annotation_id=int(annotation["id"]), seen_via="webhook")
 
 
 def webhook_event_process(*, event_id: int, client: LabelStudioClient | None = None) -> WebhookEvent:
     """Apply a stored event. Safe to run twice: a processed event is skipped, and applying an
     annotation twice changes nothing."""
-    event = WebhookEvent.objects.get(pk=event_id)
+    event = WebhookEvent.objects.select_related("link__project").get(pk=event_id)
     if event.state != EventState.PENDING:
         return event
-    payload = event.payload
     try:
-        link = None if event.ls_project_id is None else LabelStudioProject.objects.select_related("project").filter(
-            ls_project_id=event.ls_project_id).first()
-        if event.action in ANNOTATION_ACTIONS | DELETE_ACTIONS and link is None:
-            raise MalformedEvent(f"event for Label Studio project {event.ls_project_id!r}, which no hitl project uses")
-        if event.action in ANNOTATION_ACTIONS:
-            task = payload.get("task") if isinstance(payload.get("task"), dict) else {}
-            for annotation in _event_annotations(payload):
-                annotation_apply(link=link, annotation=annotation, task_data=task.get("data"), seen_via="webhook",
-                                 client=client)
-        elif event.action in DELETE_ACTIONS:
-            for annotation in _event_annotations(payload):
-                annotation_delete(link=link, annotation_id=int(annotation["id"]), seen_via="webhook")
-    except (MalformedEvent, KeyError, TypeError, ValueError) as exc:
+        if event.link is None:
+            raise MalformedEvent("event stored without its project link (from before per-project webhooks)")
+        _event_apply(event.link, event, client)
+    except (MalformedEvent, OutOfScope, KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, OutOfScope):
+            rejection_record(link=event.link, source=RejectionSource.WEBHOOK, reason=str(exc))
         log.warning("webhook event %s rejected: %s", event.id, exc)
         WebhookEvent.objects.filter(pk=event.pk).update(state=EventState.FAILED, error=str(exc)[:2000],
                                                          processed_at=timezone.now())
@@ -277,7 +291,12 @@ def _reconcile(link: LabelStudioProject, client: LabelStudioClient) -> Reconcile
         seen_tasks[int(task["id"])] = review_task if isinstance(review_task, int) else None
         for annotation in task.get("annotations") or []:
             annotation = {**annotation, "task": annotation.get("task") or task["id"]}
-            annotation_apply(link=link, annotation=annotation, task_data=data, seen_via="reconcile", client=client)
+            try:
+                annotation_apply(link=link, annotation=annotation, task_data=data, seen_via="reconcile",
+                                 client=client)
+            except OutOfScope as exc:
+                rejection_record(link=link, source=RejectionSource.RECONCILE, reason=str(exc))
+                continue
             seen_annotations.add(int(annotation["id"]))
     confirm_reserved(link, {review: ls_task for ls_task, review in seen_tasks.items() if review is not None})
     # An annotation is deleted only if its task was listed without it: a task this pass did not

@@ -19,7 +19,12 @@ from hitl.models import ReviewTask, ReviewTaskStatus
 from labeling.client import LabelStudioClient, LabelStudioError
 from labeling.mapping import choice_result
 from labeling.models import LabelStudioProject, LabelStudioTask, PushState
-from labeling.services.connection import connected_project, default_client, record_error, record_success
+from labeling.services.connection import (
+    connected_project,
+    default_client,
+    record_error,
+    record_success,
+)
 from labeling.services.links import signed_image_url
 
 IMPORT_CHUNK = 500

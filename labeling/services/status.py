@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db.models import Count, Q
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
 
 from hitl.models import ReviewTaskStatus
 from labeling.client import LabelStudioClient, LabelStudioError, LabelStudioNotConfigured
@@ -18,6 +19,7 @@ from labeling.models import (
     WebhookEvent,
 )
 from labeling.services.connection import default_client
+from labeling.services.webhooks import webhook_url
 
 
 @dataclass
@@ -34,8 +36,12 @@ class LabelStudioStatus:
     pending: int = 0
     rejected: int = 0
     recent_rejections: list[str] = field(default_factory=list)
+    webhook_url: str = ""
+    webhook_secret: str = ""
     webhook_events_pending: int = 0
     webhook_events_failed: int = 0
+    refused: int = 0
+    recent_refusals: list[str] = field(default_factory=list)
     last_push_at: datetime | None = None
     last_sync_at: datetime | None = None
     last_error: str = ""
@@ -51,6 +57,15 @@ def _reachability(client: LabelStudioClient | None) -> tuple[bool, str]:
         return False, f"not configured: {exc}"
     except LabelStudioError as exc:
         return False, f"DOWN: {exc}"
+
+
+def _secret_state(link: LabelStudioProject) -> str:
+    if not link.webhook_secret_sha256:
+        return "NOT SET: webhooks are refused until `manage.py labelstudio connect`"
+    state = f"set {link.secret_rotated_at:%Y-%m-%d %H:%M:%S} UTC" if link.secret_rotated_at else "set"
+    if link.previous_secret_valid_until and link.previous_secret_valid_until > timezone.now():
+        state += f"; the previous one is accepted until {link.previous_secret_valid_until:%H:%M:%S} UTC"
+    return state
 
 
 def ls_status(*, project_id: int, client: LabelStudioClient | None = None) -> LabelStudioStatus:
@@ -69,12 +84,17 @@ def ls_status(*, project_id: int, client: LabelStudioClient | None = None) -> La
         rejected=Count("id", filter=Q(state=AnnotationState.REJECTED)),
     )
     rejections = annotations.filter(state=AnnotationState.REJECTED).order_by("-updated_at")[:5]
+    refusals = link.rejections.order_by("-last_at")
     return LabelStudioStatus(
         project=link.project.slug, ls_project_id=link.ls_project_id, reachable=reachable,
         reachability=reachability, **tasks, **counts,
         recent_rejections=[f"annotation {r.ls_annotation_id} (task {r.ls_task_id}): {r.reason}" for r in rejections],
-        webhook_events_pending=WebhookEvent.objects.filter(ls_project_id=link.ls_project_id, state=EventState.PENDING).count(),
-        webhook_events_failed=WebhookEvent.objects.filter(ls_project_id=link.ls_project_id, state=EventState.FAILED).count(),
+        webhook_url=webhook_url(link), webhook_secret=_secret_state(link),
+        webhook_events_pending=WebhookEvent.objects.filter(link=link, state=EventState.PENDING).count(),
+        webhook_events_failed=WebhookEvent.objects.filter(link=link, state=EventState.FAILED).count(),
+        refused=refusals.aggregate(n=Sum("count"))["n"] or 0,
+        recent_refusals=[f"{r.last_at:%Y-%m-%d %H:%M:%S} {r.source}: {r.reason} ({r.count}x"
+                         + (f", last from {r.last_remote})" if r.last_remote else ")") for r in refusals[:5]],
         last_push_at=link.last_push_at, last_sync_at=link.last_sync_at, last_error=link.last_error,
         last_error_at=link.last_error_at,
     )

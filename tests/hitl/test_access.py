@@ -192,6 +192,7 @@ def _kwargs(name: str, w: dict) -> dict:
         "web:review-task-label": {"pk": w["task"].pk},
         "web:cycle": {"pk": w["cycle"].pk},
         "labeling:image": {"item_id": w["item"].pk, "signature": "forged"},
+        "labeling:webhook": {"link_id": 1},
     }
     if name in by_route:
         return by_route[name]

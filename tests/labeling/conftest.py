@@ -1,10 +1,30 @@
+"""Fixtures for the labeling tests: review tasks and pushed-task rows without a server, and a real
+Label Studio 1.23.2 server for the `labelstudio` tests. The session starts Label Studio from the
+project's own script (installing it into its own virtualenv outside the project's if needed) on a
+free loopback port with a fresh data dir, once for all the modules that use it."""
+
 from __future__ import annotations
 
-import pytest
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import pytest
+from django.conf import settings
+from label_studio_sdk import LabelStudio
+
+from hitl.services.ingestion import predictions_ingest
 from hitl.services.selection import review_batch_request
 from labeling.models import LabelStudioProject, LabelStudioTask, PushState
+from labeling.services.provisioning import ls_project_provision
 from workers.pipelines.selection import review_batch_select
+
+SCRIPT = Path(settings.BASE_DIR) / "scripts" / "label-studio.sh"
+REVIEWER = "reviewer@hitl.test"  # the Label Studio account the tests annotate as
 
 
 @pytest.fixture()
@@ -22,3 +42,52 @@ def pushed(project, review_tasks):
     rows = [LabelStudioTask.objects.create(ls_project=link, review_task=t, ls_task_id=101 + i, state=PushState.PUSHED)
             for i, t in enumerate(review_tasks)]
     return link, rows
+
+
+# --- a real Label Studio server ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelStudioServer:
+    url: str
+    token: str
+    password: str
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    data = tmp_path_factory.mktemp("label-studio")
+    port = free_port()
+    env = {**os.environ, "HITL_LS_DATA_DIR": str(data), "HITL_LS_PORT": str(port), "HITL_LS_USERNAME": REVIEWER}
+    subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=900)
+    try:
+        yield LabelStudioServer(f"http://127.0.0.1:{port}", (data / "api-token").read_text().strip(),
+                                (data / "password").read_text().strip())
+    finally:
+        subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=60)
+
+
+@pytest.fixture()
+def connected(label_studio, live_server, settings, project, deployment_and_token, write_images, celery_worker):
+    """A project with 12 items, an 8-task review batch and a provisioned Label Studio project."""
+    settings.LABEL_STUDIO_URL, settings.LABEL_STUDIO_API_KEY = label_studio.url, label_studio.token
+    settings.HITL_PUBLIC_URL = live_server.url
+    paths = write_images(range(12))
+    probs = np.random.default_rng(0).dirichlet(np.ones(10) * 0.5, size=12)
+    predictions_ingest(deployment=deployment_and_token[0], payload={"predictions": [
+        {"image_path": p, "probabilities": q.tolist()} for p, q in zip(paths, probs)]})
+    batch = review_batch_request(project=project, requested_by="t", size=8, audit_fraction=0.25)
+    review_batch_select(batch_id=batch.id)
+    link = ls_project_provision(project_id=project.id).link
+    return project, link
+
+
+@pytest.fixture()
+def reviewer_sdk(label_studio) -> LabelStudio:
+    return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)

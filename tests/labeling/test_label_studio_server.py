@@ -1,21 +1,11 @@
-"""hitl against a real Label Studio 1.23.2 server, a real worker, PostgreSQL and Redis.
-
-The session starts Label Studio from the project's own script (installing it into its own
-virtualenv outside the project's if needed) on a free loopback port with a fresh data dir.
-"""
+"""hitl against a real Label Studio 1.23.2 server (started by tests/labeling/conftest.py), a real
+worker, PostgreSQL and Redis."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import pytest
 import requests
 from django.conf import settings
@@ -24,68 +14,18 @@ from label_studio_sdk import LabelStudio
 
 from hitl.models import Label, LabelStatus, ReviewTask, ReviewTaskStatus, Split
 from hitl.services.cycles import cycle_request
-from hitl.services.ingestion import predictions_ingest
-from hitl.services.selection import review_batch_request
 from labeling.client import LabelStudioClient, LabelStudioUnavailable
 from labeling.mapping import choice_result
 from labeling.models import EventState, LabelStudioTask, PushState, WebhookEvent
-from labeling.services.links import WEBHOOK_HEADER, webhook_secret
 from labeling.services.provisioning import ls_project_provision
 from labeling.services.pull import ls_reconcile, reviewer_name
 from labeling.services.push import ls_push, ls_task_payload
 from labeling.services.status import ls_status
+from labeling.services.webhooks import WEBHOOK_HEADER, secret_digest, webhook_url
+from tests.labeling.conftest import REVIEWER, free_port
 from workers.pipelines.cycles import cycle_train
-from workers.pipelines.selection import review_batch_select
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-SCRIPT = Path(settings.BASE_DIR) / "scripts" / "label-studio.sh"
-REVIEWER = "reviewer@hitl.test"  # the Label Studio account the tests annotate as
-
-
-@dataclass(frozen=True)
-class LabelStudioServer:
-    url: str
-    token: str
-    password: str
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
-    data = tmp_path_factory.mktemp("label-studio")
-    port = free_port()
-    env = {**os.environ, "HITL_LS_DATA_DIR": str(data), "HITL_LS_PORT": str(port), "HITL_LS_USERNAME": REVIEWER}
-    subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=900)
-    try:
-        yield LabelStudioServer(f"http://127.0.0.1:{port}", (data / "api-token").read_text().strip(),
-                                (data / "password").read_text().strip())
-    finally:
-        subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=60)
-
-
-@pytest.fixture()
-def connected(label_studio, live_server, settings, project, deployment_and_token, write_images, celery_worker):
-    """A project with 12 items, an 8-task review batch and a provisioned Label Studio project."""
-    settings.LABEL_STUDIO_URL, settings.LABEL_STUDIO_API_KEY = label_studio.url, label_studio.token
-    settings.HITL_PUBLIC_URL = live_server.url
-    paths = write_images(range(12))
-    probs = np.random.default_rng(0).dirichlet(np.ones(10) * 0.5, size=12)
-    predictions_ingest(deployment=deployment_and_token[0], payload={"predictions": [
-        {"image_path": p, "probabilities": q.tolist()} for p, q in zip(paths, probs)]})
-    batch = review_batch_request(project=project, requested_by="t", size=8, audit_fraction=0.25)
-    review_batch_select(batch_id=batch.id)
-    link = ls_project_provision(project_id=project.id).link
-    return project, link
-
-
-@pytest.fixture()
-def reviewer_sdk(label_studio) -> LabelStudio:
-    return LabelStudio(base_url=label_studio.url, api_key=label_studio.token)
 
 
 def as_dict(value: object) -> dict:
@@ -125,12 +65,14 @@ def test_provisioning_is_idempotent(connected, reviewer_sdk) -> None:
     for label in project.labels:
         assert f'value="{label}"' in remote.label_config
     hooks = reviewer_sdk.webhooks.list(project=str(link.ls_project_id))
-    assert len(hooks) == 1 and hooks[0].headers == {WEBHOOK_HEADER: webhook_secret()}
+    assert len(hooks) == 1 and hooks[0].url == webhook_url(link) == f"{settings.HITL_PUBLIC_URL}/labeling/webhook/{link.id}/"
+    assert list(hooks[0].headers) == [WEBHOOK_HEADER]  # hitl keeps only the secret's digest
+    assert secret_digest(hooks[0].headers[WEBHOOK_HEADER]) == link.webhook_secret_sha256
+    projects_before = [p.id for p in reviewer_sdk.projects.list()]  # other tests' projects are there too
     again = ls_project_provision(project_id=project.id)
     assert again.changes == [] and again.link.ls_project_id == link.ls_project_id
     assert len(reviewer_sdk.webhooks.list(project=str(link.ls_project_id))) == 1
-    titles = [p.title for p in reviewer_sdk.projects.list()]
-    assert titles.count(remote.title) == 1
+    assert [p.id for p in reviewer_sdk.projects.list()] == projects_before
 
 
 def test_an_annotators_email_is_looked_up(label_studio) -> None:
@@ -204,8 +146,9 @@ def test_reviewers_work_in_label_studio_comes_back_exactly(connected, reviewer_s
     # A duplicated webhook (Label Studio or a proxy resending) changes nothing.
     rows_before = Label.objects.count()
     replay = WebhookEvent.objects.filter(action="ANNOTATION_CREATED").first().payload
-    response = requests.post(f"{live_server.url}/labeling/webhook/", data=json.dumps(replay), timeout=5,
-                             headers={"Content-Type": "application/json", WEBHOOK_HEADER: webhook_secret()})
+    secret = reviewer_sdk.webhooks.get(id=link.webhook_id).headers[WEBHOOK_HEADER]  # as Label Studio sends it
+    response = requests.post(webhook_url(link), data=json.dumps(replay), timeout=5,
+                             headers={"Content-Type": "application/json", WEBHOOK_HEADER: secret})
     assert response.status_code == 202
     wait_for_events()
     assert Label.objects.count() == rows_before
@@ -215,7 +158,7 @@ def test_reviewers_work_in_label_studio_comes_back_exactly(connected, reviewer_s
     # not retry. The periodic reconcile recovers all of it.
     dead = f"http://127.0.0.1:{free_port()}/labeling/webhook/"  # nothing listens there
     LabelStudioClient(label_studio.url, label_studio.token).update_webhook(
-        link.webhook_id, url=dead, headers={WEBHOOK_HEADER: webhook_secret()})
+        link.webhook_id, url=dead, headers={WEBHOOK_HEADER: secret})
     events = WebhookEvent.objects.count()
     reviewer_sdk.annotations.create(id=tasks[7].id, result=choice_result(labels[3]))
     reviewer_sdk.annotations.update(id=made[2].id, result=choice_result(labels[8]))

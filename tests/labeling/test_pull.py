@@ -12,9 +12,15 @@ from django.test import override_settings
 
 from hitl.models import Label, LabelSource, LabelStatus, ReviewTaskStatus
 from labeling.mapping import choice_result
-from labeling.models import AnnotationState, EventState, LabelStudioAnnotation, PushState, WebhookEvent
-from labeling.services.links import WEBHOOK_HEADER, webhook_secret
+from labeling.models import (
+    AnnotationState,
+    EventState,
+    LabelStudioAnnotation,
+    PushState,
+    WebhookEvent,
+)
 from labeling.services.pull import annotation_apply, annotation_delete, webhook_event_process
+from labeling.services.webhooks import WEBHOOK_HEADER, webhook_secret_issue
 
 pytestmark = pytest.mark.django_db
 
@@ -107,19 +113,20 @@ def test_a_task_pushed_but_never_confirmed_is_recognised(pushed) -> None:
     assert record.state == AnnotationState.APPLIED and rows[1].ls_task_id == 555 and rows[1].state == PushState.PUSHED
 
 
-def post_webhook(client, body, secret: str | None = None):
-    return client.post("/labeling/webhook/", body if isinstance(body, str) else json.dumps(body),
-                       content_type="application/json", **{f"HTTP_{WEBHOOK_HEADER.upper().replace('-', '_')}":
-                                                           webhook_secret() if secret is None else secret})
+def post_webhook(client, link, body, secret: str):
+    return client.post(f"/labeling/webhook/{link.id}/", body if isinstance(body, str) else json.dumps(body),
+                       content_type="application/json", **{f"HTTP_{WEBHOOK_HEADER.upper().replace('-', '_')}": secret})
 
 
 def test_webhook_checks_the_secret_and_records_events(client, pushed, django_capture_on_commit_callbacks) -> None:
+    link, _ = pushed
+    secret = webhook_secret_issue(link, grace_seconds=0)
     body = {"action": "ANNOTATION_CREATED", "annotation": annotation(1, 101, "bag"), "project": {"id": 7}}
-    assert post_webhook(client, body, secret="wrong").status_code == 403
-    assert post_webhook(client, "{not json").status_code == 400
-    assert post_webhook(client, {"no": "action"}).status_code == 400
+    assert post_webhook(client, link, body, secret="wrong").status_code == 403
+    assert post_webhook(client, link, "{not json", secret).status_code == 400
+    assert post_webhook(client, link, {"no": "action"}, secret).status_code == 400
     with django_capture_on_commit_callbacks() as sent:
-        response = post_webhook(client, body)
+        response = post_webhook(client, link, body, secret)
     assert response.status_code == 202 and len(sent) == 1
     event = WebhookEvent.objects.get(pk=response.json()["event"])
     assert webhook_event_process(event_id=event.id).state == EventState.PROCESSED
@@ -127,17 +134,19 @@ def test_webhook_checks_the_secret_and_records_events(client, pushed, django_cap
     assert Label.objects.filter(source="label_studio").count() == 1
 
 
-def test_events_for_unknown_projects_fail_visibly(pushed) -> None:
+def test_events_stored_without_a_link_fail_visibly(pushed) -> None:
+    """Events received before per-project links whose Label Studio project no link has."""
     event = WebhookEvent.objects.create(action="ANNOTATION_CREATED", ls_project_id=12345, payload={
         "action": "ANNOTATION_CREATED", "annotation": annotation(1, 101, "bag"), "project": {"id": 12345}})
     processed = webhook_event_process(event_id=event.id)
-    assert processed.state == EventState.FAILED and "no hitl project uses" in processed.error
+    assert processed.state == EventState.FAILED and "without its project link" in processed.error
+    assert not Label.objects.exists()
 
 
 def test_delete_events(pushed) -> None:
     link, rows = pushed
     apply(link, annotation(1, 101, "bag"))
-    event = WebhookEvent.objects.create(action="ANNOTATIONS_DELETED", ls_project_id=7, payload={
+    event = WebhookEvent.objects.create(link=link, action="ANNOTATIONS_DELETED", ls_project_id=7, payload={
         "action": "ANNOTATIONS_DELETED", "annotations": [{"id": 1}], "project": {"id": 7}})
     assert webhook_event_process(event_id=event.id).state == EventState.PROCESSED
     assert current(rows[0].review_task.item_id) is None
@@ -154,7 +163,7 @@ def test_an_annotator_id_names_the_reviewer_when_no_email_is_known(pushed) -> No
 def test_status_counts_this_projects_work_and_says_what_is_wrong(pushed) -> None:
     from labeling.services.status import ls_status
 
-    link, rows = pushed
+    link, _ = pushed
     apply(link, annotation(1, 101, "bag"))
     apply(link, annotation(2, 102, "zebra"))
     apply(link, {**annotation(3, 103, "bag"), "result": [], "was_cancelled": True})
@@ -182,6 +191,21 @@ def test_deleting_an_edited_annotation_withdraws_every_version(pushed, reviewer)
     apply(link, annotation(2, 102, "coat", "2026-11-26T10:05:00Z"))
     apply(link, {**annotation(2, 102, "coat", "2026-11-26T10:09:00Z"), "result": [], "was_cancelled": True})
     assert current(rows[1].review_task.item_id) is None
+
+
+def test_a_label_restored_by_a_deletion_can_be_corrected(pushed) -> None:
+    """Two annotations on one task arrive out of order: the deleted one's label is withdrawn, the
+    other's comes back, and a later correction of it supersedes it (no clash in the history)."""
+    link, rows = pushed
+    apply(link, annotation(2, 101, "coat", "2026-11-26T10:05:00Z"))
+    apply(link, annotation(1, 101, "bag", "2026-11-26T10:00:00Z"))  # delivered late
+    annotation_delete(link=link, annotation_id=1, seen_via="webhook")
+    item_id = rows[0].review_task.item_id
+    assert current(item_id).value == "coat"
+    apply(link, annotation(2, 101, "shirt", "2026-11-26T10:09:00Z"))
+    assert current(item_id).value == "shirt" and current(item_id).previous.value == "coat"
+    annotation_delete(link=link, annotation_id=2, seen_via="reconcile")
+    assert current(item_id) is None
 
 
 class ListingClient:

@@ -15,7 +15,8 @@ from django.db import close_old_connections
 from django.test import RequestFactory, override_settings
 
 from hitl.models import Item, Label, Prediction
-from labeling.services.links import WEBHOOK_HEADER, webhook_secret
+from labeling.models import LabelStudioProject
+from labeling.services.webhooks import WEBHOOK_HEADER, webhook_secret_issue
 from tests.conftest import probabilities
 
 pytestmark = pytest.mark.django_db
@@ -216,32 +217,33 @@ def test_multipart_payload_field_follows_the_same_policy(deployment_client, writ
     assert response.status_code == 400 and "more than once" in errors_of(response)[0][1]
 
 
-def test_webhook_body_follows_the_same_policy(client) -> None:
-    headers = {WEBHOOK_HEADER: webhook_secret()}
+@pytest.fixture()
+def webhook_link(project) -> tuple[str, dict[str, str]]:
+    """A connected project's webhook URL and its secret header."""
+    link = LabelStudioProject.objects.create(project=project, ls_project_id=7)
+    return f"/labeling/webhook/{link.id}/", {WEBHOOK_HEADER: webhook_secret_issue(link, grace_seconds=0)}
+
+
+def test_webhook_body_follows_the_same_policy(client, webhook_link) -> None:
+    url, headers = webhook_link
     for body, words in [
         ('{"action": "ANNOTATION_CREATED", "action": "x"}', "more than once"),
         ('{"action": "\\u0000"}', "NUL"),
         ("[" * 50_000, "deeper"),
         ('{"n": NaN}', "NaN"),
     ]:
-        response = client.post(
-            "/labeling/webhook/", body, content_type="application/json", headers=headers
-        )
+        response = client.post(url, body, content_type="application/json", headers=headers)
         assert response.status_code == 400, body[:40]
         assert words in response.json()["detail"]
 
 
 @pytest.mark.parametrize("project_id", [-1, 2**31, 2**62])
-def test_webhook_project_id_out_of_column_range(client, project_id) -> None:
-    """A project id no Label Studio project can have is a 4xx (or recorded as unknown), not a 500."""
+def test_webhook_project_id_out_of_column_range(client, webhook_link, project_id) -> None:
+    """A project id no Label Studio project can have is a 4xx, not a 500."""
+    url, headers = webhook_link
     body = json.dumps({"action": "ANNOTATION_CREATED", "project": {"id": project_id}})
-    response = client.post(
-        "/labeling/webhook/",
-        body,
-        content_type="application/json",
-        headers={WEBHOOK_HEADER: webhook_secret()},
-    )
-    assert response.status_code < 500
+    response = client.post(url, body, content_type="application/json", headers=headers)
+    assert 400 <= response.status_code < 500
 
 
 # --- sizes: a 413 before the body is read, for JSON, multipart and chunked bodies ----------------
@@ -298,7 +300,7 @@ def wsgi():
     [
         (INGEST, "application/json"),
         (INGEST, "multipart/form-data; boundary=xyz"),
-        ("/labeling/webhook/", "application/json"),
+        ("/labeling/webhook/1/", "application/json"),
         ("/login/", "application/x-www-form-urlencoded"),
         ("/admin/login/", "multipart/form-data; boundary=xyz"),
         ("/api/v1/projects/any/cycles/", "application/json"),
