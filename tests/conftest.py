@@ -27,7 +27,12 @@ from hitl.models import Deployment, Environment, LabelSource, ModelVersion, Proj
 from hitl.services.access import membership_set
 from hitl.services.ingestion import IngestResult, items_register, predictions_ingest
 from hitl.services.labels import label_submit
-from hitl.services.projects import deployment_create, model_version_create, model_version_promote, project_create
+from hitl.services.projects import (
+    deployment_create,
+    model_version_create,
+    model_version_promote,
+    project_create,
+)
 from workers.celery import app as celery_app
 from workers.celery import configure_queues, delete_queues
 from workers.ml.architectures import build_model, input_spec_for

@@ -46,8 +46,8 @@ from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import predictions_ingest
 from hitl.services.projects import deployment_create, project_create
 from hitl.services.selection import review_batch_request
-from workers.pipelines.selection import review_batch_select
 from tests.conftest import LABELS, make_version, member, token_client
+from workers.pipelines.selection import review_batch_select
 
 pytestmark = pytest.mark.django_db
 

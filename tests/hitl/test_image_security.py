@@ -29,11 +29,11 @@ from PIL import Image
 
 from hitl.media import ImageRejected, StorageReader, content_addressed_path, read_beneath
 from hitl.models import Deployment, Environment, Item, Split
-from workers.pipelines.versions import item_images
 from hitl.services.projects import deployment_create
 from labeling.services.links import signed_image_url
 from tests.conftest import probabilities
 from workers.ml.architectures import input_spec_for
+from workers.pipelines.versions import item_images
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/predictions/"

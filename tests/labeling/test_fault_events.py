@@ -25,7 +25,7 @@ from label_studio_sdk import LabelStudio
 
 from hitl.models import Label, LabelStatus
 from hitl.services.ingestion import predictions_ingest
-from hitl.services.selection import review_batch_request, review_batch_select
+from hitl.services.selection import review_batch_request
 from labeling.client import LabelStudioClient
 from labeling.mapping import choice_result
 from labeling.models import AnnotationState, EventState, LabelStudioAnnotation, WebhookEvent
@@ -33,6 +33,7 @@ from labeling.services.provisioning import ls_project_provision
 from labeling.services.pull import ls_reconcile
 from labeling.services.push import ls_push
 from labeling.services.webhooks import WEBHOOK_HEADER, webhook_url
+from workers.pipelines.selection import review_batch_select
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 SEED = 20261130

@@ -18,7 +18,14 @@ from workers.ml.strategies import (
     gradient_embeddings,
     select_batch,
 )
-from workers.ml.uncertainty import bald, consensus_kl, entropy, least_confidence, margin, vote_entropy
+from workers.ml.uncertainty import (
+    bald,
+    consensus_kl,
+    entropy,
+    least_confidence,
+    margin,
+    vote_entropy,
+)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

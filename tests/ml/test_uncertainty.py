@@ -4,7 +4,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from workers.ml.uncertainty import SCORERS, entropy, least_confidence, margin, score_uncertainty, validate_probabilities
+from workers.ml.uncertainty import (
+    SCORERS,
+    entropy,
+    least_confidence,
+    margin,
+    score_uncertainty,
+    validate_probabilities,
+)
 
 
 def test_known_values() -> None:
