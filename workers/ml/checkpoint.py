@@ -56,7 +56,7 @@ class CheckpointMeta:
         })
 
     @classmethod
-    def from_json(cls, text: str) -> "CheckpointMeta":
+    def from_json(cls, text: str) -> CheckpointMeta:
         data = json.loads(text)
         if data.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"unsupported checkpoint format {data.get('format_version')!r}")
