@@ -10,7 +10,16 @@ import pytest
 import torch
 
 from hitl.media import media_path
-from hitl.models import CycleStatus, Label, LabelSource, ModelVersion, Prediction, RetrainingCycle, Split, TrustEvent
+from hitl.models import (
+    CycleStatus,
+    Label,
+    LabelSource,
+    ModelVersion,
+    Prediction,
+    RetrainingCycle,
+    Split,
+    TrustEvent,
+)
 from hitl.selectors import model_weights_file
 from hitl.services.cycles import cycle_request, labeled_set
 from hitl.services.ingestion import items_register
