@@ -56,7 +56,8 @@ def _holdout_logits(project, version: ModelVersion) -> tuple[np.ndarray, np.ndar
     return logits, np.array(data.targets)
 
 
-def test_a_candidate_gets_a_temperature_fitted_on_held_out_labels(project, labeled, settings) -> None:
+def test_a_candidate_gets_a_temperature_fitted_on_held_out_labels(project, labeled, settings,
+                                                                  reviewer_client) -> None:
     settings.HITL_MIN_CALIBRATION_LABELS = 10
     holdout = labeled_set(project, Split.HOLDOUT)
     assert len(holdout) >= 10
@@ -84,6 +85,10 @@ def test_a_candidate_gets_a_temperature_fitted_on_held_out_labels(project, label
     event = TrustEvent.objects.filter(project=project, kind="model_trained").latest("sequence")
     assert event.payload["temperature"] == version.temperature
     assert event.payload["calibration_labels"] == len(holdout)
+    listed = reviewer_client.get(f"/api/v1/projects/{project.slug}/model-versions/").json()["results"]
+    shown = next(v for v in listed if v["name"] == version.name)
+    assert shown["temperature"] == version.temperature
+    assert shown["calibration"]["ece_after"] == calibration["ece_after"]
 
 
 def test_the_onnx_graph_divides_by_the_temperature(project, labeled, settings) -> None:
