@@ -42,7 +42,9 @@ def labeled(labeled_items) -> list[int]:
 
 
 def _train_candidate(project, **config) -> ModelVersion:
-    cycle = cycle_request(project=project, requested_by="test", train_config={"epochs": 3, **config})
+    cycle = cycle_request(
+        project=project, requested_by="test", train_config={"epochs": 3, **config}
+    )
     cycle_train(cycle_id=cycle.id)
     cycle.refresh_from_db()
     assert cycle.status == CycleStatus.EVALUATING, cycle.error
@@ -52,27 +54,39 @@ def _train_candidate(project, **config) -> ModelVersion:
 def _holdout_logits(project, version: ModelVersion) -> tuple[np.ndarray, np.ndarray]:
     model, meta = load_version(version)
     data = labeled_set(project, Split.HOLDOUT)
-    logits = predict_logits(model, item_images(data.image_paths, meta.input_spec), meta.input_spec).numpy()
+    logits = predict_logits(
+        model, item_images(data.image_paths, meta.input_spec), meta.input_spec
+    ).numpy()
     return logits, np.array(data.targets)
 
 
-def test_a_candidate_gets_a_temperature_fitted_on_held_out_labels(project, labeled, settings,
-                                                                  reviewer_client) -> None:
+def test_a_candidate_gets_a_temperature_fitted_on_held_out_labels(
+    project, labeled, settings, reviewer_client
+) -> None:
     settings.HITL_MIN_CALIBRATION_LABELS = 10
     holdout = labeled_set(project, Split.HOLDOUT)
     assert len(holdout) >= 10
     version = _train_candidate(project)
     calibration = version.calibration
     assert calibration["fitted"] is True and calibration["n"] == len(holdout)
-    assert calibration["labels_sha256"] == holdout.digest  # the held-out labels, not the training ones
+    assert (
+        calibration["labels_sha256"] == holdout.digest
+    )  # the held-out labels, not the training ones
     # the same fit, redone here from the stored weights on the held-out labels, gives the same T
     logits, targets = _holdout_logits(project, version)
     expected = calibrate(logits, targets)
-    assert version.temperature == pytest.approx(expected.temperature, rel=1e-6) and version.temperature != 1.0
+    assert (
+        version.temperature == pytest.approx(expected.temperature, rel=1e-6)
+        and version.temperature != 1.0
+    )
     train = labeled_set(project, Split.TRAIN)
     model, meta = load_version(version)
-    train_logits = predict_logits(model, item_images(train.image_paths, meta.input_spec), meta.input_spec).numpy()
-    assert calibrate(train_logits, np.array(train.targets)).temperature != pytest.approx(version.temperature)
+    train_logits = predict_logits(
+        model, item_images(train.image_paths, meta.input_spec), meta.input_spec
+    ).numpy()
+    assert calibrate(train_logits, np.array(train.targets)).temperature != pytest.approx(
+        version.temperature
+    )
     # what a user reads: NLL, ECE and the reliability bins before and after
     assert calibration["nll_after"] <= calibration["nll_before"]
     assert calibration["ece_before"] == pytest.approx(expected.ece_before)
@@ -85,7 +99,9 @@ def test_a_candidate_gets_a_temperature_fitted_on_held_out_labels(project, label
     event = TrustEvent.objects.filter(project=project, kind="model_trained").latest("sequence")
     assert event.payload["temperature"] == version.temperature
     assert event.payload["calibration_labels"] == len(holdout)
-    listed = reviewer_client.get(f"/api/v1/projects/{project.slug}/model-versions/").json()["results"]
+    listed = reviewer_client.get(f"/api/v1/projects/{project.slug}/model-versions/").json()[
+        "results"
+    ]
     shown = next(v for v in listed if v["name"] == version.name)
     assert shown["temperature"] == version.temperature
     assert shown["calibration"]["ece_after"] == calibration["ece_after"]
@@ -104,7 +120,9 @@ def test_the_onnx_graph_divides_by_the_temperature(project, labeled, settings) -
     assert not np.allclose(onnx_logits, raw, rtol=1e-3)
 
 
-def test_too_few_held_out_labels_keep_temperature_one_and_say_why(project, labeled, settings) -> None:
+def test_too_few_held_out_labels_keep_temperature_one_and_say_why(
+    project, labeled, settings
+) -> None:
     holdout = labeled_set(project, Split.HOLDOUT)
     settings.HITL_MIN_CALIBRATION_LABELS = len(holdout) + 1
     version = _train_candidate(project)
@@ -119,7 +137,9 @@ def test_hitl_inference_applies_the_version_temperature(project, version, write_
     ids = items_register(project=project, image_paths=write_images(range(300, 320), folder="pool"))
     assert model_predict_items(model_version_id=version.id) == len(ids)
     model, meta = load_version(version)
-    stored = {p.item_id: p.probability_array for p in Prediction.objects.filter(model_version=version)}
+    stored = {
+        p.item_id: p.probability_array for p in Prediction.objects.filter(model_version=version)
+    }
     paths = dict(project.items.values_list("id", "image"))
     images = item_images([paths[i] for i in ids], meta.input_spec)
     expected = predict_proba(model, images, meta.input_spec, temperature=2.5)
@@ -134,7 +154,9 @@ def test_selection_outputs_apply_the_temperature(project, version, write_images)
     of the tempered logits."""
     model, meta = load_version(version)
     ids = items_register(project=project, image_paths=write_images(range(40, 60), folder="sel"))
-    images = item_images(list(project.items.filter(id__in=ids).values_list("image", flat=True)), meta.input_spec)
+    images = item_images(
+        list(project.items.filter(id__in=ids).values_list("image", flat=True)), meta.input_spec
+    )
     logits = predict_logits(model, images, meta.input_spec)
     out = model_outputs(model, images, meta.input_spec, mc_samples=3, temperature=3.0)
     np.testing.assert_allclose(out.probs, torch.softmax(logits / 3.0, dim=1).numpy(), atol=1e-6)
@@ -163,7 +185,9 @@ def _train_until_killed(monkeypatch, cycle_id: int, after_epoch: int) -> None:
             cycle_train(cycle_id=cycle_id)
 
 
-def test_a_redelivered_attempt_resumes_after_the_last_saved_epoch(project, labeled, monkeypatch) -> None:
+def test_a_redelivered_attempt_resumes_after_the_last_saved_epoch(
+    project, labeled, monkeypatch
+) -> None:
     cycle = cycle_request(project=project, requested_by="test", train_config={"epochs": 5})
     _train_until_killed(monkeypatch, cycle.id, after_epoch=3)
     state = resume_state_path(project.slug, cycle.number)
@@ -177,13 +201,19 @@ def test_a_redelivered_attempt_resumes_after_the_last_saved_epoch(project, label
     assert not state.parent.exists()  # the training state goes once the candidate is recorded
 
 
-def test_a_changed_label_manifest_starts_training_over(project, labeled, monkeypatch, write_images) -> None:
+def test_a_changed_label_manifest_starts_training_over(
+    project, labeled, monkeypatch, write_images
+) -> None:
     cycle = cycle_request(project=project, requested_by="test", train_config={"epochs": 4})
     _train_until_killed(monkeypatch, cycle.id, after_epoch=2)
     # a reviewer labels one more training item while the worker is down
-    new_items = items_register(project=project, image_paths=write_images(range(500, 520), folder="late"))
+    new_items = items_register(
+        project=project, image_paths=write_images(range(500, 520), folder="late")
+    )
     item = project.items.filter(id__in=new_items, split=Split.TRAIN).first()
-    label = label_submit(item_id=item.id, value=project.labels[0], source=LabelSource.IMPORT, reviewer_name="late")
+    label = label_submit(
+        item_id=item.id, value=project.labels[0], source=LabelSource.IMPORT, reviewer_name="late"
+    )
     cycle_train(cycle_id=cycle.id)
     cycle = RetrainingCycle.objects.get(pk=cycle.id)
     metrics = read_meta(model_weights_file(cycle.candidate_version)[0]).metrics

@@ -29,12 +29,21 @@ def _killed_after(epoch: int, x: torch.Tensor, y: torch.Tensor, path: Path) -> N
     """Train, saving the state each epoch, and stop dead after ``epoch`` (as a SIGKILL would)."""
     torch.manual_seed(0)
     model = build_model("small_cnn", 10)
-    fit(model, x, y, SPEC, CONFIG, on_state=lambda s: save_training_state(s, path),
-        on_epoch=lambda s: s.epoch < epoch)
+    fit(
+        model,
+        x,
+        y,
+        SPEC,
+        CONFIG,
+        on_state=lambda s: save_training_state(s, path),
+        on_epoch=lambda s: s.epoch < epoch,
+    )
 
 
 @pytest.mark.parametrize("kill_after", [1, 3])
-def test_resumed_training_gives_the_same_weights(fashion_train, tmp_path: Path, kill_after: int) -> None:
+def test_resumed_training_gives_the_same_weights(
+    fashion_train, tmp_path: Path, kill_after: int
+) -> None:
     x, y = as_tensors(fashion_train, np.arange(200))
     expected = _straight(x, y)
     path = tmp_path / "state.pt"

@@ -15,12 +15,19 @@ EPOCHS = 40
 
 
 def test_a_killed_worker_resumes_training_from_its_last_epoch(
-    project, labeled_items, operator_client, celery_worker, wait_until,
+    project,
+    labeled_items,
+    operator_client,
+    celery_worker,
+    wait_until,
 ) -> None:
     labeled_items(range(150), folder="train")
     manifest = labeled_set(project, Split.TRAIN)
-    response = operator_client.post(f"/api/v1/projects/{project.slug}/cycles/",
-                                     {"train_config": {"epochs": EPOCHS}}, format="json")
+    response = operator_client.post(
+        f"/api/v1/projects/{project.slug}/cycles/",
+        {"train_config": {"epochs": EPOCHS}},
+        format="json",
+    )
     assert response.status_code == 202, response.json()
     cycle = RetrainingCycle.objects.get(pk=response.json()["id"])
     state_path = resume_state_path(project.slug, cycle.number)
@@ -35,11 +42,19 @@ def test_a_killed_worker_resumes_training_from_its_last_epoch(
     assert saved["label_ids"] == manifest.label_ids
     killed_at = saved["epoch_attempts"].count(1)  # the new attempt may have saved an epoch already
     # the redelivered task's attempt reports that it resumed, and goes on from there
-    wait_until(lambda: RetrainingCycle.objects.get(pk=cycle.id).progress.get("attempt") == 2
-               or RetrainingCycle.objects.get(pk=cycle.id).candidate_version_id is not None,
-               "the second attempt", timeout=180)
-    wait_until(lambda: RetrainingCycle.objects.get(pk=cycle.id).is_finished, "the cycle after the kill",
-               timeout=240)
+    wait_until(
+        lambda: (
+            RetrainingCycle.objects.get(pk=cycle.id).progress.get("attempt") == 2
+            or RetrainingCycle.objects.get(pk=cycle.id).candidate_version_id is not None
+        ),
+        "the second attempt",
+        timeout=180,
+    )
+    wait_until(
+        lambda: RetrainingCycle.objects.get(pk=cycle.id).is_finished,
+        "the cycle after the kill",
+        timeout=240,
+    )
     cycle.refresh_from_db()
     assert cycle.status == CycleStatus.SUCCEEDED, cycle.error
     assert cycle.attempts == 2
