@@ -4,6 +4,8 @@ worker kill is tests/workers/test_resume_worker.py)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -118,6 +120,9 @@ def test_the_onnx_graph_divides_by_the_temperature(project, labeled, settings) -
     (onnx_logits,) = session.run(None, {"image": normalize(images, meta.input_spec).numpy()})
     np.testing.assert_allclose(onnx_logits, raw / version.temperature, rtol=1e-4, atol=1e-5)
     assert not np.allclose(onnx_logits, raw, rtol=1e-3)
+    # the graph says so itself: labels, input spec and temperature in its metadata
+    carried = json.loads(session.get_modelmeta().custom_metadata_map["hitl"])
+    assert carried["temperature"] == version.temperature and carried["labels"] == version.labels
 
 
 def test_too_few_held_out_labels_keep_temperature_one_and_say_why(

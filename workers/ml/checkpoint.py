@@ -6,7 +6,7 @@ and run the model (architecture, label map, input spec, training config, metrics
 The weights are the trained network's, uncalibrated: whoever loads them divides the logits by
 ``temperature`` before the softmax. The ONNX graph has the temperature built in: its ``logits``
 output is already divided by it, so a deployment's softmax gives calibrated probabilities with
-nothing else to apply.
+nothing else to apply; its metadata_props hold the same metadata under the key ``hitl``.
 
 A cycle's training state (weights, optimizer, schedule, random streams; see
 ``workers.ml.training.training_state``) is saved each epoch by ``save_training_state`` so that a
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -85,7 +86,12 @@ class TemperatureScaled(nn.Module):
         return self.model(x) / self.temperature
 
 
-def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, temperature: float = 1.0) -> None:
+def export_onnx(
+    model: nn.Module, spec: InputSpec, path: Path, *, temperature: float = 1.0,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Export to ONNX with the logits divided by ``temperature``; ``metadata`` goes into the
+    graph's metadata_props (a deployment reads it with ``session.get_modelmeta()``)."""
     model = model.eval().cpu()
     if temperature != 1.0:
         model = TemperatureScaled(model, temperature).eval()
@@ -96,6 +102,12 @@ def export_onnx(model: nn.Module, spec: InputSpec, path: Path, *, temperature: f
             model, (example,), str(path), dynamo=False, input_names=["image"],
             output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
         )
+    if metadata:
+        graph = onnx.load(str(path))
+        for key, value in metadata.items():
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(graph, str(path))
 
 
 def save_checkpoint(
@@ -110,7 +122,8 @@ def save_checkpoint(
     names = [WEIGHTS_FILE]
     if onnx:
         atomic_write(directory / ONNX_FILE, lambda tmp: export_onnx(model, meta.input_spec, Path(tmp),
-                                                        temperature=meta.temperature))
+                                                        temperature=meta.temperature,
+                                                        metadata={"hitl": meta.to_json()}))
         names.append(ONNX_FILE)
     return [ArtifactFile(n, file_sha256(directory / n), (directory / n).stat().st_size) for n in names]
 
