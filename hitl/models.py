@@ -72,10 +72,17 @@ class ModelVersion(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     promoted_at = models.DateTimeField(null=True, blank=True)
     promoted_by = models.CharField(max_length=200, blank=True)
+    temperature = models.FloatField(
+        default=1.0, help_text="Divides the logits before the softmax (temperature scaling, fitted on held-out "
+                               "human labels the model was not trained on); 1.0 = not calibrated.")
+    calibration = models.JSONField(
+        default=dict, blank=True, help_text="How the temperature was fitted: labels used, NLL, ECE and reliability "
+                                            "bins before and after, or why it was not (too few labels).")
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["project", "name"], name="model_version_unique_name"),
+            models.CheckConstraint(condition=Q(temperature__gt=0), name="model_temperature_positive"),
             models.UniqueConstraint(
                 fields=["project"], condition=Q(stage="production"), name="one_production_model"
             ),

@@ -275,6 +275,8 @@ HITL_MAX_BULK_PREDICTIONS = int(env_number("HITL_MAX_BULK_PREDICTIONS", 10_000))
 HITL_PROBABILITY_TOLERANCE = float(env_number("HITL_PROBABILITY_TOLERANCE", 0.01, float))
 HITL_DEVICE = env_str("HITL_DEVICE", "auto")
 HITL_STALLED_AFTER_SECONDS = int(env_number("HITL_STALLED_AFTER_SECONDS", 300))
+# A candidate's temperature is fitted on at least this many held-out human labels, else it stays 1.
+HITL_MIN_CALIBRATION_LABELS = max(2, int(env_number("HITL_MIN_CALIBRATION_LABELS", 50)))
 
 # --- Label Studio (labeling app); empty URL: not connected ---
 LABEL_STUDIO_URL = env_str("LABEL_STUDIO_URL", "").rstrip("/")

@@ -45,7 +45,9 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
         fields = ["id", "name", "architecture", "labels", "stage", "parent", "artifacts",
-                  "training_label_count", "created_at", "promoted_at", "promoted_by"]
+                  "training_label_count", "created_at", "promoted_at", "promoted_by",
+                  "temperature", "calibration"]
+        read_only_fields = ["temperature", "calibration"]
 
 
 class DeploymentSerializer(serializers.ModelSerializer):

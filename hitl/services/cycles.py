@@ -119,6 +119,13 @@ def labeled_set_digest(rows: Sequence[tuple[int, str, str]]) -> str:
     return digest.hexdigest()
 
 
+def calibration_set(project: Project) -> LabeledSet:
+    """The labels a candidate's temperature is fitted on: held-out human labels, which no model
+    of the project is trained on. Golden-set items, once the project has them, belong to
+    evaluation alone and are to be left out here as well."""
+    return labeled_set(project, Split.HOLDOUT)
+
+
 def labeled_set(project: Project, split: str) -> LabeledSet:
     """Current human labels on the project's items of one split, in label-id order."""
     rows = list(
@@ -143,13 +150,19 @@ class TrainingPlan:
     initial_weights: str  # else the project's initial weights (projects.initial_weights_file)
     version_name: str
     config: dict
-    data: LabeledSet
+    data: LabeledSet  # the training label manifest: a resumed attempt must train on the same one
+    calibration: LabeledSet  # held-out labels the temperature is fitted on
+    cycle_number: int
+    attempt: int
 
 
 @transaction.atomic
 def cycle_training_start(*, cycle_id: int) -> TrainingPlan | None:
     """Start (or restart, after a worker died) a cycle's training: what to train, from what, on
-    which labels. None when there is nothing to train (finished, cancelled, no labels, gave up)."""
+    which labels. None when there is nothing to train (finished, cancelled, no labels, gave up).
+
+    Every start counts as an attempt; the pipeline resumes the training state a dead attempt saved
+    when it was for the same base model, config and label manifest (``TrainingPlan.data``)."""
     cycle = RetrainingCycle.objects.select_for_update().select_related("project").get(pk=cycle_id)
     if cycle.status not in (CycleStatus.PENDING, CycleStatus.TRAINING):
         return None
@@ -171,23 +184,27 @@ def cycle_training_start(*, cycle_id: int) -> TrainingPlan | None:
         architecture, start_from, initial = project.architecture, None, project.initial_weights
     return TrainingPlan(cycle.id, project, base, architecture, start_from, initial,
                         ensure_unique_version_name(project=project, wanted=f"v{cycle.number}"),
-                        dict(cycle.train_config), data)
+                        dict(cycle.train_config), data, calibration_set(project), cycle.number,
+                        cycle.attempts)
 
 
 def cycle_progress_record(*, cycle_id: int, epoch: int, epochs: int, train_loss: float,
-                          train_accuracy: float) -> bool:
+                          train_accuracy: float, attempt: int = 1, resumed_from_epoch: int = 0) -> bool:
     """Record an epoch; returns False when the cycle was cancelled meanwhile (stops training)."""
     RetrainingCycle.objects.filter(pk=cycle_id).update(heartbeat_at=timezone.now(), progress={
         "stage": "training", "epoch": epoch, "epochs": epochs,
         "train_loss": round(train_loss, 4), "train_accuracy": round(train_accuracy, 4),
+        "attempt": attempt, "resumed_from_epoch": resumed_from_epoch,
     })
     return RetrainingCycle.objects.filter(pk=cycle_id, status=CycleStatus.TRAINING).exists()
 
 
 @transaction.atomic
 def cycle_candidate_record(*, plan: TrainingPlan, directory: str, files: Sequence[ArtifactFile],
-                           epochs_run: int, train_loss: float) -> None:
-    """Record the trained candidate and hand the cycle to evaluation (unless it was cancelled)."""
+                           epochs_run: int, train_loss: float, temperature: float = 1.0,
+                           calibration: dict | None = None, resumed_from_epoch: int = 0) -> None:
+    """Record the trained candidate with its temperature and hand the cycle to evaluation
+    (unless it was cancelled)."""
     cycle = RetrainingCycle.objects.select_for_update().get(pk=plan.cycle_id)
     if cycle.status != CycleStatus.TRAINING:
         return  # cancelled while training: the candidate is not recorded
@@ -195,6 +212,8 @@ def cycle_candidate_record(*, plan: TrainingPlan, directory: str, files: Sequenc
         project=plan.project, name=plan.version_name, architecture=plan.architecture,
         labels=list(plan.project.labels), parent=plan.base, directory=directory, files=files,
     )
+    version.temperature, version.calibration = temperature, calibration or {}
+    version.save(update_fields=["temperature", "calibration"])
     version.training_labels.set(plan.data.label_ids)
     _transition(cycle, CycleStatus.EVALUATING, candidate_version=version, progress={
         "stage": "evaluating", "epochs_run": epochs_run, "train_loss": round(train_loss, 4),
@@ -203,6 +222,9 @@ def cycle_candidate_record(*, plan: TrainingPlan, directory: str, files: Sequenc
         "model_version": version.name, "parent": plan.base.name if plan.base else None,
         "training_labels": len(plan.data), "training_set_sha256": plan.data.digest,
         "artifacts": {f.name: f.sha256 for f in files}, "train_config": plan.config,
+        "temperature": temperature, "calibration_labels": (calibration or {}).get("n", 0),
+        "calibration_set_sha256": plan.calibration.digest, "attempt": plan.attempt,
+        "resumed_from_epoch": resumed_from_epoch,
     })
     enqueue("workers.tasks.evaluate", cycle.id)
 

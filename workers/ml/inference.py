@@ -32,11 +32,18 @@ def predict_logits(
 
 def predict_proba(
     model: nn.Module, images: torch.Tensor, spec: InputSpec,
-    *, batch_size: int = 256, device: torch.device | None = None,
+    *, batch_size: int = 256, device: torch.device | None = None, temperature: float = 1.0,
 ) -> np.ndarray:
-    """Class probabilities ``[n, k]`` (float32, rows sum to 1)."""
+    """Class probabilities ``[n, k]`` (float32, rows sum to 1) of the logits divided by the
+    model's ``temperature`` (temperature scaling; 1.0 = as trained)."""
+    _check_temperature(temperature)
     logits = predict_logits(model, images, spec, batch_size=batch_size, device=device)
-    return torch.softmax(logits, dim=1).numpy()
+    return torch.softmax(logits / temperature, dim=1).numpy()
+
+
+def _check_temperature(temperature: float) -> None:
+    if not (isinstance(temperature, (int, float)) and 0 < temperature < float("inf")):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
 
 
 @dataclass(frozen=True)
@@ -57,32 +64,33 @@ def _last_linear(model: nn.Module) -> nn.Linear:
     return linears[-1]
 
 
-def _outputs_small_cnn(model: SmallCNN, x: torch.Tensor, embeddings: bool, mc_samples: int) -> tuple:
+def _outputs_small_cnn(model: SmallCNN, x: torch.Tensor, embeddings: bool, mc_samples: int, t: float) -> tuple:
     z = model.trunk(x)
     h = model.embed(z)
-    probs = torch.softmax(model.classify(h), dim=1)
+    probs = torch.softmax(model.classify(h) / t, dim=1)
     samples = None
     if mc_samples:
         for layer in _dropout_layers(model):
             layer.train()
         # Only the head has dropout: the convolutional trunk runs once, the head T times.
-        samples = torch.stack([torch.softmax(model.classify(model.embed(z)), dim=1) for _ in range(mc_samples)], dim=2)
+        samples = torch.stack([torch.softmax(model.classify(model.embed(z)) / t, dim=1)
+                               for _ in range(mc_samples)], dim=2)
         model.eval()
     return probs, h if embeddings else None, samples
 
 
-def _outputs_generic(model: nn.Module, x: torch.Tensor, embeddings: bool, mc_samples: int) -> tuple:
+def _outputs_generic(model: nn.Module, x: torch.Tensor, embeddings: bool, mc_samples: int, t: float) -> tuple:
     captured: list[torch.Tensor] = []
     hook = _last_linear(model).register_forward_hook(lambda m, inputs, out: captured.append(inputs[0]))
     try:
-        probs = torch.softmax(model(x), dim=1)
+        probs = torch.softmax(model(x) / t, dim=1)
     finally:
         hook.remove()
     samples = None
     if mc_samples:
         for layer in _dropout_layers(model):
             layer.train()
-        samples = torch.stack([torch.softmax(model(x), dim=1) for _ in range(mc_samples)], dim=2)
+        samples = torch.stack([torch.softmax(model(x) / t, dim=1) for _ in range(mc_samples)], dim=2)
         model.eval()
     return probs, captured[0] if embeddings else None, samples
 
@@ -90,9 +98,11 @@ def _outputs_generic(model: nn.Module, x: torch.Tensor, embeddings: bool, mc_sam
 @torch.inference_mode()
 def model_outputs(
     model: nn.Module, images: torch.Tensor, spec: InputSpec, *, embeddings: bool = False, mc_samples: int = 0,
-    batch_size: int = 256, device: torch.device | None = None, seed: int = 0,
+    batch_size: int = 256, device: torch.device | None = None, seed: int = 0, temperature: float = 1.0,
 ) -> ModelOutputs:
-    """Probabilities, and on request embeddings and ``mc_samples`` MC-dropout passes."""
+    """Probabilities, and on request embeddings and ``mc_samples`` MC-dropout passes; the
+    probabilities (MC ones too) are of the logits divided by ``temperature``."""
+    _check_temperature(temperature)
     if mc_samples < 0 or mc_samples == 1:
         raise ValueError(f"mc_samples must be 0 or at least 2, got {mc_samples}")
     if mc_samples and not _dropout_layers(model):
@@ -106,7 +116,7 @@ def model_outputs(
     parts: list[tuple] = []
     for start in range(0, len(images), batch_size):
         x = normalize(images[start:start + batch_size].to(device), spec)
-        parts.append(tuple(t.float().cpu() if t is not None else None for t in run(model, x, embeddings, mc_samples)))
+        parts.append(tuple(t.float().cpu() if t is not None else None for t in run(model, x, embeddings, mc_samples, temperature)))
     probs = torch.cat([p[0] for p in parts]).numpy()
     emb = torch.cat([p[1] for p in parts]).numpy() if embeddings else None
     mc = torch.cat([p[2] for p in parts]).numpy() if mc_samples else None

@@ -6,6 +6,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -87,6 +88,7 @@ class EpochStats:
 
 
 EpochCallback = Callable[[EpochStats], bool | None]
+StateCallback = Callable[[dict[str, Any]], None]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -153,6 +155,47 @@ def evaluate(
     return {"loss": float(loss), "accuracy": float((logits.argmax(1) == targets).float().mean())}
 
 
+def training_state(
+    epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
+    config: TrainConfig, history: list[EpochStats],
+) -> dict[str, Any]:
+    """Everything ``fit`` needs to go on after ``epoch`` exactly as if it had never stopped:
+    weights, optimizer and schedule, and every random stream the loop draws from (the batch order
+    and augmentation generator, the global CPU stream dropout uses, the CUDA streams)."""
+    return {
+        "epoch": epoch,
+        "config": config.to_dict(),
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "cpu_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "history": [asdict(h) for h in history],
+    }
+
+
+def _restore(
+    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator, config: TrainConfig,
+) -> list[EpochStats]:
+    if state.get("config") != config.to_dict():
+        raise ValueError("the training state was saved under another training config: start over")
+    if not 1 <= state["epoch"] <= config.epochs:
+        raise ValueError(f"the training state is at epoch {state['epoch']}, outside 1..{config.epochs}")
+    if len(state["history"]) != state["epoch"]:
+        raise ValueError("the training state's history does not match its epoch")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["cpu_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return [EpochStats(**h) for h in state["history"]]
+
+
 def fit(
     model: nn.Module,
     images: torch.Tensor,
@@ -160,10 +203,16 @@ def fit(
     spec: InputSpec,
     config: TrainConfig,
     on_epoch: EpochCallback | None = None,
+    *,
+    resume: dict[str, Any] | None = None,
+    on_state: StateCallback | None = None,
 ) -> list[EpochStats]:
     """Train ``model`` in place on uint8 ``images`` [n, c, h, w] and int ``targets`` [n].
 
     ``on_epoch`` sees each epoch's figures; returning False stops training (a cancelled cycle).
+    ``on_state`` receives ``training_state`` after each epoch (before ``on_epoch``), to be saved;
+    ``resume`` is such a state: training goes on after its epoch, giving the same weights as a run
+    that never stopped. The returned history covers all epochs, resumed ones included.
     """
     if images.dtype != torch.uint8 or images.ndim != 4:
         raise ValueError(f"images must be uint8 [n, c, h, w], got {images.dtype} {tuple(images.shape)}")
@@ -183,12 +232,16 @@ def fit(
         optimizer, max_lr=config.learning_rate, total_steps=steps + 1, pct_start=0.15
     )
     history: list[EpochStats] = []
-    for epoch in range(1, config.epochs + 1):
+    if resume is not None:
+        history = _restore(resume, model, optimizer, scheduler, generator, config)
+    for epoch in range(len(history) + 1, config.epochs + 1):
         loss, accuracy = train_one_epoch(
             model, images, targets, spec, optimizer, scheduler, config, generator, device
         )
         stats = EpochStats(epoch, config.epochs, loss, accuracy)
         history.append(stats)
+        if on_state is not None:
+            on_state(training_state(epoch, model, optimizer, scheduler, generator, config, history))
         if on_epoch is not None and on_epoch(stats) is False:
             break
     model.eval()

@@ -6,11 +6,18 @@ The cycle's state machine, its records and the promotion gate are hitl's service
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from django.conf import settings
+from torch import nn
 
 from hitl.errors import TRANSIENT_DB_ERRORS
 from hitl.locks import exclusive
@@ -27,9 +34,16 @@ from hitl.services.cycles import (
     labeled_set,
 )
 from hitl.services.projects import initial_weights_file
-from workers.ml.architectures import build_model, input_spec_for
-from workers.ml.checkpoint import ArtifactFile, CheckpointMeta, save_checkpoint
-from workers.ml.inference import predict_proba
+from workers.ml.architectures import InputSpec, build_model, input_spec_for
+from workers.ml.calibration import calibrate
+from workers.ml.checkpoint import (
+    ArtifactFile,
+    CheckpointMeta,
+    load_training_state,
+    save_checkpoint,
+    save_training_state,
+)
+from workers.ml.inference import predict_logits, predict_proba
 from workers.ml.metrics import classification_metrics
 from workers.ml.training import EpochStats, TrainConfig, fit
 from workers.pipelines.versions import item_images, load_version
@@ -37,12 +51,55 @@ from workers.pipelines.versions import item_images, load_version
 log = logging.getLogger(__name__)
 
 
-def _progress(cycle_id: int, stats: EpochStats) -> bool:
-    return cycle_progress_record(cycle_id=cycle_id, epoch=stats.epoch, epochs=stats.epochs,
-                                 train_loss=stats.train_loss, train_accuracy=stats.train_accuracy)
+@dataclass(frozen=True)
+class TrainedCandidate:
+    directory: str
+    files: list[ArtifactFile]
+    history: list[EpochStats]
+    calibration: dict[str, Any]
+    resumed_from_epoch: int
+
+    @property
+    def temperature(self) -> float:
+        return float(self.calibration["temperature"])
 
 
-def _train(plan: TrainingPlan) -> tuple[str, list[ArtifactFile], list[EpochStats]]:
+def resume_state_path(project_slug: str, cycle_number: int) -> Path:
+    """Where a cycle's training state is saved after each epoch (one file, replaced each time)."""
+    return media_path(f"models/{project_slug}/cycles/{cycle_number}/resume") / "state.pt"
+
+
+def _resume_key(plan: TrainingPlan) -> dict[str, Any]:
+    """What a saved state must have been trained from to be resumed: the same base, architecture,
+    config and exact label manifest (a label added or changed since makes the attempt start over)."""
+    return {"architecture": plan.architecture, "base": plan.base.pk if plan.base else None,
+            "initial_weights": plan.initial_weights, "config": plan.config,
+            "labels_sha256": plan.data.digest}
+
+
+def _resumable_state(plan: TrainingPlan, path: Path) -> dict[str, Any] | None:
+    state = load_training_state(path)
+    if state is None:
+        return None
+    if json.loads(state.get("resume_key", "null")) != _resume_key(plan):
+        log.info("cycle %s: the saved training state is for other labels or settings; starting over",
+                 plan.cycle_id)
+        return None
+    return state
+
+
+def _fit_temperature(model: nn.Module, spec: InputSpec, data: LabeledSet) -> dict[str, Any]:
+    """Temperature scaling on held-out human labels; T = 1 with the reason when they are too few."""
+    base = {"labels": len(data), "labels_sha256": data.digest, "min_labels": settings.HITL_MIN_CALIBRATION_LABELS}
+    if len(data) < settings.HITL_MIN_CALIBRATION_LABELS:
+        return {**base, "temperature": 1.0, "n": len(data), "fitted": False,
+                "reason": f"only {len(data)} held-out human labels; fitting a temperature needs at least "
+                          f"{settings.HITL_MIN_CALIBRATION_LABELS} (HITL_MIN_CALIBRATION_LABELS)"}
+    logits = predict_logits(model, item_images(data.image_paths, spec), spec).numpy()
+    return {**base, **calibrate(logits, np.array(data.targets)).as_dict(), "fitted": True}
+
+
+def _train(plan: TrainingPlan) -> TrainedCandidate:
     labels = list(plan.project.labels)
     spec = input_spec_for(plan.architecture)
     config = TrainConfig.from_dict(plan.config)
@@ -51,18 +108,39 @@ def _train(plan: TrainingPlan) -> tuple[str, list[ArtifactFile], list[EpochStats
     model = build_model(plan.architecture, len(labels), weights_path=start_from)
     images = item_images(plan.data.image_paths, spec)
     targets = torch.tensor(plan.data.targets, dtype=torch.int64)
-    history = fit(model, images, targets, spec, config, on_epoch=lambda s: _progress(plan.cycle_id, s))
+    state_path = resume_state_path(plan.project.slug, plan.cycle_number)
+    resume = _resumable_state(plan, state_path)
+    resumed_from = resume["epoch"] if resume else 0
+    # which attempt ran each epoch: a resumed attempt runs only the epochs after the saved one
+    epoch_attempts: list[int] = list(resume["epoch_attempts"]) if resume else []
+    key = json.dumps(_resume_key(plan))
+
+    def save(state: dict[str, Any]) -> None:
+        epoch_attempts.append(plan.attempt)
+        save_training_state({**state, "resume_key": key, "epoch_attempts": list(epoch_attempts),
+                             "label_ids": list(plan.data.label_ids)}, state_path)
+
+    def progress(stats: EpochStats) -> bool:
+        return cycle_progress_record(
+            cycle_id=plan.cycle_id, epoch=stats.epoch, epochs=stats.epochs, train_loss=stats.train_loss,
+            train_accuracy=stats.train_accuracy, attempt=plan.attempt, resumed_from_epoch=resumed_from)
+
+    history = fit(model, images, targets, spec, config, on_epoch=progress, resume=resume, on_state=save)
+    del images
+    calibration = _fit_temperature(model, spec, plan.calibration)
     directory = model_directory(plan.project.slug, plan.version_name)
     metrics = {"train_loss": history[-1].train_loss, "train_accuracy": history[-1].train_accuracy,
-               "epochs_run": len(history)}
-    meta = CheckpointMeta(plan.architecture, labels, spec, config.to_dict(), metrics)
+               "epochs_run": len(history), "epoch_attempts": epoch_attempts, "resumed_from_epoch": resumed_from}
+    meta = CheckpointMeta(plan.architecture, labels, spec, config.to_dict(), metrics,
+                          temperature=calibration["temperature"])
     files = save_checkpoint(model, meta, media_path(directory))
-    return directory, files, history
+    return TrainedCandidate(directory, files, history, calibration, resumed_from)
 
 
 def cycle_train(*, cycle_id: int) -> None:
     """Train the cycle's candidate. Safe to run twice or in parallel: one worker trains,
-    a second returns at once; a redelivered task after a worker died starts a new attempt."""
+    a second returns at once; a redelivered task after a worker died starts a new attempt, which
+    resumes from the last epoch the dead one saved (same labels and settings) or starts over."""
     with exclusive(f"cycle:{cycle_id}") as mine:
         if not mine:
             log.info("cycle %s is being worked on by another worker", cycle_id)
@@ -71,15 +149,19 @@ def cycle_train(*, cycle_id: int) -> None:
         if plan is None:
             return
         try:
-            directory, files, history = _train(plan)
+            trained = _train(plan)
         except TRANSIENT_DB_ERRORS:
-            raise  # the task retries; the next attempt starts over
+            raise  # the task retries; the next attempt resumes from the saved state
         except Exception as exc:
             log.exception("cycle %s training failed", cycle_id)
             cycle_fail(cycle_id=cycle_id, error=f"training failed: {exc}\n{traceback.format_exc(limit=5)}")
-            return
-        cycle_candidate_record(plan=plan, directory=directory, files=files, epochs_run=len(history),
-                               train_loss=history[-1].train_loss)
+        else:
+            cycle_candidate_record(plan=plan, directory=trained.directory, files=trained.files,
+                                   epochs_run=len(trained.history), train_loss=trained.history[-1].train_loss,
+                                   temperature=trained.temperature, calibration=trained.calibration,
+                                   resumed_from_epoch=trained.resumed_from_epoch)
+        # recorded, cancelled or failed: the cycle trains no more, its training state can go
+        shutil.rmtree(resume_state_path(plan.project.slug, plan.cycle_number).parent, ignore_errors=True)
 
 
 def _evaluate_version(version: ModelVersion, data: LabeledSet) -> dict:

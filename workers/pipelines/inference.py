@@ -18,7 +18,7 @@ def model_predict_items(*, model_version_id: int, unlabeled_only: bool = True) -
     """Run a version on its project's items that have no prediction from it yet; returns how many.
 
     hitl runs its own model here (no deployment), so selection can rank the pool by the current
-    production model. Stored with ON CONFLICT DO NOTHING: safe to run twice.
+    production model; its probabilities are calibrated by the version's temperature. Stored with ON CONFLICT DO NOTHING: safe to run twice.
     """
     version = ModelVersion.objects.get(pk=model_version_id)
     items = Item.objects.filter(project_id=version.project_id).exclude(predictions__model_version=version)
@@ -31,7 +31,8 @@ def model_predict_items(*, model_version_id: int, unlabeled_only: bool = True) -
     created = 0
     for start in range(0, len(rows), PREDICT_CHUNK):
         chunk = rows[start:start + PREDICT_CHUNK]
-        probs = predict_proba(model, item_images([r[1] for r in chunk], meta.input_spec), meta.input_spec)
+        probs = predict_proba(model, item_images([r[1] for r in chunk], meta.input_spec), meta.input_spec,
+                              temperature=version.temperature)
         predicted = probs.argmax(axis=1)
         with transaction.atomic():
             created += predictions_bulk_insert(

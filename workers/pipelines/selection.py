@@ -135,7 +135,8 @@ def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n:
     images = item_images([paths[pid] for pid in prediction_ids], meta.input_spec)
     needs = STRATEGY_INPUTS[batch.strategy]
     outputs = model_outputs(model, images, meta.input_spec, embeddings="embeddings" in needs,
-                            mc_samples=project.mc_samples if "mc_probs" in needs else 0, seed=batch.seed % 2**31)
+                            mc_samples=project.mc_samples if "mc_probs" in needs else 0, seed=batch.seed % 2**31,
+                            temperature=version.temperature)
     committee = None
     if "committee_probs" in needs:
         members = _committee(project, version)
@@ -143,7 +144,8 @@ def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n:
             raise InvalidInput.single("strategy", "committee needs at least two model versions that served in "
                                                   f"production; {project.slug} has {len(members)}")
         committee = np.stack([outputs.probs] + [
-            predict_proba(load_version(m)[0], images, meta.input_spec) for m in members[1:]], axis=2)
+            predict_proba(load_version(m)[0], images, meta.input_spec, temperature=m.temperature)
+            for m in members[1:]], axis=2)
     covered = _covered_embeddings(project, model, meta.input_spec) if batch.strategy in COVERAGE_STRATEGIES else None
     selection = select_batch(
         batch.strategy,
