@@ -33,6 +33,7 @@ demo: install data
 ## The tests, against the PostgreSQL and Redis running on this machine.
 test: install-test
 	@scripts/system-packages.sh --browser
+	$(VENV)/bin/ruff check .
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) -m pytest $(PYTEST_ARGS)
 
 web: install

@@ -27,7 +27,7 @@ class InvalidInput(Exception):
         super().__init__("; ".join(str(e) for e in self.errors[:5]))
 
     @classmethod
-    def single(cls, field: str, message: str) -> "InvalidInput":
+    def single(cls, field: str, message: str) -> InvalidInput:
         return cls(FieldError(field, message))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import ImproperlyConfigured
