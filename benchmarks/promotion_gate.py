@@ -15,7 +15,7 @@ drawing its evaluation sets from 10,000 training images no model saw:
   interval of the accuracy difference on a *random* golden set of the same size.
 
     python benchmarks/promotion_gate.py             # 4 worlds, golden sets of 200, 500, 1,000
-    python benchmarks/promotion_gate.py --quick     # 2 worlds, for a quick look
+    python benchmarks/promotion_gate.py --quick     # 2 worlds, 1 candidate of each kind, 8 draws
 
 Writes docs/promotion_gate.json and a section of docs/benchmarks.md. Needs torch and numpy only.
 """
@@ -196,7 +196,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.worlds, args.variants, args.draws = 2, 1, 5
+        args.worlds, args.variants, args.draws = 2, 1, 8
     torch.set_num_threads(max(1, torch.get_num_threads()))
     started = time.monotonic()
     train_set, test_set = load_fashion_mnist("train"), load_fashion_mnist("test")
