@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers, status
+from rest_framework import generics, serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -98,19 +98,19 @@ class RollbackView(ProjectScoped, APIView):
         body = _valid(RollbackSerializer, request.data)
         version = model_version_rollback(project=self.project, name=body["model_version"],
                                          actor=request.user.get_username(), reason=body["reason"])
-        return Response(s.ModelVersionSerializer(version).data)
+        return Response(s.ModelVersionSerializer(selectors.model_versions_list(self.project).get(pk=version.pk)).data)
 
 
-class GoldenSetView(ProjectScoped, APIView):
+class GoldenSetView(ProjectScoped, generics.ListAPIView):
     """The golden-set versions (GET); propose random items for it (POST ``{"action": "propose",
     "size"}``) or freeze a new version (POST ``{"action": "freeze", "reason", "from_audit"}``)."""
 
     access = {"GET": Action.VIEW, "POST": Action.APPROVE}
     parser_classes = [LenientJSONParser]
+    serializer_class = GoldenSetSerializer
 
-    @extend_schema(responses=GoldenSetSerializer(many=True))
-    def get(self, request: Request, slug: str) -> Response:
-        return Response(GoldenSetSerializer(selectors.golden_sets_list(self.project), many=True).data)
+    def get_queryset(self):
+        return selectors.golden_sets_list(self.project)
 
     @extend_schema(request=GoldenSetActionSerializer, responses={201: GoldenSetSerializer})
     def post(self, request: Request, slug: str) -> Response:

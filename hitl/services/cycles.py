@@ -303,7 +303,8 @@ def cycle_decide(*, cycle_id: int, versions: dict[str, ModelVersion], records: S
 def _awaiting(cycle_id: int, reason: str) -> RetrainingCycle:
     if not isinstance(reason, str) or not reason.strip():
         raise InvalidInput.single("reason", "say why (it goes into the trust history)")
-    cycle = RetrainingCycle.objects.select_for_update().select_related("project", "candidate_version").get(pk=cycle_id)
+    cycle = RetrainingCycle.objects.select_for_update(of=("self",)).select_related("project", "candidate_version").get(
+        pk=cycle_id)
     if cycle.status != CycleStatus.AWAITING_APPROVAL:
         raise Conflict(f"cycle {cycle.number} is {cycle.status}, not awaiting approval")
     return cycle
