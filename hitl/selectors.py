@@ -243,3 +243,9 @@ def model_explain(version: ModelVersion) -> dict:
 
 def golden_sets_list(project: Project) -> QuerySet[GoldenSet]:
     return GoldenSet.objects.filter(project=project).order_by("-version")
+
+
+def rollback_choices(project: Project) -> QuerySet[ModelVersion]:
+    """Earlier production models a project can roll back to, newest first."""
+    return (ModelVersion.objects.filter(project=project, promoted_at__isnull=False)
+            .exclude(stage=ModelStage.PRODUCTION).order_by("-promoted_at"))

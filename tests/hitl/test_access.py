@@ -124,6 +124,8 @@ RULES: dict[str, dict[str, Rule]] = {
     "web:cycles": {"GET": web(Action.VIEW)},
     "web:review-task-label": {"POST": web(Action.LABEL)},
     "web:cycle": {"GET": web(Action.VIEW)},
+    "web:cycle-decide": {"POST": web(Action.APPROVE)},
+    "web:rollback": {"POST": web(Action.ROLLBACK)},
     # Label Studio's side: a shared secret or a signed URL is the credential, not a login.
     "labeling:webhook": {"POST": Rule("capability")},
     "labeling:image": {"GET": Rule("capability")},
@@ -199,6 +201,7 @@ def _kwargs(name: str, w: dict) -> dict:
         "model-version-explain": {"slug": w["project"].slug, "name": "v1"},
         "web:review-task-label": {"pk": w["task"].pk},
         "web:cycle": {"pk": w["cycle"].pk},
+        "web:cycle-decide": {"pk": w["cycle"].pk},
         "labeling:image": {"item_id": w["item"].pk, "signature": "forged"},
     }
     if name in by_route:

@@ -243,3 +243,23 @@ def test_approve_reject_and_rollback_commands_check_the_role(golden_project, ope
                  "--user", "otto", "--reason", "back", stdout=out)
     assert "v1 is production again" in out.getvalue()
     assert trust_verify(project_id=project.id).ok
+
+
+def test_the_cycle_page_shows_the_rule_table_and_a_person_approves_there(golden_project, operator, client) -> None:
+    project = golden_project
+    cycle = run_cycle(project, {"min_golden_size": 40, "require_approval": True}, epochs=1)
+    assert cycle.status == CycleStatus.AWAITING_APPROVAL  # a first model can wait for a person too
+    member(project, "vera", ProjectRole.VIEWER)
+    client.login(username="vera", password="vera-pass-123")
+    page = client.get(f"/cycles/{cycle.pk}/").content.decode()
+    assert 'id="gate-rules"' in page and "min_golden_size" in page and "45 golden-set items" in page
+    assert "Approve and promote" not in page  # a viewer sees no button ...
+    assert client.post(f"/cycles/{cycle.pk}/decide", {"decision": "approve", "reason": "x"}).status_code == 403
+    client.login(username="otto", password="otto-pass-123")
+    page = client.get(f"/cycles/{cycle.pk}/").content.decode()
+    assert "Approve and promote v1" in page
+    response = client.post(f"/cycles/{cycle.pk}/decide", {"decision": "approve", "reason": "looked at it"})
+    assert response.status_code == 302
+    cycle.refresh_from_db()
+    assert cycle.decision == CycleDecision.PROMOTED and cycle.decided_by == "otto"
+    assert ModelVersion.objects.get(pk=cycle.candidate_version_id).stage == ModelStage.PRODUCTION

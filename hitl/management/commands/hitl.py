@@ -258,8 +258,8 @@ class Command(BaseCommand):
         for version in selectors.model_versions_list(project)[:10]:
             self.stdout.write(f"  model {version.name:<10} {version.stage:<10} {version.training_label_count} training labels")
         for cycle in selectors.cycles_list(project)[:10]:
-            accuracy = {s.role: f"{s.accuracy:.3f}" for s in cycle.snapshots.all()}
-            self.stdout.write(f"  cycle {cycle.number:<4} {cycle.status:<10} {cycle.decision or '-':<9} "
+            accuracy = {s.role: f"{s.accuracy:.3f}" for s in cycle.snapshots.all() if s.eval_set == "golden"}
+            self.stdout.write(f"  cycle {cycle.number:<4} {cycle.status:<10} {cycle.decision or '-':<9} golden-set "
                               f"candidate {accuracy.get('candidate', '-')} production {accuracy.get('production', '-')}")
 
     def verify_trust(self, o: dict[str, Any]) -> None:
