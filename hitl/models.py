@@ -41,10 +41,6 @@ class Project(models.Model):
         default=50_000, help_text="Strategies that run the model consider at most this many random pool items."
     )
     train_config = models.JSONField(default=dict, blank=True)
-    promotion_min_delta = models.FloatField(
-        default=0.0, help_text="Candidate accuracy must be at least production's plus this."
-    )
-    min_eval_labels = models.PositiveIntegerField(default=20)
     gate_rules = models.JSONField(
         default=dict, blank=True,
         help_text="The promotion gate's rules (hitl.mlspec.GATE_RULES); unset ones take their defaults.",

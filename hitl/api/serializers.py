@@ -27,8 +27,8 @@ class ProjectSerializer(serializers.ModelSerializer):
         model = Project
         fields = ["slug", "name", "task_type", "labels", "architecture", "initial_weights", "holdout_fraction",
                   "selection_strategy", "batch_size", "audit_fraction", "mc_samples", "committee_size",
-                  "class_balance", "selection_pool_limit", "train_config", "gate_rules", "promotion_min_delta",
-                  "min_eval_labels", "created_at"]
+                  "class_balance", "selection_pool_limit", "train_config", "gate_rules",
+                  "created_at"]
 
 
 class ArtifactSerializer(serializers.ModelSerializer):

@@ -104,8 +104,6 @@ SETTING_CHECKS: dict[str, Callable[[object], str | None]] = {
     "class_balance": lambda v: None if isinstance(v, bool) else "must be true or false",
     # model strategies hold the pool's images and outputs in memory: a million is the most
     "selection_pool_limit": _between(100, 1_000_000, int),
-    "promotion_min_delta": _between(-1, 1),
-    "min_eval_labels": _between(1, 1_000_000, int),
 }
 # Every setting validate_project_settings knows; training options are checked by mlspec.
 PROJECT_SETTINGS = frozenset(SETTING_CHECKS) | {"train_config", "gate_rules"}
