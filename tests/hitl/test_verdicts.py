@@ -263,3 +263,21 @@ def test_the_cycle_page_shows_the_rule_table_and_a_person_approves_there(golden_
     cycle.refresh_from_db()
     assert cycle.decision == CycleDecision.PROMOTED and cycle.decided_by == "otto"
     assert ModelVersion.objects.get(pk=cycle.candidate_version_id).stage == ModelStage.PRODUCTION
+
+
+def test_the_admin_checks_gate_rules(admin_client, project) -> None:
+    from django.urls import reverse
+
+    url = reverse("admin:hitl_project_change", args=[project.id])
+    form = admin_client.get(url).context["adminform"].form
+    data = {name: "" if form[name].value() is None else form[name].value() for name in form.fields}
+    for inline in admin_client.get(url).context["inline_admin_formsets"]:
+        management = inline.formset.management_form
+        data.update({f"{management.prefix}-{key}": v for key, v in management.initial.items()})
+    refused = admin_client.post(url, {**data, "gate_rules": '{"non_inferiority_margin": 0.9}'})
+    assert refused.status_code == 200
+    assert any("gate_rules.non_inferiority_margin" in e for e in refused.context["adminform"].form.errors["gate_rules"])
+    accepted = admin_client.post(url, {**data, "gate_rules": '{"require_approval": true}'})
+    assert accepted.status_code == 302
+    project.refresh_from_db()
+    assert project.gate_rules == {"require_approval": True}

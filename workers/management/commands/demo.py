@@ -268,10 +268,11 @@ class Demo:
         self.review(batch)
         golden = golden_set_freeze(project=project, actor="demo", reason="bootstrap: one random batch")
         project_update(project_id=project.id, changes={"gate_rules": {
-            "min_golden_size": len(golden.item_ids), "non_inferiority_margin": DEMO_MARGIN}})
+            "min_golden_size": len(golden.item_ids), "non_inferiority_margin": DEMO_MARGIN,
+            "require_approval": True}})
         self.say(f"    golden set v{golden.version}: {len(golden.item_ids)} random pool items labeled by the simulated "
                  f"reviewer, never trained on; gate: min_golden_size {len(golden.item_ids)}, non-inferiority "
-                 f"margin {DEMO_MARGIN}")
+                 f"margin {DEMO_MARGIN}; a candidate that passes waits for a person's approval")
 
     def api(self) -> APIClient:
         """The REST API as user demo, in process (Django's test client: the same views, roles and
@@ -362,12 +363,7 @@ class Demo:
         self.say("\n[3] Golden set: a random batch from the pool, labeled, frozen; never trained on")
         self.bootstrap_golden_set(project)
 
-        last = o["cycles"] + 3
-        for step in range(4, last + 1):
-            if step == last:  # the last candidate waits for a person, who approves it through the API
-                project.refresh_from_db()
-                project_update(project_id=project.id, changes={"gate_rules": {**project.gate_rules,
-                                                                              "require_approval": True}})
+        for step in range(4, o["cycles"] + 4):
             self.say(f"\n[{step}] Select -> review -> retrain -> evaluate -> decide")
             batch = self.select_batch(project)
             audit = batch.tasks.filter(reason="audit").count()
