@@ -95,6 +95,8 @@ def cycle_cancel(*, cycle_id: int, actor: str) -> RetrainingCycle:
     cycle = RetrainingCycle.objects.select_for_update().get(pk=cycle_id)
     if cycle.is_finished:
         raise Conflict(f"cycle {cycle.number} already {cycle.status}")
+    if cycle.status == CycleStatus.AWAITING_APPROVAL:  # its candidate will never be decided on
+        ModelVersion.objects.filter(pk=cycle.candidate_version_id).update(stage=ModelStage.ARCHIVED)
     _transition(cycle, CycleStatus.CANCELLED, decision_reason=f"cancelled by {actor}")
     return cycle
 

@@ -23,7 +23,7 @@ from hitl.models import (
     ProjectRole,
     TrustEvent,
 )
-from hitl.services.cycles import cycle_request
+from hitl.services.cycles import cycle_cancel, cycle_request
 from hitl.services.golden import golden_set_freeze
 from hitl.services.projects import deployment_create
 from hitl.services.trust import trust_verify
@@ -242,6 +242,13 @@ def test_approve_reject_and_rollback_commands_check_the_role(golden_project, ope
     call_command("hitl", "rollback", "--project", project.slug, "--model-version", first.candidate_version.name,
                  "--user", "otto", "--reason", "back", stdout=out)
     assert "v1 is production again" in out.getvalue()
+    # a waiting cycle can be cancelled: its candidate is archived and the project may start another
+    waiting = run_cycle(project, {"min_golden_size": 40, "non_inferiority_margin": 0.5, "require_approval": True},
+                        epochs=1)
+    assert waiting.status == CycleStatus.AWAITING_APPROVAL
+    cycle_cancel(cycle_id=waiting.id, actor="otto")
+    assert ModelVersion.objects.get(pk=waiting.candidate_version_id).stage == ModelStage.ARCHIVED
+    assert cycle_request(project=project, requested_by="test").number == waiting.number + 1
     assert trust_verify(project_id=project.id).ok
 
 
