@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,8 @@ class Demo:
     def api(self) -> APIClient:
         """The REST API as user demo, in process (Django's test client: the same views, roles and
         services as over HTTP)."""
+        # WhiteNoise warns that the demo never ran collectstatic: the API serves no static files
+        warnings.filterwarnings("ignore", message="No directory at", category=UserWarning)
         client = APIClient(SERVER_NAME="localhost")
         user = get_user_model().objects.get(username=DEMO_USER)
         client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
