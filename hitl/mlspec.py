@@ -91,3 +91,58 @@ def train_config_clean(options: object, *, field: str = "train_config") -> dict[
     if errors:
         raise InvalidInput(errors)
     return {name: option.kind(options.get(name, option.default)) for name, option in TRAIN_OPTIONS.items()}
+
+
+# The promotion gate's rules: names, kinds, defaults and bounds of workers.ml.gate.GateRules
+# (tests/hitl/test_verdicts.py asserts they agree). A project stores only what it changes.
+GATE_RULES: dict[str, TrainOption] = {
+    "min_golden_size": TrainOption(int, 100, 1, 1_000_000),
+    "non_inferiority_margin": TrainOption(float, 0.01, 0.0, 0.5),
+    "require_superiority": TrainOption(bool, False),
+    "superiority_alpha": TrainOption(float, 0.05, 1e-6, 0.499999),
+    "critical_recall": TrainOption(dict, {}),
+    "max_ece": TrainOption(float, None, 0.0, 1.0),  # None: no calibration rule
+    "first_model_needs_golden_set": TrainOption(bool, True),
+    "require_approval": TrainOption(bool, False),
+    "confidence": TrainOption(float, 0.95, 0.5, 0.999),
+    "n_resamples": TrainOption(int, 2000, 1000, 20_000),
+    "seed": TrainOption(int, 0, 0, 2**32 - 1),
+}
+
+
+def _gate_rule_problem(name: str, option: TrainOption, value: object, labels: list[str] | None) -> str | None:
+    if option.kind is dict:
+        if not isinstance(value, dict):
+            return "must be an object of class name -> recall floor"
+        for cls, floor in value.items():
+            if labels is not None and cls not in labels:
+                return f"unknown class {str(cls)[:50]!r}; use the project's labels"
+            if isinstance(floor, bool) or not isinstance(floor, int | float) or not 0 <= floor <= 1:
+                return f"the floor of {str(cls)[:50]!r} must be a number in [0, 1]"
+        return None
+    if name == "max_ece" and value is None:
+        return None
+    return _option_problem(option, value)
+
+
+def gate_rules_clean(rules: object, *, labels: list[str] | None = None,
+                     field: str = "gate_rules") -> dict[str, object]:
+    """The complete gate rules (defaults filled in) for ``rules``, or an InvalidInput naming each
+    bad rule as ``<field>.<rule>``. ``labels``: the project's classes, for recall floors."""
+    if not isinstance(rules, dict):
+        raise InvalidInput.single(field, "must be an object of gate rules")
+    errors = [FieldError(f"{field}.{str(name)[:50]}", f"unknown gate rule; use {', '.join(GATE_RULES)}")
+              for name in rules if name not in GATE_RULES]
+    errors += [FieldError(f"{field}.{name}", problem) for name, value in rules.items()
+               if name in GATE_RULES and (problem := _gate_rule_problem(name, GATE_RULES[name], value, labels))]
+    if errors:
+        raise InvalidInput(errors)
+    cleaned: dict[str, object] = {}
+    for name, option in GATE_RULES.items():
+        value = rules.get(name, option.default)
+        if option.kind is float and value is not None:
+            value = float(value)
+        elif option.kind is dict:
+            value = {str(k): float(v) for k, v in value.items()}
+        cleaned[name] = value
+    return cleaned

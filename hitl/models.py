@@ -41,10 +41,10 @@ class Project(models.Model):
         default=50_000, help_text="Strategies that run the model consider at most this many random pool items."
     )
     train_config = models.JSONField(default=dict, blank=True)
-    promotion_min_delta = models.FloatField(
-        default=0.0, help_text="Candidate accuracy must be at least production's plus this."
+    gate_rules = models.JSONField(
+        default=dict, blank=True,
+        help_text="The promotion gate's rules (hitl.mlspec.GATE_RULES); unset ones take their defaults.",
     )
-    min_eval_labels = models.PositiveIntegerField(default=20)
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
@@ -297,6 +297,7 @@ class ReviewBatch(models.Model):
 class ReviewReason(models.TextChoices):
     STRATEGY = "strategy", "Selected by the query strategy"
     AUDIT = "audit", "Random audit slice"
+    GOLDEN = "golden", "Random draw for the golden set"
 
 
 class ReviewTaskStatus(models.TextChoices):
@@ -330,6 +331,7 @@ class CycleStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     TRAINING = "training", "Training"
     EVALUATING = "evaluating", "Evaluating"
+    AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
@@ -339,6 +341,7 @@ class CycleDecision(models.TextChoices):
     NONE = "", "No decision yet"
     PROMOTED = "promoted", "Promoted"
     REJECTED = "rejected", "Rejected"
+    AWAITING_APPROVAL = "awaiting_approval", "Passed the gate, awaiting a person's approval"
 
 
 class RetrainingCycle(models.Model):
@@ -358,6 +361,11 @@ class RetrainingCycle(models.Model):
     progress = models.JSONField(default=dict, blank=True)
     decision = models.CharField(max_length=20, choices=CycleDecision.choices, default=CycleDecision.NONE, blank=True)
     decision_reason = models.TextField(blank=True)
+    gate = models.JSONField(
+        default=dict, blank=True,
+        help_text="The gate's verdict: every rule's inputs and result, the golden-set version, the rules.",
+    )
+    decided_by = models.CharField(max_length=200, blank=True, help_text="Who approved or rejected.")
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
     requested_by = models.CharField(max_length=200)
@@ -378,12 +386,26 @@ class RetrainingCycle(models.Model):
         return self.status in {CycleStatus.SUCCEEDED, CycleStatus.FAILED, CycleStatus.CANCELLED}
 
 
+class EvaluationSet(models.TextChoices):
+    GOLDEN = "golden", "Golden set (random draws, never trained on)"
+    HARD_CASES = "hard_cases", "Hard cases (held-out items a strategy picked: biased)"
+
+
 class EvaluationSnapshot(models.Model):
     """A model's metrics on an exact, recorded set of held-out human labels."""
 
     cycle = models.ForeignKey(RetrainingCycle, on_delete=models.CASCADE, related_name="snapshots")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="snapshots")
     role = models.CharField(max_length=20, help_text="candidate or production")
+    eval_set = models.CharField(max_length=20, choices=EvaluationSet.choices, default=EvaluationSet.HARD_CASES)
+    golden_set = models.ForeignKey(
+        "GoldenSet", null=True, blank=True, on_delete=models.PROTECT, related_name="snapshots",
+        help_text="The golden-set version evaluated on (golden snapshots).",
+    )
+    intervals = models.JSONField(
+        default=dict, blank=True,
+        help_text="Bootstrap intervals: accuracy, macro_f1, per_class_recall; paired comparison for a candidate.",
+    )
     label_ids = models.JSONField(help_text="Sorted ids of the labels evaluated on.")
     eval_set_sha256 = models.CharField(max_length=64)
     n_items = models.PositiveIntegerField()
@@ -393,7 +415,7 @@ class EvaluationSnapshot(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["cycle", "model_version"], name="one_snapshot_per_cycle_model")
+            models.UniqueConstraint(fields=["cycle", "model_version", "eval_set"], name="one_snapshot_per_cycle_model_set")
         ]
 
 
@@ -449,3 +471,34 @@ class ProjectMembership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} is {self.role} of {self.project}"
+
+
+class GoldenItem(models.Model):
+    """An item reserved for the golden set: a uniform random draw, labeled by people, never
+    trained on. Reserved when proposed for review (or taken from an audit slice)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="golden_items")
+    item = models.OneToOneField(Item, on_delete=models.CASCADE, related_name="golden")
+    source = models.CharField(max_length=20, help_text="golden (a golden review batch) or audit")
+    review_batch = models.ForeignKey(ReviewBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    reserved_at = models.DateTimeField(default=timezone.now)
+
+
+class GoldenSet(models.Model):
+    """A frozen version of a project's golden set: exactly these items, never changed. A new
+    version only by an explicit, recorded action (hitl.services.golden.golden_set_freeze)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="golden_sets")
+    version = models.PositiveIntegerField()
+    item_ids = models.JSONField(help_text="Sorted ids of the member items.")
+    items_sha256 = models.CharField(max_length=64, help_text="Digest of the members' content sha256s.")
+    created_by = models.CharField(max_length=200)
+    reason = models.TextField()
+    frozen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["project", "version"], name="golden_set_unique_version")]
+        ordering = ["project_id", "-version"]
+
+    def __str__(self) -> str:
+        return f"{self.project.slug} golden set v{self.version}"

@@ -13,6 +13,7 @@ from hitl.media import media_path
 from hitl.models import (
     ArtifactKind,
     EvaluationSnapshot,
+    GoldenSet,
     Item,
     Label,
     LabelStatus,
@@ -27,6 +28,7 @@ from hitl.models import (
     ReviewReason,
     ReviewTask,
     ReviewTaskStatus,
+    TrustEvent,
 )
 
 
@@ -176,3 +178,74 @@ def audit_accuracy(project: Project) -> list[AccuracyEstimate]:
             .order_by("prediction__model_version__name"))
     return [AccuracyEstimate(r["prediction__model_version__name"], r["n"], r["correct"], r["correct"] / r["n"],
                              *wilson_interval(r["correct"], r["n"])) for r in rows]
+
+
+# Trust events that say how a model came to be where it is.
+MODEL_EVENT_KINDS = ("model_trained", "model_evaluated", "gate_evaluated", "cycle_approved", "model_promoted",
+                     "model_rejected", "model_rolled_back", "model_registered")
+
+
+def model_training_labels(version: ModelVersion) -> QuerySet[Label]:
+    """The labels a model learned from, with their sources, in label-id order."""
+    return version.training_labels.select_related("item").order_by("id")
+
+
+def model_explain(version: ModelVersion) -> dict:
+    """Why ``version`` is where it is: its parent chain, a summary of the labels it learned from
+    (counts by source and reviewer, and the manifest digest, which should equal the one its
+    ``model_trained`` trust event recorded), its evaluations with intervals, the gate verdict of
+    the cycle that produced it, and the trust events that trained, promoted or rolled it back."""
+    from hitl.services.cycles import labeled_set_digest  # services build on selectors
+
+    chain, parent = [], version.parent
+    while parent is not None and len(chain) < 1000:
+        chain.append({"name": parent.name, "stage": parent.stage, "created_at": parent.created_at.isoformat()})
+        parent = parent.parent
+    labels = model_training_labels(version)
+    rows = list(labels.values_list("id", "item__sha256", "value"))
+    by_source = dict(labels.order_by().values_list("source").annotate(n=Count("id")))
+    by_reviewer = dict(labels.order_by().values_list("reviewer_name").annotate(n=Count("id")))
+    digest = labeled_set_digest(rows)
+    events = list(
+        TrustEvent.objects.filter(project_id=version.project_id, kind__in=MODEL_EVENT_KINDS)
+        .filter(Q(payload__model_version=version.name) | Q(payload__candidate=version.name))
+        .order_by("sequence")
+    )
+    trained = next((e for e in events if e.kind == "model_trained"), None)
+    cycle = RetrainingCycle.objects.filter(candidate_version=version).first()
+    snapshots = (EvaluationSnapshot.objects.filter(model_version=version)
+                 .select_related("cycle", "golden_set").order_by("cycle__number", "eval_set"))
+    return {
+        "model_version": version.name, "stage": version.stage, "architecture": version.architecture,
+        "created_at": version.created_at.isoformat(),
+        "promoted_at": version.promoted_at.isoformat() if version.promoted_at else None,
+        "promoted_by": version.promoted_by,
+        "parents": chain,
+        "training_labels": {
+            "count": len(rows), "by_source": by_source, "by_reviewer": by_reviewer, "manifest_sha256": digest,
+            "recorded_manifest_sha256": trained.payload.get("training_set_sha256") if trained else None,
+            "manifest_matches_trust_history": bool(trained) and trained.payload.get("training_set_sha256") == digest,
+        },
+        "produced_by_cycle": None if cycle is None else {
+            "number": cycle.number, "status": cycle.status, "decision": cycle.decision,
+            "decision_reason": cycle.decision_reason, "decided_by": cycle.decided_by, "gate": cycle.gate,
+        },
+        "evaluations": [{
+            "cycle": s.cycle.number, "role": s.role, "eval_set": s.eval_set,
+            "golden_set_version": s.golden_set.version if s.golden_set else None, "n_items": s.n_items,
+            "accuracy": s.accuracy, "intervals": s.intervals, "eval_set_sha256": s.eval_set_sha256,
+        } for s in snapshots],
+        "trust_events": [{"sequence": e.sequence, "kind": e.kind, "actor": e.actor,
+                          "created_at": e.created_at.isoformat(), "hash": e.hash, "payload": e.payload}
+                         for e in events],
+    }
+
+
+def golden_sets_list(project: Project) -> QuerySet[GoldenSet]:
+    return GoldenSet.objects.filter(project=project).order_by("-version")
+
+
+def rollback_choices(project: Project) -> QuerySet[ModelVersion]:
+    """Earlier production models a project can roll back to, newest first."""
+    return (ModelVersion.objects.filter(project=project, promoted_at__isnull=False)
+            .exclude(stage=ModelStage.PRODUCTION).order_by("-promoted_at"))

@@ -27,8 +27,8 @@ class ProjectSerializer(serializers.ModelSerializer):
         model = Project
         fields = ["slug", "name", "task_type", "labels", "architecture", "initial_weights", "holdout_fraction",
                   "selection_strategy", "batch_size", "audit_fraction", "mc_samples", "committee_size",
-                  "class_balance", "selection_pool_limit", "train_config", "promotion_min_delta",
-                  "min_eval_labels", "created_at"]
+                  "class_balance", "selection_pool_limit", "train_config", "gate_rules",
+                  "created_at"]
 
 
 class ArtifactSerializer(serializers.ModelSerializer):
@@ -133,8 +133,10 @@ class SnapshotSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = EvaluationSnapshot
-        fields = ["id", "model_version", "role", "n_items", "accuracy", "eval_set_sha256", "label_ids",
-                  "metrics", "created_at"]
+        fields = ["id", "model_version", "role", "eval_set", "golden_set_version", "n_items", "accuracy",
+                  "intervals", "eval_set_sha256", "label_ids", "metrics", "created_at"]
+
+    golden_set_version = serializers.IntegerField(source="golden_set.version", read_only=True, default=None)
 
 
 class CycleSerializer(serializers.ModelSerializer):
@@ -146,8 +148,8 @@ class CycleSerializer(serializers.ModelSerializer):
     class Meta:
         model = RetrainingCycle
         fields = ["id", "number", "status", "base_version", "candidate_version", "train_config", "progress",
-                  "decision", "decision_reason", "error", "attempts", "requested_by", "created_at",
-                  "started_at", "finished_at", "snapshots"]
+                  "decision", "decision_reason", "gate", "decided_by", "error", "attempts", "requested_by",
+                  "created_at", "started_at", "finished_at", "snapshots"]
 
 
 class CycleRequestSerializer(serializers.Serializer):

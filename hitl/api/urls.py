@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from hitl.api import views
+from hitl.api import verdict_views, views
 from hitl.api.permissions import SchemaReader
 from hitl.selectors import is_person
 
@@ -54,4 +54,15 @@ urlpatterns = [
     path("items/<int:pk>/image", views.ItemImageView.as_view(), name="item-image"),
     path("cycles/<int:pk>/", views.CycleDetailView.as_view(), name="cycle"),
     path("cycles/<int:pk>/cancel/", views.CycleCancelView.as_view(), name="cycle-cancel"),
+    path("cycles/<int:pk>/approve/", verdict_views.CycleApproveView.as_view(), name="cycle-approve"),
+    path("cycles/<int:pk>/reject/", verdict_views.CycleRejectView.as_view(), name="cycle-reject"),
+    path("projects/<slug:slug>/rollback/", verdict_views.RollbackView.as_view(), name="rollback"),
+    path(
+        "projects/<slug:slug>/golden-sets/", verdict_views.GoldenSetView.as_view(), name="golden-sets"
+    ),
+    path(
+        "projects/<slug:slug>/model-versions/<str:name>/explain/",
+        verdict_views.ExplainView.as_view(),
+        name="model-version-explain",
+    ),
 ]

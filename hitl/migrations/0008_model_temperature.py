@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('hitl', '0006_trust_signatures'),
+        ('hitl', '0007_golden_sets_and_gate'),
     ]
 
     operations = [

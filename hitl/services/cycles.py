@@ -1,8 +1,10 @@
 """Retraining cycles: a state machine that trains a candidate from the production model on the
 human labels of the training split, evaluates candidate and production on the same held-out
-human-labeled set, and promotes the candidate only if the gate passes.
+human-labeled golden set, and promotes the candidate only if the gate's rules pass (and, when
+the project asks for it, a person approves).
 
     pending -> training -> evaluating -> succeeded (promoted | rejected)
+                                      -> awaiting_approval -> succeeded (approved | rejected)
        any active state -> failed | cancelled
 
 This module records and decides; the model work (training, evaluation) is done by
@@ -20,12 +22,14 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from hitl.errors import Conflict
+from hitl.errors import Conflict, InvalidInput
 from hitl.mlspec import train_config_clean
 from hitl.models import (
     CycleDecision,
     CycleStatus,
+    EvaluationSet,
     EvaluationSnapshot,
+    GoldenSet,
     Label,
     LabelStatus,
     ModelStage,
@@ -44,13 +48,15 @@ from hitl.services.projects import (
 from hitl.services.queue import enqueue
 from hitl.services.trust import trust_record
 
-ACTIVE = (CycleStatus.PENDING, CycleStatus.TRAINING, CycleStatus.EVALUATING)
+ACTIVE = (CycleStatus.PENDING, CycleStatus.TRAINING, CycleStatus.EVALUATING, CycleStatus.AWAITING_APPROVAL)
 MAX_TRAINING_ATTEMPTS = 3
 TRANSITIONS: dict[str, set[str]] = {
     CycleStatus.PENDING: {CycleStatus.TRAINING, CycleStatus.FAILED, CycleStatus.CANCELLED},
     # training -> training: a redelivered task restarts the attempt of a worker that died
     CycleStatus.TRAINING: {CycleStatus.TRAINING, CycleStatus.EVALUATING, CycleStatus.FAILED, CycleStatus.CANCELLED},
-    CycleStatus.EVALUATING: {CycleStatus.SUCCEEDED, CycleStatus.FAILED, CycleStatus.CANCELLED},
+    CycleStatus.EVALUATING: {CycleStatus.SUCCEEDED, CycleStatus.AWAITING_APPROVAL, CycleStatus.FAILED,
+                             CycleStatus.CANCELLED},
+    CycleStatus.AWAITING_APPROVAL: {CycleStatus.SUCCEEDED, CycleStatus.FAILED, CycleStatus.CANCELLED},
 }
 
 
@@ -89,6 +95,8 @@ def cycle_cancel(*, cycle_id: int, actor: str) -> RetrainingCycle:
     cycle = RetrainingCycle.objects.select_for_update().get(pk=cycle_id)
     if cycle.is_finished:
         raise Conflict(f"cycle {cycle.number} already {cycle.status}")
+    if cycle.status == CycleStatus.AWAITING_APPROVAL:  # its candidate will never be decided on
+        ModelVersion.objects.filter(pk=cycle.candidate_version_id).update(stage=ModelStage.ARCHIVED)
     _transition(cycle, CycleStatus.CANCELLED, decision_reason=f"cancelled by {actor}")
     return cycle
 
@@ -121,16 +129,17 @@ def labeled_set_digest(rows: Sequence[tuple[int, str, str]]) -> str:
 
 def calibration_set(project: Project) -> LabeledSet:
     """The labels a candidate's temperature is fitted on: held-out human labels, which no model
-    of the project is trained on. Golden-set items, once the project has them, belong to
-    evaluation alone and are to be left out here as well."""
+    of the project is trained on, golden-set items left out (labeled_set never holds them): they
+    belong to evaluation alone."""
     return labeled_set(project, Split.HOLDOUT)
 
 
 def labeled_set(project: Project, split: str) -> LabeledSet:
-    """Current human labels on the project's items of one split, in label-id order."""
+    """Current human labels on the project's items of one split, in label-id order. Golden-set
+    items are never in it: they are neither trained on nor counted as hard cases."""
     rows = list(
         Label.objects.filter(item__project=project, item__split=split, status=LabelStatus.CURRENT)
-        .order_by("id").values_list("id", "item__image", "value", "item__sha256")
+        .exclude(item__golden__isnull=False).order_by("id").values_list("id", "item__image", "value", "item__sha256")
     )
     index = project.label_index
     return LabeledSet(
@@ -229,59 +238,159 @@ def cycle_candidate_record(*, plan: TrainingPlan, directory: str, files: Sequenc
     enqueue("workers.tasks.evaluate", cycle.id)
 
 
-def promotion_decision(
-    *, candidate_accuracy: float | None, production_accuracy: float | None, has_production: bool,
-    n_eval: int, min_eval_labels: int, min_delta: float,
-) -> tuple[bool, str]:
-    """The first promotion gate: promote only a candidate that is not worse than production."""
-    if not has_production:
-        return True, "first model of the project: nothing to compare against"
-    if n_eval < max(1, min_eval_labels):
-        return False, f"only {n_eval} held-out human labels; the gate needs at least {min_eval_labels}"
-    assert candidate_accuracy is not None and production_accuracy is not None
-    if candidate_accuracy >= production_accuracy + min_delta:
-        return True, (f"candidate accuracy {candidate_accuracy:.4f} >= production {production_accuracy:.4f}"
-                      f" + {min_delta:g} on {n_eval} held-out labels")
-    return False, (f"candidate accuracy {candidate_accuracy:.4f} < production {production_accuracy:.4f}"
-                   f" + {min_delta:g} on {n_eval} held-out labels")
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """One model's evaluation on one set, as the worker measured it."""
+
+    eval_set: str  # EvaluationSet
+    role: str  # candidate or production
+    version: ModelVersion
+    data: LabeledSet
+    metrics: dict
+    intervals: dict
+
+
+def _snapshot_store(cycle: RetrainingCycle, record: SnapshotRecord, golden: GoldenSet | None) -> EvaluationSnapshot:
+    snapshot, _ = EvaluationSnapshot.objects.get_or_create(
+        cycle=cycle, model_version=record.version, eval_set=record.eval_set,
+        defaults={"role": record.role, "label_ids": record.data.label_ids, "eval_set_sha256": record.data.digest,
+                  "n_items": len(record.data), "accuracy": record.metrics["accuracy"], "metrics": record.metrics,
+                  "intervals": record.intervals,
+                  "golden_set": golden if record.eval_set == EvaluationSet.GOLDEN else None},
+    )
+    trust_record(project_id=cycle.project_id, kind="model_evaluated", actor=f"cycle {cycle.number}", payload={
+        "model_version": record.version.name, "role": record.role, "snapshot": snapshot.id,
+        "eval_set": record.eval_set, "golden_set_version": snapshot.golden_set.version if snapshot.golden_set else None,
+        "eval_set_sha256": record.data.digest, "n_items": len(record.data), "accuracy": record.metrics["accuracy"],
+        "accuracy_interval": record.intervals["accuracy"], "macro_f1": record.metrics["macro_f1"],
+        "versus_production": record.intervals.get("versus_production"),
+    })
+    return snapshot
+
+
+def _promote(cycle: RetrainingCycle, candidate: ModelVersion, *, actor: str, reason: str) -> None:
+    model_version_promote(model_version_id=candidate.id, actor=actor, reason=reason)
+    enqueue("workers.tasks.predict_items", candidate.id)
+
+
+def _production_moved(cycle: RetrainingCycle) -> ModelVersion | None:
+    """The production model, when it is no longer the one this cycle compared against."""
+    current = production_version(cycle.project_id)
+    if current is not None and current.pk != cycle.base_version_id:
+        return current
+    return None
 
 
 @transaction.atomic
-def cycle_decide(*, cycle_id: int, versions: dict[str, ModelVersion], data: LabeledSet,
-                 results: dict[str, dict]) -> None:
-    """Store each version's evaluation snapshot and apply the promotion gate, once per cycle."""
+def cycle_decide(*, cycle_id: int, versions: dict[str, ModelVersion], records: Sequence[SnapshotRecord],
+                 golden: GoldenSet | None, verdict: dict, rules: dict) -> None:
+    """Store the snapshots and apply the gate's verdict (computed on the golden set by
+    workers.pipelines.cycles with workers.ml.gate), once per cycle. The verdict, every rule's
+    inputs and result, the golden-set version and the label manifest digest go on the cycle and
+    into the trust history."""
     cycle = RetrainingCycle.objects.select_for_update().select_related("project").get(pk=cycle_id)
     if cycle.status != CycleStatus.EVALUATING:
         return
-    project = cycle.project
-    for role, metrics in results.items():
-        snapshot, _ = EvaluationSnapshot.objects.get_or_create(
-            cycle=cycle, model_version=versions[role],
-            defaults={"role": role, "label_ids": data.label_ids, "eval_set_sha256": data.digest,
-                      "n_items": len(data), "accuracy": metrics["accuracy"], "metrics": metrics},
-        )
-        trust_record(project_id=project.id, kind="model_evaluated", actor=f"cycle {cycle.number}", payload={
-            "model_version": versions[role].name, "role": role, "snapshot": snapshot.id,
-            "eval_set_sha256": data.digest, "n_items": len(data), "accuracy": metrics["accuracy"],
-            "macro_f1": metrics["macro_f1"],
-        })
-    promote, reason = promotion_decision(
-        candidate_accuracy=results.get("candidate", {}).get("accuracy"),
-        production_accuracy=results.get("production", {}).get("accuracy"),
-        has_production="production" in versions, n_eval=len(data),
-        min_eval_labels=project.min_eval_labels, min_delta=project.promotion_min_delta,
-    )
-    current = production_version(project.id)
-    if promote and current is not None and current.pk != getattr(versions.get("production"), "pk", None):
-        promote, reason = False, (f"production changed to {current.name} while this cycle ran; the candidate was "
-                                  "not compared with it (start a new cycle)")
+    for record in records:
+        _snapshot_store(cycle, record, golden)
+    gold = next((r.data for r in records if r.eval_set == EvaluationSet.GOLDEN), None)
+    outcome, reason = verdict["outcome"], verdict["reason"]
+    moved = _production_moved(cycle)
+    if outcome != CycleDecision.REJECTED and moved is not None:
+        outcome, reason = CycleDecision.REJECTED, (f"production changed to {moved.name} while this cycle ran; the "
+                                                   "candidate was not compared with it (start a new cycle)")
     candidate = versions["candidate"]
-    if promote:
-        model_version_promote(model_version_id=candidate.id, actor=f"promotion gate (cycle {cycle.number})", reason=reason)
-        enqueue("workers.tasks.predict_items", candidate.id)
+    gate = {**verdict, "outcome": outcome, "reason": reason, "settings": rules,
+            "golden_set_version": golden.version if golden else None,
+            "golden_set_items_sha256": golden.items_sha256 if golden else None,
+            "label_manifest_sha256": gold.digest if gold else None, "n_golden": len(gold) if gold else 0,
+            "candidate": candidate.name, "production": versions["production"].name if "production" in versions else None}
+    actor = f"promotion gate (cycle {cycle.number})"
+    trust_record(project_id=cycle.project_id, kind="gate_evaluated", actor=actor, payload={
+        "cycle": cycle.number, **gate, "approver": None,
+    })
+    if outcome == CycleDecision.PROMOTED:
+        _promote(cycle, candidate, actor=actor, reason=reason)
+        _transition(cycle, CycleStatus.SUCCEEDED, decision=CycleDecision.PROMOTED, decision_reason=reason,
+                    gate=gate, progress={"stage": "done"})
+    elif outcome == CycleDecision.AWAITING_APPROVAL:
+        _transition(cycle, CycleStatus.AWAITING_APPROVAL, decision=CycleDecision.AWAITING_APPROVAL,
+                    decision_reason=reason, gate=gate, progress={"stage": "awaiting approval"})
     else:
         ModelVersion.objects.filter(pk=candidate.id).update(stage=ModelStage.ARCHIVED)
-        trust_record(project_id=project.id, kind="model_rejected", actor=f"promotion gate (cycle {cycle.number})",
+        trust_record(project_id=cycle.project_id, kind="model_rejected", actor=actor,
                      payload={"model_version": candidate.name, "reason": reason})
-    _transition(cycle, CycleStatus.SUCCEEDED, decision=CycleDecision.PROMOTED if promote else CycleDecision.REJECTED,
-                decision_reason=reason, progress={"stage": "done"})
+        _transition(cycle, CycleStatus.SUCCEEDED, decision=CycleDecision.REJECTED, decision_reason=reason,
+                    gate=gate, progress={"stage": "done"})
+
+
+def _awaiting(cycle_id: int, reason: str) -> RetrainingCycle:
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput.single("reason", "say why (it goes into the trust history)")
+    cycle = RetrainingCycle.objects.select_for_update(of=("self",)).select_related("project", "candidate_version").get(
+        pk=cycle_id)
+    if cycle.status != CycleStatus.AWAITING_APPROVAL:
+        raise Conflict(f"cycle {cycle.number} is {cycle.status}, not awaiting approval")
+    return cycle
+
+
+@transaction.atomic
+def cycle_approve(*, cycle_id: int, actor: str, reason: str) -> RetrainingCycle:
+    """A person (Action.APPROVE) promotes a candidate that passed the gate and waits."""
+    cycle = _awaiting(cycle_id, reason)
+    moved = _production_moved(cycle)
+    if moved is not None:
+        raise Conflict(f"production changed to {moved.name} since cycle {cycle.number} compared against "
+                       f"{cycle.base_version.name if cycle.base_version else 'none'}: reject it and start a new cycle")
+    candidate = cycle.candidate_version
+    trust_record(project_id=cycle.project_id, kind="cycle_approved", actor=actor, payload={
+        "cycle": cycle.number, "model_version": candidate.name, "approver": actor, "reason": reason.strip(),
+        "golden_set_version": cycle.gate.get("golden_set_version"),
+        "label_manifest_sha256": cycle.gate.get("label_manifest_sha256"),
+    })
+    _promote(cycle, candidate, actor=actor, reason=f"approved cycle {cycle.number}: {reason.strip()}")
+    _transition(cycle, CycleStatus.SUCCEEDED, decision=CycleDecision.PROMOTED, decided_by=actor,
+                decision_reason=f"approved by {actor}: {reason.strip()}", progress={"stage": "done"})
+    return cycle
+
+
+@transaction.atomic
+def cycle_reject(*, cycle_id: int, actor: str, reason: str) -> RetrainingCycle:
+    """A person (Action.APPROVE) turns down a candidate that waits for approval."""
+    cycle = _awaiting(cycle_id, reason)
+    candidate = cycle.candidate_version
+    ModelVersion.objects.filter(pk=candidate.id).update(stage=ModelStage.ARCHIVED)
+    trust_record(project_id=cycle.project_id, kind="model_rejected", actor=actor, payload={
+        "cycle": cycle.number, "model_version": candidate.name, "approver": actor, "reason": reason.strip(),
+        "golden_set_version": cycle.gate.get("golden_set_version"),
+        "label_manifest_sha256": cycle.gate.get("label_manifest_sha256"),
+    })
+    _transition(cycle, CycleStatus.SUCCEEDED, decision=CycleDecision.REJECTED, decided_by=actor,
+                decision_reason=f"rejected by {actor}: {reason.strip()}", progress={"stage": "done"})
+    return cycle
+
+
+@transaction.atomic
+def model_version_rollback(*, project: Project, name: str, actor: str, reason: str) -> ModelVersion:
+    """Put an earlier production model back into production; deployments that follow production
+    switch with it. Recorded in the trust history."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidInput.single("reason", "say why (it goes into the trust history)")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput.single("model_version", "name the version to roll back to")
+    version = ModelVersion.objects.select_for_update().filter(project=project, name=name).first()
+    if version is None:
+        raise InvalidInput.single("model_version", f"no model version {name[:64]!r} in {project.slug}")
+    if version.stage == ModelStage.PRODUCTION:
+        raise Conflict(f"{version.name} is already in production")
+    if version.promoted_at is None:
+        raise InvalidInput.single("model_version", f"{version.name} never served in production; only earlier "
+                                                   "production models can be rolled back to")
+    replaced = production_version(project.id)
+    model_version_promote(model_version_id=version.id, actor=actor, reason=f"rollback: {reason.strip()}")
+    trust_record(project_id=project.id, kind="model_rolled_back", actor=actor, payload={
+        "model_version": version.name, "replaced": replaced.name if replaced else None, "reason": reason.strip(),
+    })
+    enqueue("workers.tasks.predict_items", version.id)
+    version.refresh_from_db()
+    return version

@@ -113,11 +113,9 @@ SETTING_CHECKS: dict[str, Callable[[object], str | None]] = {
     "class_balance": lambda v: None if isinstance(v, bool) else "must be true or false",
     # model strategies hold the pool's images and outputs in memory: a million is the most
     "selection_pool_limit": _between(100, 1_000_000, int),
-    "promotion_min_delta": _between(-1, 1),
-    "min_eval_labels": _between(1, 1_000_000, int),
 }
 # Every setting validate_project_settings knows; training options are checked by mlspec.
-PROJECT_SETTINGS = frozenset(SETTING_CHECKS) | {"train_config"}
+PROJECT_SETTINGS = frozenset(SETTING_CHECKS) | {"train_config", "gate_rules"}
 # Fixed once a project exists: models and splits depend on them.
 FIXED_SETTINGS = frozenset({"labels", "holdout_fraction"})
 
@@ -125,11 +123,17 @@ FIXED_SETTINGS = frozenset({"labels", "holdout_fraction"})
 def validate_project_settings(values: dict[str, object]) -> None:
     """The one check of project settings: API, CLI and admin. Raises InvalidInput naming each
     bad field (a training option as ``train_config.<option>``)."""
-    errors = [FieldError(name, problem) for name, value in values.items() if name != "train_config"
+    errors = [FieldError(name, problem) for name, value in values.items()
+              if name not in ("train_config", "gate_rules")
               and (problem := SETTING_CHECKS[name](value) if name in PROJECT_SETTINGS else "unknown setting")]
     if "train_config" in values:
         try:
             mlspec.train_config_clean(values["train_config"])
+        except InvalidInput as exc:
+            errors += exc.errors
+    if "gate_rules" in values:
+        try:
+            mlspec.gate_rules_clean(values["gate_rules"], labels=values.get("labels"))
         except InvalidInput as exc:
             errors += exc.errors
     if errors:

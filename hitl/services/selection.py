@@ -25,8 +25,10 @@ from hitl.models import (
     Project,
     ReviewBatch,
     ReviewBatchStatus,
+    ReviewReason,
     ReviewTask,
 )
+from hitl.services.golden import golden_items_reserve
 from hitl.services.queue import enqueue
 from hitl.signals import review_batch_selected
 
@@ -87,6 +89,7 @@ def review_batch_store(*, batch_id: int, version: ModelVersion | None, picks: li
                    strategy=batch.strategy, score=pick.score, rank=rank)
         for rank, pick in enumerate(picks, 1)
     ])
+    golden_items_reserve(batch=batch, item_ids=[p.item_id for p in picks if p.reason == ReviewReason.GOLDEN])
     batch.status = ReviewBatchStatus.SELECTED
     batch.selected_at = timezone.now()
     batch.save(update_fields=["status", "selected_at", "model_version"])

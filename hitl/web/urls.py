@@ -9,4 +9,6 @@ urlpatterns = [
     path("projects/<slug:slug>/cycles/", views.cycles, name="cycles"),
     path("review-tasks/<int:pk>/label", views.review_task_label, name="review-task-label"),
     path("cycles/<int:pk>/", views.cycle_detail, name="cycle"),
+    path("cycles/<int:pk>/decide", views.cycle_decide, name="cycle-decide"),
+    path("projects/<slug:slug>/rollback", views.rollback, name="rollback"),
 ]

@@ -14,7 +14,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from hitl import selectors
-from hitl.errors import InvalidInput
+from hitl.errors import Conflict, InvalidInput
 from hitl.models import (
     LabelSource,
     Project,
@@ -24,6 +24,7 @@ from hitl.models import (
     ReviewTaskStatus,
 )
 from hitl.services.access import Action, NotAMember, RoleTooLow, actions_allowed, role_required
+from hitl.services.cycles import cycle_approve, cycle_reject, model_version_rollback
 from hitl.services.labels import label_submit, plausible_lead_time, review_task_skip
 
 QUEUE_PAGE_SIZE = 24
@@ -107,17 +108,18 @@ def cycles(request: HttpRequest, slug: str) -> HttpResponse:
     _allowed(request, project, Action.VIEW, f"no project {slug!r}")
     rows = []
     for cycle in selectors.cycles_list(project):
-        by_role = {snapshot.role: snapshot for snapshot in cycle.snapshots.all()}
+        # the golden set's snapshots are the ones that decide: shown before the hard cases
+        by_role = {s.role: s for s in sorted(cycle.snapshots.all(), key=lambda s: s.eval_set == "golden")}
         rows.append({"cycle": cycle, "candidate": by_role.get("candidate"), "production": by_role.get("production")})
     return render(request, "hitl/cycles.html", {"project": project, "rows": rows})
 
 
 @login_required
 def cycle_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    _allowed(request, selectors.project_owning(RetrainingCycle, pk), Action.VIEW, f"no cycle {pk}")
+    can = _allowed(request, selectors.project_owning(RetrainingCycle, pk), Action.VIEW, f"no cycle {pk}")
     cycle = get_object_or_404(RetrainingCycle.objects.select_related("project", "base_version", "candidate_version"), pk=pk)
     snapshots = []
-    for snapshot in cycle.snapshots.select_related("model_version").order_by("role"):
+    for snapshot in cycle.snapshots.select_related("model_version", "golden_set").order_by("eval_set", "role"):
         metrics = snapshot.metrics
         snapshots.append({
             "snapshot": snapshot,
@@ -125,4 +127,35 @@ def cycle_detail(request: HttpRequest, pk: int) -> HttpResponse:
             "confusion": list(zip(metrics["labels"], metrics["confusion_matrix"])),
             "labels": metrics["labels"],
         })
-    return render(request, "hitl/cycle_detail.html", {"cycle": cycle, "project": cycle.project, "snapshots": snapshots})
+    return render(request, "hitl/cycle_detail.html", {
+        "cycle": cycle, "project": cycle.project, "snapshots": snapshots, "can": can,
+        "rollback_choices": selectors.rollback_choices(cycle.project),
+    })
+
+
+@login_required
+@require_POST
+def cycle_decide(request: HttpRequest, pk: int) -> HttpResponse:
+    """Approve or reject a candidate that waits, from the cycle page."""
+    _allowed(request, selectors.project_owning(RetrainingCycle, pk), Action.APPROVE, f"no cycle {pk}")
+    decide = cycle_approve if request.POST.get("decision") == "approve" else cycle_reject
+    try:
+        cycle = decide(cycle_id=pk, actor=request.user.get_username(), reason=request.POST.get("reason", ""))
+        messages.success(request, f"Cycle {cycle.number}: {cycle.decision_reason}")
+    except (InvalidInput, Conflict) as exc:
+        messages.error(request, str(exc))
+    return redirect("web:cycle", pk=pk)
+
+
+@login_required
+@require_POST
+def rollback(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_find(slug)
+    _allowed(request, project, Action.ROLLBACK, f"no project {slug!r}")
+    try:
+        version = model_version_rollback(project=project, name=request.POST.get("model_version", ""),
+                                         actor=request.user.get_username(), reason=request.POST.get("reason", ""))
+        messages.success(request, f"{version.name} is production again.")
+    except (InvalidInput, Conflict) as exc:
+        messages.error(request, str(exc))
+    return redirect("web:cycles", slug=slug)

@@ -172,7 +172,7 @@ def test_reviewers_work_in_label_studio_comes_back_exactly(connected, reviewer_s
     assert "updated webhook" in " ".join(ls_project_provision(project_id=project.id).changes)
 
     # The next retraining cycle trains on these labels.
-    project.min_eval_labels = 1
+    project.gate_rules = {"first_model_needs_golden_set": False}
     project.save()
     cycle = cycle_request(project=project, requested_by="t")
     cycle_train(cycle_id=cycle.id)

@@ -32,7 +32,7 @@ def ingested(ingest) -> list[int]:
 @pytest.fixture()
 def labeled_project(project, labeled_items):
     labeled_items(range(100), folder="train")
-    project.min_eval_labels = 1
+    project.gate_rules = {"first_model_needs_golden_set": False}
     project.save()
     return project
 

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 @pytest.fixture()
 def labeled_project(project, labeled_items):
     labeled_items(range(150), folder="train")
-    project.min_eval_labels = 1
+    project.gate_rules = {"first_model_needs_golden_set": False}
     project.save()
     return project
 

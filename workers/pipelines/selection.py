@@ -12,6 +12,7 @@ from django.db.models import Max, Min, Q
 from hitl.errors import TRANSIENT_DB_ERRORS, Busy, InvalidInput
 from hitl.locks import exclusive
 from hitl.models import (
+    GoldenItem,
     Label,
     LabelStatus,
     ModelVersion,
@@ -25,6 +26,7 @@ from hitl.models import (
     UncertaintyScore,
 )
 from hitl.selectors import production_version
+from hitl.services.golden import GOLDEN_STRATEGY
 from hitl.services.selection import Pick, review_batch_store
 from workers.ml.device import select_device
 from workers.ml.inference import model_outputs, predict_proba
@@ -49,7 +51,8 @@ def _busy_items(project_id: int) -> set[int]:
     labeled = Label.objects.filter(item__project_id=project_id, status=LabelStatus.CURRENT).values_list("item_id", flat=True)
     reviewing = ReviewTask.objects.filter(batch__project_id=project_id, status=ReviewTaskStatus.OPEN).values_list(
         "item_id", flat=True)
-    return set(labeled) | set(reviewing)
+    golden = GoldenItem.objects.filter(project_id=project_id).values_list("item_id", flat=True)
+    return set(labeled) | set(reviewing) | set(golden)
 
 
 def _sample_pool(version_id: int, n: int, rng: np.random.Generator, skip_items: set[int]) -> list[tuple[int, int]]:
@@ -172,6 +175,31 @@ def _class_balanced_stored_picks(batch: ReviewBatch, project: Project, version: 
             for i, s in zip(selection.indices.tolist(), selection.scores.tolist())]
 
 
+def _golden_picks(project: Project, version: ModelVersion, n: int, rng: np.random.Generator,
+                  busy: set[int]) -> list[Pick]:
+    """n uniform draws from the pool, stratified by the predicted class with proportional
+    allocation: each class gets its share of a uniform sample, then a random n_c of its items,
+    so every pool item keeps the same chance and the classes are spread as in the pool."""
+    rows = _sample_pool(version.id, max(n, min(project.selection_pool_limit, 10 * n)), rng, busy)
+    if len(rows) <= n:
+        return [Pick(pid, item, ReviewReason.GOLDEN, None) for pid, item in rows]
+    predicted = dict(Prediction.objects.filter(id__in=[r[0] for r in rows]).values_list("id", "predicted_label"))
+    strata: dict[str, list[tuple[int, int]]] = {}
+    for row in rows:
+        strata.setdefault(predicted[row[0]], []).append(row)
+    shares = {label: n * len(members) / len(rows) for label, members in strata.items()}
+    counts = {label: int(share) for label, share in shares.items()}
+    by_remainder = sorted(strata, key=lambda label: (shares[label] - counts[label], rng.random()), reverse=True)
+    for label in by_remainder[: n - sum(counts.values())]:
+        counts[label] += 1
+    picks = []
+    for label in sorted(strata):
+        members = strata[label]
+        for i in rng.permutation(len(members))[: counts[label]].tolist():
+            picks.append(Pick(members[i][0], members[i][1], ReviewReason.GOLDEN, None))
+    return picks
+
+
 def _strategy_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
                     rng: np.random.Generator, busy: set[int]) -> list[Pick]:
     if n == 0:
@@ -201,6 +229,10 @@ def review_batch_select(*, batch_id: int) -> ReviewBatch:
             return review_batch_store(batch_id=batch_id, version=None, picks=[], error="the project has no production model whose predictions could be ranked")
         rng = np.random.default_rng(batch.seed)
         busy = _busy_items(project_id)
+        if batch.strategy == GOLDEN_STRATEGY:
+            picks = _golden_picks(batch.project, version, batch.size, rng, busy)
+            return review_batch_store(batch_id=batch_id, version=version, picks=picks,
+                                      error="" if picks else "no unlabeled pool items are left for the golden set")
         # The audit slice is drawn first, uniformly from the whole pool, so the strategy's picks
         # cannot bias it: its labels estimate the live model's accuracy (selectors.audit_accuracy).
         audit = _sample_pool(version.id, round(batch.size * batch.audit_fraction), rng, busy)

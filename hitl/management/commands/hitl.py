@@ -14,10 +14,17 @@
     hitl add-member --project cats --user rita --role reviewer  (viewer/reviewer/ml_engineer/admin)
     hitl remove-member --project cats --user rita
     hitl members --project cats
+    hitl golden-set --project cats --propose 200 | --freeze --reason "..." [--from-audit] | (list)
+    hitl approve-cycle --project cats --cycle 3 --user otto --reason "checked the rule table"
+    hitl reject-cycle --project cats --cycle 3 --user otto --reason "..."
+    hitl rollback --project cats --model-version v2 --user otto --reason "..."
+    hitl explain --project cats --model v3
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +35,18 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from hitl import selectors
 from hitl.errors import Conflict, InvalidInput
-from hitl.models import Deployment, ModelVersion, Project, ProjectRole
+from hitl.models import Deployment, ModelVersion, Project, ProjectRole, RetrainingCycle
 from hitl.selectors import production_version
-from hitl.services.access import membership_remove, membership_set
-from hitl.services.cycles import cycle_request
+from hitl.services.access import (
+    Action,
+    NotAMember,
+    RoleTooLow,
+    membership_remove,
+    membership_set,
+    role_required,
+)
+from hitl.services.cycles import cycle_approve, cycle_reject, cycle_request, model_version_rollback
+from hitl.services.golden import golden_set_freeze, golden_set_propose
 from hitl.services.projects import (
     deployment_create,
     deployment_rotate_token,
@@ -73,6 +88,8 @@ class Command(BaseCommand):
         configure.add_argument("--committee-size", type=int)
         configure.add_argument("--class-balance", choices=["on", "off"])
         configure.add_argument("--selection-pool-limit", type=int)
+        configure.add_argument("--gate-rules", type=_json_object,
+                               help='the promotion gate\'s rules as JSON, e.g. \'{"min_golden_size": 200}\'')
         configure.add_argument("--epochs", type=int, help="training epochs per cycle")
 
         register = actions.add_parser("register-model", help="import a hitl safetensors checkpoint")
@@ -127,6 +144,29 @@ class Command(BaseCommand):
         members = actions.add_parser("members", help="list a project's members and their roles")
         members.add_argument("--project", required=True)
 
+        golden = actions.add_parser("golden-set", help="list, propose items for, or freeze the golden set")
+        golden.add_argument("--project", required=True)
+        golden_action = golden.add_mutually_exclusive_group()
+        golden_action.add_argument("--propose", type=int, metavar="N", help="queue N random pool items for review")
+        golden_action.add_argument("--freeze", action="store_true", help="freeze a new version of the labeled items")
+        golden.add_argument("--from-audit", action="store_true", help="with --freeze: take untrained audit items too")
+        golden.add_argument("--reason", default="")
+        for name, text in (("approve-cycle", "promote a candidate that waits for approval"),
+                           ("reject-cycle", "turn down a candidate that waits for approval")):
+            decide = actions.add_parser(name, help=text)
+            decide.add_argument("--project", required=True)
+            decide.add_argument("--cycle", type=int, required=True, help="the cycle's number in the project")
+            decide.add_argument("--user", required=True, help="who decides: a member with the approve role")
+            decide.add_argument("--reason", required=True)
+        rollback = actions.add_parser("rollback", help="put an earlier production model back into production")
+        rollback.add_argument("--project", required=True)
+        rollback.add_argument("--model-version", required=True)
+        rollback.add_argument("--user", required=True, help="who rolls back: a member with the rollback role")
+        rollback.add_argument("--reason", required=True)
+        explain = actions.add_parser("explain", help="why a model version is where it is")
+        explain.add_argument("--project", required=True)
+        explain.add_argument("--model", required=True)
+
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"].replace("-", "_")
         try:
@@ -135,6 +175,8 @@ class Command(BaseCommand):
             raise CommandError("; ".join(str(e) for e in exc.errors)) from None
         except Conflict as exc:
             raise CommandError(str(exc)) from None
+        except (NotAMember, RoleTooLow) as exc:
+            raise CommandError(str(exc) or "not a member of this project") from None
 
     def _project(self, slug: str) -> Project:
         project = Project.objects.filter(slug=slug).first()
@@ -159,6 +201,8 @@ class Command(BaseCommand):
             changes["class_balance"] = o["class_balance"] == "on"
         if o["epochs"] is not None:
             changes["train_config"] = {**project.train_config, "epochs": o["epochs"]}
+        if o["gate_rules"] is not None:
+            changes["gate_rules"] = o["gate_rules"]
         project = project_update(project_id=project.id, changes=changes)
         self.stdout.write(f"{project.slug}: " + (", ".join(f"{k}={getattr(project, k)}" for k in changes) or "no changes"))
 
@@ -214,8 +258,8 @@ class Command(BaseCommand):
         for version in selectors.model_versions_list(project)[:10]:
             self.stdout.write(f"  model {version.name:<10} {version.stage:<10} {version.training_label_count} training labels")
         for cycle in selectors.cycles_list(project)[:10]:
-            accuracy = {s.role: f"{s.accuracy:.3f}" for s in cycle.snapshots.all()}
-            self.stdout.write(f"  cycle {cycle.number:<4} {cycle.status:<10} {cycle.decision or '-':<9} "
+            accuracy = {s.role: f"{s.accuracy:.3f}" for s in cycle.snapshots.all() if s.eval_set == "golden"}
+            self.stdout.write(f"  cycle {cycle.number:<4} {cycle.status:<10} {cycle.decision or '-':<9} golden-set "
                               f"candidate {accuracy.get('candidate', '-')} production {accuracy.get('production', '-')}")
 
     def verify_trust(self, o: dict[str, Any]) -> None:
@@ -269,3 +313,94 @@ class Command(BaseCommand):
             self.stdout.write(f"{membership.user.get_username():<30} {membership.role}")
         if not rows:
             self.stdout.write(f"{project.slug} has no members")
+
+    def golden_set(self, o: dict[str, Any]) -> None:
+        project = self._project(o["project"])
+        if o["propose"] is not None:
+            batch = golden_set_propose(project=project, size=o["propose"], requested_by=ACTOR)
+            self.stdout.write(f"queued golden-set review batch {batch.id} ({batch.size} random items); label them, "
+                              "then freeze a version with --freeze --reason ...")
+            return
+        if o["freeze"]:
+            golden = golden_set_freeze(project=project, actor=ACTOR, reason=o["reason"], from_audit=o["from_audit"])
+            self.stdout.write(f"froze golden set v{golden.version}: {len(golden.item_ids)} items, "
+                              f"sha256 {golden.items_sha256}")
+            return
+        for golden in selectors.golden_sets_list(project):
+            self.stdout.write(f"golden set v{golden.version}: {len(golden.item_ids)} items, frozen "
+                              f"{golden.frozen_at:%Y-%m-%d %H:%M} by {golden.created_by}: {golden.reason}")
+
+    def _cycle_as(self, o: dict[str, Any], action: Action) -> tuple[RetrainingCycle, AbstractBaseUser]:
+        project, user = self._project(o["project"]), self._user(o["user"])
+        role_required(project=project, user=user, action=action)
+        cycle = RetrainingCycle.objects.filter(project=project, number=o["cycle"]).first()
+        if cycle is None:
+            raise CommandError(f"no cycle {o['cycle']} in {project.slug}")
+        return cycle, user
+
+    def approve_cycle(self, o: dict[str, Any]) -> None:
+        cycle, user = self._cycle_as(o, Action.APPROVE)
+        cycle = cycle_approve(cycle_id=cycle.id, actor=user.get_username(), reason=o["reason"])
+        self.stdout.write(f"cycle {cycle.number}: {cycle.candidate_version.name} promoted ({cycle.decision_reason})")
+
+    def reject_cycle(self, o: dict[str, Any]) -> None:
+        cycle, user = self._cycle_as(o, Action.APPROVE)
+        cycle = cycle_reject(cycle_id=cycle.id, actor=user.get_username(), reason=o["reason"])
+        self.stdout.write(f"cycle {cycle.number}: {cycle.candidate_version.name} rejected ({cycle.decision_reason})")
+
+    def rollback(self, o: dict[str, Any]) -> None:
+        project, user = self._project(o["project"]), self._user(o["user"])
+        role_required(project=project, user=user, action=Action.ROLLBACK)
+        version = model_version_rollback(project=project, name=o["model_version"], actor=user.get_username(),
+                                         reason=o["reason"])
+        self.stdout.write(f"{project.slug}: {version.name} is production again")
+
+    def explain(self, o: dict[str, Any]) -> None:
+        project = self._project(o["project"])
+        version = ModelVersion.objects.filter(project=project, name=o["model"]).first()
+        if version is None:
+            raise CommandError(f"no model version {o['model']!r} in {project.slug}")
+        for line in explain_lines(selectors.model_explain(version)):
+            self.stdout.write(line)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc.msg} at column {exc.colno}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def _interval(i: dict | None) -> str:
+    return "-" if not i else f"{i['estimate']:.3f} [{i['lower']:.3f}, {i['upper']:.3f}]"
+
+
+def explain_lines(e: dict) -> list[str]:
+    """``selectors.model_explain`` as text."""
+    labels = e["training_labels"]
+    lines = [f"{e['model_version']} ({e['architecture']}) is {e['stage']}"
+             + (f", promoted {e['promoted_at'][:19]} by {e['promoted_by']}" if e["promoted_at"] else ""),
+             "parents: " + (" <- ".join(p["name"] for p in e["parents"]) or "none (trained from scratch or imported)"),
+             f"learned from {labels['count']} labels; by source "
+             + ", ".join(f"{k}: {v}" for k, v in sorted(labels["by_source"].items()))
+             + "; by reviewer " + ", ".join(f"{k or '-'}: {v}" for k, v in sorted(labels["by_reviewer"].items())),
+             f"label manifest sha256 {labels['manifest_sha256']} "
+             + ("(matches the trust history)" if labels["manifest_matches_trust_history"]
+                else f"(trust history recorded {labels['recorded_manifest_sha256']})")]
+    if e["produced_by_cycle"]:
+        c = e["produced_by_cycle"]
+        lines.append(f"cycle {c['number']}: {c['decision'] or c['status']}"
+                     + (f" by {c['decided_by']}" if c["decided_by"] else "") + f": {c['decision_reason']}")
+        for rule in c["gate"].get("rules", []):
+            lines.append(f"  rule {rule['rule']:<24} {'pass' if rule['passed'] else 'FAIL'}  {rule['detail']}")
+    for s in e["evaluations"]:
+        golden = f" v{s['golden_set_version']}" if s["golden_set_version"] else ""
+        lines.append(f"evaluated in cycle {s['cycle']} as {s['role']} on {s['eval_set']}{golden} ({s['n_items']} "
+                     f"items): accuracy {_interval(s['intervals'].get('accuracy'))}, macro-F1 "
+                     f"{_interval(s['intervals'].get('macro_f1'))}")
+    for t in e["trust_events"]:
+        lines.append(f"trust #{t['sequence']} {t['kind']} by {t['actor']} at {t['created_at'][:19]}")
+    return lines

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from PIL import Image
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from hitl import selectors
 from hitl.media import media_path
@@ -46,9 +49,10 @@ from hitl.models import (
 from hitl.selectors import production_version
 from hitl.services.access import membership_set
 from hitl.services.cycles import cycle_request
+from hitl.services.golden import golden_set_freeze, golden_set_propose
 from hitl.services.ingestion import items_register, predictions_ingest
 from hitl.services.labels import label_submit
-from hitl.services.projects import deployment_create, project_create
+from hitl.services.projects import deployment_create, project_create, project_update
 from hitl.services.selection import review_batch_request
 from workers.celery import app as celery_app
 from workers.celery import configure_queues, delete_queues, use_embedded_broker
@@ -57,9 +61,11 @@ from workers.ml.inference import predict_proba
 from workers.pipelines.versions import load_version
 
 PROJECT_SLUG = "fashion-mnist-demo"
+DEMO_MARGIN = 0.1  # the demo's golden set is small (150 items): its difference intervals are wide
 REVIEWER = "simulated reviewer (Fashion-MNIST ground truth)"
 DEMO_USER, DEMO_PASSWORD = "demo", "demo"
 STREAM_CHUNK = 500
+DECIDED = {CycleStatus.SUCCEEDED, CycleStatus.AWAITING_APPROVAL, CycleStatus.FAILED, CycleStatus.CANCELLED}
 
 
 class Demo:
@@ -170,6 +176,8 @@ class Demo:
             batch_size=self.options["batch"], audit_fraction=self.options["audit_fraction"],
             train_config={"epochs": self.options["epochs"]},
         )
+        # no pool yet to draw a golden set from: the first model is let through without one
+        project = project_update(project_id=project.id, changes={"gate_rules": {"first_model_needs_golden_set": False}})
         user_model = get_user_model()
         user, _ = user_model.objects.get_or_create(username=DEMO_USER, defaults={"is_staff": True, "is_superuser": True})
         user.set_password(DEMO_PASSWORD)
@@ -203,9 +211,9 @@ class Demo:
                 self.progress(f"cycle {cycle.number}: training", progress["epoch"], progress["epochs"],
                               f"loss {progress['train_loss']:.3f}")
 
-        self.wait_for(f"cycle {cycle.number}", lambda: RetrainingCycle.objects.get(pk=cycle.pk).is_finished, tick)
+        self.wait_for(f"cycle {cycle.number}", lambda: RetrainingCycle.objects.get(pk=cycle.pk).status in DECIDED, tick)
         cycle.refresh_from_db()
-        if cycle.status != CycleStatus.SUCCEEDED:
+        if cycle.status not in DECIDED - {CycleStatus.FAILED, CycleStatus.CANCELLED}:
             raise CommandError(f"cycle {cycle.number} ended {cycle.status}: {cycle.error or cycle.decision_reason}")
         return cycle
 
@@ -248,6 +256,69 @@ class Demo:
         if batch.status != ReviewBatchStatus.SELECTED:
             raise CommandError(f"selection failed: {batch.error}")
         return batch
+
+    def bootstrap_golden_set(self, project: Project) -> None:
+        """A random batch (stratified by predicted class) labeled by the simulated reviewer, frozen
+        as golden set v1: the gate decides on it from now on."""
+        batch = golden_set_propose(project=project, size=self.options["golden"], requested_by="demo")
+        self.wait_for(f"golden-set batch {batch.id}",
+                      lambda: ReviewBatch.objects.get(pk=batch.pk).status != ReviewBatchStatus.PENDING)
+        batch.refresh_from_db()
+        if batch.status != ReviewBatchStatus.SELECTED:
+            raise CommandError(f"golden-set selection failed: {batch.error}")
+        self.review(batch)
+        golden = golden_set_freeze(project=project, actor="demo", reason="bootstrap: one random batch")
+        project_update(project_id=project.id, changes={"gate_rules": {
+            "min_golden_size": len(golden.item_ids), "non_inferiority_margin": DEMO_MARGIN,
+            "require_approval": True}})
+        self.say(f"    golden set v{golden.version}: {len(golden.item_ids)} random pool items labeled by the simulated "
+                 f"reviewer, never trained on; gate: min_golden_size {len(golden.item_ids)}, non-inferiority "
+                 f"margin {DEMO_MARGIN}; a candidate that passes waits for a person's approval")
+
+    def api(self) -> APIClient:
+        """The REST API as user demo, in process (Django's test client: the same views, roles and
+        services as over HTTP)."""
+        # WhiteNoise warns that the demo never ran collectstatic: the API serves no static files
+        warnings.filterwarnings("ignore", message="No directory at", category=UserWarning)
+        client = APIClient(SERVER_NAME="localhost")
+        user = get_user_model().objects.get(username=DEMO_USER)
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get_or_create(user=user)[0].key}")
+        return client
+
+    def approve(self, cycle: RetrainingCycle) -> RetrainingCycle:
+        self.say(f"    cycle {cycle.number} passed every rule and waits for a person; approving through "
+                 f"POST /api/v1/cycles/{cycle.id}/approve/ as user {DEMO_USER}")
+        response = self.api().post(f"/api/v1/cycles/{cycle.id}/approve/",
+                                   {"reason": "demo: rule table checked"}, format="json")
+        if response.status_code != 200:
+            raise CommandError(f"approval failed: {response.status_code} {response.content[:500]!r}")
+        cycle.refresh_from_db()
+        self.say(f"    -> {response.status_code}: {cycle.decision} ({cycle.decision_reason})")
+        return cycle
+
+    def rollback(self, project: Project, deployment: Deployment) -> None:
+        current = production_version(project.id)
+        earlier = selectors.rollback_choices(project).first()
+        if earlier is None:
+            self.say("    no earlier production model to roll back to")
+            return
+        response = self.api().post(f"/api/v1/projects/{project.slug}/rollback/", {
+            "model_version": earlier.name, "reason": f"demo: rolling {current.name} back"}, format="json")
+        if response.status_code != 200:
+            raise CommandError(f"rollback failed: {response.status_code} {response.content[:500]!r}")
+        deployment.refresh_from_db()
+        self.say(f"    POST /api/v1/projects/{project.slug}/rollback/ -> {response.status_code}: production "
+                 f"{current.name} -> {production_version(project.id).name}; deployment '{deployment.name}' (follows "
+                 f"production) now runs {deployment.model_version.name}")
+        event = project.trust_events.order_by("-sequence").first()
+        self.say(f"    trust history #{event.sequence}: {event.kind} {event.payload}")
+
+    def print_rules(self, cycle: RetrainingCycle) -> None:
+        gate = cycle.gate
+        self.say(f"\nThe gate's rules for cycle {cycle.number} (golden set v{gate.get('golden_set_version')}, "
+                 f"{gate.get('n_golden')} items; outcome {gate.get('outcome')}):")
+        for rule in gate.get("rules", []):
+            self.say(f"    {rule['rule']:<28} {'pass' if rule['passed'] else 'FAIL':<5} {rule['detail']}")
 
     def reference_accuracy(self, project: Project, test: ArrayDataset) -> float:
         """Production accuracy on the 10,000 official test images (never used by hitl)."""
@@ -292,8 +363,10 @@ class Demo:
         self.say(f"\n[2] The deployment reports predictions for {len(stream_paths)} unseen images")
         self.stream_predictions(project, deployment, train, stream_paths)
         self.wait_for_pool_predictions(project)
+        self.say("\n[3] Golden set: a random batch from the pool, labeled, frozen; never trained on")
+        self.bootstrap_golden_set(project)
 
-        for step in range(3, o["cycles"] + 3):
+        for step in range(4, o["cycles"] + 4):
             self.say(f"\n[{step}] Select -> review -> retrain -> evaluate -> decide")
             batch = self.select_batch(project)
             audit = batch.tasks.filter(reason="audit").count()
@@ -302,12 +375,17 @@ class Demo:
             cycle = self.run_cycle(project)
             self.say(f"    cycle {cycle.number} trained {cycle.candidate_version.name}: {cycle.decision} "
                      f"({cycle.decision_reason})")
+            if cycle.status == CycleStatus.AWAITING_APPROVAL:
+                cycle = self.approve(cycle)
             rows.append(self.table_row(cycle, project, test))
             if cycle.decision == "promoted":
                 self.wait_for_pool_predictions(project)
 
         batch = self.select_batch(project)
         self.print_table(rows)
+        self.print_rules(cycle)
+        self.say("\nRollback to the previous production model, through the API:")
+        self.rollback(project, deployment)
         self.say("\nLive accuracy estimated from the random audit slices alone (what hitl reports without "
                  "a test set):")
         for e in selectors.audit_accuracy(project):
@@ -318,13 +396,13 @@ class Demo:
         self.say(f"Demo finished in {time.monotonic() - started:.0f}s.")
 
     def table_row(self, cycle: RetrainingCycle, project: Project, test: ArrayDataset) -> dict[str, Any]:
-        snapshots = {s.role: s for s in cycle.snapshots.all()}
-        train_labels, holdout_labels = self.label_counts(project)
+        golden = {s.role: s for s in cycle.snapshots.filter(eval_set="golden")}
+        train_labels, _ = self.label_counts(project)
         return {
             "cycle": cycle.number, "candidate": cycle.candidate_version.name, "train_labels": train_labels,
-            "holdout_labels": holdout_labels,
-            "candidate_acc": snapshots["candidate"].accuracy if "candidate" in snapshots else None,
-            "production_acc": snapshots["production"].accuracy if "production" in snapshots else None,
+            "golden": golden["candidate"].n_items if "candidate" in golden else 0,
+            "candidate_acc": golden["candidate"].intervals["accuracy"] if "candidate" in golden else None,
+            "production_acc": golden["production"].intervals["accuracy"] if "production" in golden else None,
             "decision": cycle.decision, "production": production_version(project.id).name,
             "test_acc": self.reference_accuracy(project, test),
         }
@@ -333,17 +411,20 @@ class Demo:
         def fmt(value: float | None) -> str:
             return "-" if value is None else f"{value:.3f}"
 
-        self.say("\nPer-cycle results. 'held-out': the human labels on hitl's held-out split, which the gate "
-                 "compares candidate and production on;\nmost were picked for being uncertain, so they are harder "
-                 "than average. '10k test acc': the production model on\nFashion-MNIST's official test images, "
-                 "a reference hitl never uses for its decisions.")
-        header = (f"{'cycle':>5} {'candidate':>9} {'train labels':>12} {'held-out':>8} {'cand. acc':>9} "
-                  f"{'prod. acc':>9} {'decision':>9} {'production':>10} {'10k test acc':>12}")
+        def interval(value: dict | None) -> str:
+            return "-" if value is None else f"{value['estimate']:.3f} [{value['lower']:.3f},{value['upper']:.3f}]"
+
+        self.say("\nPer-cycle results. 'golden': the golden set's size; 'cand./prod. golden acc': accuracy on it "
+                 "with its 95% bootstrap interval,\nwhat the gate decides on (cycle 1 came before the golden set). "
+                 "'10k test acc': the production model on Fashion-MNIST's\nofficial test images, a reference hitl "
+                 "never uses for its decisions.")
+        header = (f"{'cycle':>5} {'candidate':>9} {'train labels':>12} {'golden':>6} {'cand. golden acc':>21} "
+                  f"{'prod. golden acc':>21} {'decision':>9} {'production':>10} {'10k test acc':>12}")
         self.say(header)
         self.say("-" * len(header))
         for r in rows:
-            self.say(f"{r['cycle']:>5} {r['candidate']:>9} {r['train_labels']:>12} {r['holdout_labels']:>8} "
-                     f"{fmt(r['candidate_acc']):>9} {fmt(r['production_acc']):>9} {r['decision']:>9} "
+            self.say(f"{r['cycle']:>5} {r['candidate']:>9} {r['train_labels']:>12} {r['golden']:>6} "
+                     f"{interval(r['candidate_acc']):>21} {interval(r['production_acc']):>21} {r['decision']:>9} "
                      f"{r['production']:>10} {fmt(r['test_acc']):>12}")
 
 
@@ -359,15 +440,16 @@ class Command(BaseCommand):
         parser.add_argument("--strategy", default="margin", help="query strategy (margin, entropy, ...)")
         parser.add_argument("--epochs", type=int, default=20, help="training epochs per cycle")
         parser.add_argument("--seed", type=int, default=0, help="random seed for the image sample")
+        parser.add_argument("--golden", type=int, default=150, help="random pool items labeled for the golden set")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        for name in ("seed_labels", "stream", "cycles", "batch", "epochs"):
+        for name in ("seed_labels", "stream", "cycles", "batch", "epochs", "golden"):
             if options[name] < 1:
                 raise CommandError(f"--{name.replace('_', '-')} must be at least 1")
         if options["seed_labels"] + options["stream"] > 60_000:
             raise CommandError("--seed-labels plus --stream must not exceed Fashion-MNIST's 60,000 training images")
-        if options["batch"] > options["stream"]:
-            raise CommandError("--batch must not exceed --stream")
+        if options["batch"] + options["golden"] > options["stream"]:
+            raise CommandError("--batch plus --golden must not exceed --stream")
         demo = Demo(self, options)
         try:
             demo.run()
