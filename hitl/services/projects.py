@@ -82,15 +82,6 @@ def _check_initial_weights(value: object) -> str | None:
     return None
 
 
-def _check_initial_weights(value: object) -> str | None:
-    if value == "":
-        return None
-    try:
-        return None if isinstance(value, str) and Path(value).is_file() else f"no file at {value}"
-    except (OSError, ValueError):  # a name too long for the file system: no file either
-        return "no file at this path (the name is too long)"
-
-
 def _between(low: float, high: float, kind: type = float) -> Callable[[object], str | None]:
     def check(value: object) -> str | None:
         if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):

@@ -104,7 +104,7 @@ def test_bulks_sharing_images_in_opposite_orders_do_not_deadlock(
     inserting in the order given, bulk 1 takes A and waits for B while bulk 2 holds B and waits
     for A, a deadlock PostgreSQL breaks by failing one bulk (a 500 to its deployment)."""
     deployment = deployment_and_token[0]
-    a, b, c = write_images([0, 1, 2], folder="shared")
+    a, b, c = write_images([0, 1, 2], folder="imgs/shared")
     sha = {
         p: hashlib.sha256((media_root / "storage" / p).read_bytes()).hexdigest() for p in (a, b, c)
     }
@@ -156,7 +156,7 @@ def test_many_overlapping_bulks_in_shuffled_orders_store_each_image_once(
 ) -> None:
     """Four deployments' worth of requests at once, three rounds, through the API: every bulk is
     a 201, and each image ends up as exactly one item with exactly one prediction."""
-    paths = dict(enumerate(write_images(range(120), folder="pool")))
+    paths = dict(enumerate(write_images(range(120), folder="imgs/pool")))
     rng = random.Random(7)
     seen: set[int] = set()
     for round_ in range(3):
@@ -186,7 +186,7 @@ def test_a_differing_duplicate_is_reported_and_an_identical_one_is_not(
     deployment_client,
     write_images,
 ) -> None:
-    paths = dict(enumerate(write_images(range(5), folder="dup")))
+    paths = dict(enumerate(write_images(range(5), folder="imgs/dup")))
     first = deployment_client.post(
         URL, json.dumps(_bulk(paths, [0, 1, 2, 3, 4])), content_type="application/json"
     )
@@ -204,7 +204,7 @@ def test_a_differing_duplicate_is_reported_and_an_identical_one_is_not(
 
 
 def test_a_differing_predicted_label_is_reported(deployment_client, write_images) -> None:
-    paths = dict(enumerate(write_images(range(2), folder="label")))
+    paths = dict(enumerate(write_images(range(2), folder="imgs/label")))
     body = _bulk(paths, [0, 1])
     assert (
         deployment_client.post(URL, json.dumps(body), content_type="application/json").status_code
@@ -256,7 +256,7 @@ def test_a_bulk_refused_on_every_attempt_gets_a_503_with_retry_after(
     write_images,
     refused_predictions,
 ) -> None:
-    paths = dict(enumerate(write_images(range(3), folder="refused")))
+    paths = dict(enumerate(write_images(range(3), folder="imgs/refused")))
     response = deployment_client.post(
         URL, json.dumps(_bulk(paths, [0, 1, 2])), content_type="application/json"
     )

@@ -125,7 +125,8 @@ def test_audit_slice_is_a_uniform_sample_and_estimates_live_accuracy(ingested, p
     for i, task in enumerate(audited):  # the reviewer agrees with the model on 3 of 5
         value = task.prediction.predicted_label if i < 3 else next(
             label for label in project.labels if label != task.prediction.predicted_label)
-        label_submit(item_id=task.item_id, value=value, source=LabelSource.WEB, reviewer=reviewer)
+        label_submit(item_id=task.item_id, value=value, source=LabelSource.WEB, reviewer=reviewer,
+                     review_task_id=task.id)
     (estimate,) = selectors.audit_accuracy(project)
     assert (estimate.model_version, estimate.n, estimate.correct) == ("v1", 5, 3)
     assert estimate.low < 0.6 < estimate.high
