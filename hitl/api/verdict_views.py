@@ -112,7 +112,8 @@ class GoldenSetView(ProjectScoped, generics.ListAPIView):
     def get_queryset(self):
         return selectors.golden_sets_list(self.project)
 
-    @extend_schema(request=GoldenSetActionSerializer, responses={201: GoldenSetSerializer})
+    @extend_schema(request=GoldenSetActionSerializer,
+                   responses={201: GoldenSetSerializer, 202: s.ReviewBatchSerializer})
     def post(self, request: Request, slug: str) -> Response:
         body = _valid(GoldenSetActionSerializer, request.data)
         actor = request.user.get_username()
