@@ -28,7 +28,7 @@ class InputSpec:
                 "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "InputSpec":
+    def from_dict(cls, data: dict) -> InputSpec:
         return cls(channels=int(data["channels"]), size=int(data["size"]),
                    mean=tuple(data["mean"]), std=tuple(data["std"]))
 

@@ -10,7 +10,6 @@ import logging
 import traceback
 
 import numpy as np
-import torch
 
 from hitl.errors import TRANSIENT_DB_ERRORS
 from hitl.locks import exclusive
@@ -32,7 +31,7 @@ from workers.ml.checkpoint import ArtifactFile, CheckpointMeta, save_checkpoint
 from workers.ml.inference import predict_proba
 from workers.ml.metrics import classification_metrics
 from workers.ml.training import EpochStats, TrainConfig, fit
-from workers.pipelines.versions import item_images, load_version
+from workers.pipelines.versions import item_images, load_version, loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +48,9 @@ def _train(plan: TrainingPlan) -> tuple[str, list[ArtifactFile], list[EpochStats
     # the project's initial weights are checked again here: the file may have changed since
     start_from = plan.start_from or (initial_weights_file(plan.initial_weights) if plan.initial_weights else None)
     model = build_model(plan.architecture, len(labels), weights_path=start_from)
-    images = item_images(plan.data.image_paths, spec)
-    targets = torch.tensor(plan.data.targets, dtype=torch.int64)
-    history = fit(model, images, targets, spec, config, on_epoch=lambda s: _progress(plan.cycle_id, s))
+    data = item_images(plan.data.image_paths, spec, targets=plan.data.targets)
+    history = fit(model, data, None, spec, config, on_epoch=lambda s: _progress(plan.cycle_id, s),
+                  num_workers=loader_workers())
     directory = model_directory(plan.project.slug, plan.version_name)
     metrics = {"train_loss": history[-1].train_loss, "train_accuracy": history[-1].train_accuracy,
                "epochs_run": len(history)}
@@ -84,7 +83,8 @@ def cycle_train(*, cycle_id: int) -> None:
 
 def _evaluate_version(version: ModelVersion, data: LabeledSet) -> dict:
     model, meta = load_version(version)
-    probs = predict_proba(model, item_images(data.image_paths, meta.input_spec), meta.input_spec)
+    probs = predict_proba(model, item_images(data.image_paths, meta.input_spec), meta.input_spec,
+                          num_workers=loader_workers())
     return classification_metrics(np.array(data.targets), probs, meta.labels)
 
 

@@ -37,7 +37,7 @@ from workers.ml.strategies import (
 )
 from workers.ml.uncertainty import SCORERS
 from workers.pipelines.scoring import predictions_score, probabilities_matrix
-from workers.pipelines.versions import item_images, load_version
+from workers.pipelines.versions import item_images, load_version, loader_workers
 
 MAX_COVERED_EMBEDDINGS = 20_000  # labeled items the diversity strategies measure distance to
 SELECTION_WAIT_SECONDS = 60  # then a Busy error, and Celery tries again later
@@ -120,7 +120,8 @@ def _covered_embeddings(project: Project, model, spec) -> np.ndarray | None:
     paths = labeled + reviewing
     if not paths:
         return None
-    return model_outputs(model, item_images(paths, spec), spec, embeddings=True).embeddings
+    return model_outputs(model, item_images(paths, spec), spec, embeddings=True,
+                         num_workers=loader_workers()).embeddings
 
 
 def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
@@ -135,7 +136,8 @@ def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n:
     images = item_images([paths[pid] for pid in prediction_ids], meta.input_spec)
     needs = STRATEGY_INPUTS[batch.strategy]
     outputs = model_outputs(model, images, meta.input_spec, embeddings="embeddings" in needs,
-                            mc_samples=project.mc_samples if "mc_probs" in needs else 0, seed=batch.seed % 2**31)
+                            mc_samples=project.mc_samples if "mc_probs" in needs else 0, seed=batch.seed % 2**31,
+                            num_workers=loader_workers())
     committee = None
     if "committee_probs" in needs:
         members = _committee(project, version)
@@ -143,7 +145,8 @@ def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n:
             raise InvalidInput.single("strategy", "committee needs at least two model versions that served in "
                                                   f"production; {project.slug} has {len(members)}")
         committee = np.stack([outputs.probs] + [
-            predict_proba(load_version(m)[0], images, meta.input_spec) for m in members[1:]], axis=2)
+            predict_proba(load_version(m)[0], images, meta.input_spec, num_workers=loader_workers())
+            for m in members[1:]], axis=2)
     covered = _covered_embeddings(project, model, meta.input_spec) if batch.strategy in COVERAGE_STRATEGIES else None
     selection = select_batch(
         batch.strategy,
