@@ -14,6 +14,7 @@ import numpy as np
 from hitl.errors import TRANSIENT_DB_ERRORS
 from hitl.locks import exclusive
 from hitl.media import media_path, model_directory
+from hitl.mlspec import PRETRAINED_BY_DEFAULT
 from hitl.models import CycleStatus, ModelVersion, RetrainingCycle, Split
 from hitl.services.cycles import (
     LabeledSet,
@@ -47,7 +48,9 @@ def _train(plan: TrainingPlan) -> tuple[str, list[ArtifactFile], list[EpochStats
     config = TrainConfig.from_dict(plan.config)
     # the project's initial weights are checked again here: the file may have changed since
     start_from = plan.start_from or (initial_weights_file(plan.initial_weights) if plan.initial_weights else None)
-    model = build_model(plan.architecture, len(labels), weights_path=start_from)
+    # a first model with no weights given fine-tunes the architecture's offline ImageNet weights
+    pretrained = start_from is None and plan.architecture in PRETRAINED_BY_DEFAULT
+    model = build_model(plan.architecture, len(labels), weights_path=start_from, pretrained=pretrained)
     data = item_images(plan.data.image_paths, spec, targets=plan.data.targets)
     history = fit(model, data, None, spec, config, on_epoch=lambda s: _progress(plan.cycle_id, s),
                   num_workers=loader_workers())
