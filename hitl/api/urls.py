@@ -1,7 +1,7 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from hitl.api import views
+from hitl.api import images, views
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
@@ -12,6 +12,7 @@ urlpatterns = [
     path("projects/<slug:slug>/model-versions/", views.ModelVersionListView.as_view(), name="model-versions"),
     path("projects/<slug:slug>/deployments/", views.DeploymentListView.as_view(), name="deployments"),
     path("projects/<slug:slug>/items/", views.ItemListView.as_view(), name="items"),
+    path("projects/<slug:slug>/images/", images.ImageImportView.as_view(), name="images-import"),
     path("projects/<slug:slug>/predictions/", views.PredictionListView.as_view(), name="predictions"),
     path("projects/<slug:slug>/review-queue/", views.ReviewQueueView.as_view(), name="review-queue"),
     path("projects/<slug:slug>/review-batches/", views.ReviewBatchCreateView.as_view(), name="review-batches"),

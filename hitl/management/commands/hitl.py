@@ -3,6 +3,7 @@
     hitl create-project --slug cats --labels cat,dog [--architecture resnet18] [--strategy margin]
     hitl configure-project --project cats [--strategy bald] [--batch-size 200] [--mc-samples 20] ...
     hitl register-model --project cats --name v0 --weights model.safetensors [--promote]
+    hitl import-images --project cats DIR      (DIR/*.jpg unlabeled, or DIR/<label>/*.jpg labeled)
     hitl create-deployment --project cats --name edge-1 --environment edge [--model-version v0] [--storage-prefix cats/edge-1]
     hitl rotate-token --project cats --name edge-1
     hitl select-batch --project cats [--size 100] [--strategy entropy]
@@ -26,6 +27,7 @@ from hitl.errors import Conflict, InvalidInput
 from hitl.models import Deployment, ModelVersion, Project
 from hitl.selectors import production_version
 from hitl.services.cycles import cycle_request
+from hitl.services.ingestion import ImportedImage, items_import
 from hitl.services.projects import (
     deployment_create,
     deployment_rotate_token,
@@ -39,6 +41,22 @@ from hitl.services.trust import trust_export, trust_verify
 from hitl.trust_keys import rotate_signing_key
 
 ACTOR = "operator (manage.py hitl)"
+
+
+def image_folder_files(folder: Path) -> list[tuple[Path, str | None]]:
+    """Files to import: with sub-folders, torchvision's ImageFolder layout (each sub-folder's
+    name is its files' label); without, the folder's files, unlabeled. Hidden files are skipped."""
+    visible = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    classes = [p for p in visible if p.is_dir()]
+    if not classes:
+        return [(p, None) for p in visible if p.is_file()]
+    loose = [p.name for p in visible if p.is_file()]
+    if loose:
+        raise CommandError(f"{folder} mixes files ({', '.join(loose[:3])}) with label folders: put every "
+                           "image in its label's folder, or import a folder of files only")
+    return [(path, label.name) for label in classes
+            for path in sorted(label.rglob("*")) if path.is_file() and not path.name.startswith(".")]
+IMPORT_CHUNK = 500
 
 
 class Command(BaseCommand):
@@ -74,6 +92,12 @@ class Command(BaseCommand):
         register.add_argument("--name", required=True)
         register.add_argument("--weights", required=True, type=Path)
         register.add_argument("--promote", action="store_true")
+
+        images = actions.add_parser("import-images", help="add images with no prediction (cold start); an "
+                                    "ImageFolder (one sub-folder per label) imports its labels too")
+        images.add_argument("--project", required=True)
+        images.add_argument("directory", type=Path)
+        images.add_argument("--chunk", type=int, default=IMPORT_CHUNK, help="images stored per transaction")
 
         deploy = actions.add_parser("create-deployment", help="create a deployment and print its API token")
         deploy.add_argument("--project", required=True)
@@ -151,6 +175,26 @@ class Command(BaseCommand):
         if o["promote"]:
             model_version_promote(model_version_id=version.id, actor=ACTOR, reason="registered with --promote")
         self.stdout.write(f"registered {project.slug}:{version.name}{' (production)' if o['promote'] else ''}")
+
+    def import_images(self, o: dict[str, Any]) -> None:
+        project = self._project(o["project"])
+        folder = o["directory"].resolve()
+        if not folder.is_dir():
+            raise CommandError(f"{o['directory']} is not a directory")
+        files = image_folder_files(folder)
+        if not files:
+            raise CommandError(f"no files under {folder}: give a folder of images, or one sub-folder per label")
+        if o["chunk"] < 1:
+            raise CommandError("--chunk must be at least 1")
+        items = labels = 0
+        for start in range(0, len(files), o["chunk"]):  # each chunk whole or not at all; a rerun skips stored images
+            chunk = [ImportedImage(str(path.relative_to(folder)), path.read_bytes(), label)
+                     for path, label in files[start:start + o["chunk"]]]
+            result = items_import(project=project, images=chunk, source=str(folder), actor=ACTOR)
+            items, labels = items + result.items_created, labels + result.labels_created
+        labeled = sum(label is not None for _, label in files)
+        self.stdout.write(f"imported {len(files)} images into {project.slug}: {items} new items, "
+                          f"{labels} new labels from {labeled} labeled images (source {folder})")
 
     def create_deployment(self, o: dict[str, Any]) -> None:
         project = self._project(o["project"])
