@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 rows.append({"labels": len(chosen), "seed": seed, "start": start, "accuracy": accuracy,
                              "epochs": config.epochs, "seconds": time.perf_counter() - began})
                 print(rows[-1], flush=True)
+            if not args.no_write:  # a partial table survives an interrupted run
+                write_section(args.section, report(rows, args))
     return rows
 
 

@@ -1,12 +1,14 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from hitl.api import images, views
+from hitl.api import artifacts, images, views
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[]), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema", permission_classes=[]), name="api-docs"),
     path("predictions/", views.PredictionIngestView.as_view(), name="predictions-ingest"),
+    path("deployment/model/", artifacts.DeploymentModelView.as_view(), name="deployment-model"),
+    path("deployment/model/<str:name>", artifacts.DeploymentModelFileView.as_view(), name="deployment-model-file"),
     path("projects/", views.ProjectListView.as_view(), name="projects"),
     path("projects/<slug:slug>/", views.ProjectDetailView.as_view(), name="project"),
     path("projects/<slug:slug>/model-versions/", views.ModelVersionListView.as_view(), name="model-versions"),

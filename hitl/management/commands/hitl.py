@@ -16,13 +16,15 @@
 
 from __future__ import annotations
 
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from hitl import selectors
+from hitl import mlspec, selectors
 from hitl.errors import Conflict, InvalidInput
 from hitl.models import Deployment, ModelVersion, Project
 from hitl.selectors import production_version
@@ -87,11 +89,18 @@ class Command(BaseCommand):
         configure.add_argument("--selection-pool-limit", type=int)
         configure.add_argument("--epochs", type=int, help="training epochs per cycle")
 
-        register = actions.add_parser("register-model", help="import a hitl safetensors checkpoint")
+        register = actions.add_parser("register-model", help="import a hitl safetensors checkpoint, or (with "
+                                      "--architecture and --labels) a torchvision state_dict .pt/.pth or .safetensors")
         register.add_argument("--project", required=True)
         register.add_argument("--name", required=True)
         register.add_argument("--weights", required=True, type=Path)
         register.add_argument("--promote", action="store_true")
+        register.add_argument("--architecture", help=f"the weights' architecture: {', '.join(mlspec.ARCHITECTURES)}")
+        register.add_argument("--labels", help="comma-separated class names in the model's output order "
+                              "(default: the project's labels)")
+        register.add_argument("--image-size", type=int, help="input side in pixels (default: the architecture's)")
+        register.add_argument("--mean", help="per-channel normalisation mean, comma-separated")
+        register.add_argument("--std", help="per-channel normalisation std, comma-separated")
 
         images = actions.add_parser("import-images", help="add images with no prediction (cold start); an "
                                     "ImageFolder (one sub-folder per label) imports its labels too")
@@ -171,7 +180,10 @@ class Command(BaseCommand):
 
     def register_model(self, o: dict[str, Any]) -> None:
         project = self._project(o["project"])
-        version = model_version_register(project=project, name=o["name"], weights_path=o["weights"], actor=ACTOR)
+        if o["architecture"]:
+            version = self._register_foreign(project, o)
+        else:
+            version = model_version_register(project=project, name=o["name"], weights_path=o["weights"], actor=ACTOR)
         if o["promote"]:
             model_version_promote(model_version_id=version.id, actor=ACTOR, reason="registered with --promote")
         self.stdout.write(f"registered {project.slug}:{version.name}{' (production)' if o['promote'] else ''}")
@@ -195,6 +207,33 @@ class Command(BaseCommand):
         labeled = sum(label is not None for _, label in files)
         self.stdout.write(f"imported {len(files)} images into {project.slug}: {items} new items, "
                           f"{labels} new labels from {labeled} labeled images (source {folder})")
+
+    def _register_foreign(self, project: Project, o: dict[str, Any]) -> ModelVersion:
+        """A torchvision state_dict: loaded strictly, checked by a forward pass and written as a hitl
+        checkpoint by the workers' code (torch runs in this command, never in the web)."""
+        from workers.ml.architectures import input_spec_for
+        from workers.ml.byo import checkpoint_from_state_dict
+
+        if o["architecture"] not in mlspec.ARCHITECTURES:
+            raise CommandError(f"unknown architecture {o['architecture']!r}: use one of {', '.join(mlspec.ARCHITECTURES)}")
+        labels = [x.strip() for x in o["labels"].split(",")] if o["labels"] else list(project.labels)
+        spec = input_spec_for(o["architecture"], o["image_size"])
+        try:
+            mean = tuple(float(x) for x in o["mean"].split(",")) if o["mean"] else spec.mean
+            std = tuple(float(x) for x in o["std"].split(",")) if o["std"] else spec.std
+        except ValueError:
+            raise CommandError("--mean and --std take comma-separated numbers, one per channel") from None
+        spec = replace(spec, mean=mean, std=std)
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                files = checkpoint_from_state_dict(o["weights"], architecture=o["architecture"], labels=labels,
+                                                   spec=spec, directory=Path(scratch))
+            except (ValueError, FileNotFoundError) as exc:
+                raise CommandError(str(exc)) from None
+            names = {f.name for f in files}
+            return model_version_register(
+                project=project, name=o["name"], weights_path=Path(scratch) / mlspec.WEIGHTS_FILE, actor=ACTOR,
+                onnx_path=Path(scratch) / mlspec.ONNX_FILE if mlspec.ONNX_FILE in names else None)
 
     def create_deployment(self, o: dict[str, Any]) -> None:
         project = self._project(o["project"])
