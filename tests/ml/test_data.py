@@ -125,3 +125,16 @@ def test_bad_inputs_fail_with_a_clear_message() -> None:
     with pytest.raises(ValueError, match="own targets"):
         fit(SmallCNN(2), LazyImages(["a"], bytes, 1), torch.zeros(1), InputSpec(1, 28, (0.5,), (0.5,)),
             TrainConfig(device="cpu"))
+
+
+def test_a_small_set_without_random_crops_is_decoded_once_not_every_epoch() -> None:
+    gray = InputSpec(1, 28, (0.5,), (0.5,))
+    store = {f"{i}.png": _png(np.full((28, 28, 3), i * 20, dtype=np.uint8)) for i in range(8)}
+    reader = CountingReader(store)
+    data = LazyImages(sorted(store), reader, 1, targets=[i % 2 for i in range(8)])
+    fit(SmallCNN(2), data, None, gray, TrainConfig(epochs=3, batch_size=4, device="cpu", augment=True))
+    assert reader.calls == 8
+    rgb = CountingReader(_store(8))
+    fit(SmallCNN(2, in_channels=3), LazyImages(sorted(rgb.store), rgb, 3, targets=[i % 2 for i in range(8)]),
+        None, RGB, TrainConfig(epochs=3, batch_size=4, device="cpu", augment=True))
+    assert rgb.calls == 24  # random crops: read and cropped afresh every epoch

@@ -14,9 +14,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from workers.ml.architectures import InputSpec
-from workers.ml.data import as_dataset, make_loader, train_transform
+from workers.ml.data import (
+    LazyImages,
+    TensorImages,
+    as_dataset,
+    eval_transform,
+    make_loader,
+    train_transform,
+)
 from workers.ml.device import is_device_name, select_device
 from workers.ml.inference import Images, accelerated, model_input, predict_logits, prepare_model
+
+DECODED_CACHE_BYTES = 256 * 2**20  # decoded images a training run may hold to skip re-decoding
 
 
 def _is(value: object, kind: type) -> bool:
@@ -163,6 +172,20 @@ def _dataset_targets(data: Dataset) -> np.ndarray:
     return np.asarray(targets)
 
 
+def decoded_once(data: Dataset, spec: InputSpec, augment: bool) -> Dataset:
+    """A small lazy set whose training images are the same every epoch (gray, or RGB without
+    random crops) decoded once into memory, when that takes at most DECODED_CACHE_BYTES: many
+    epochs over a few hundred 28 px images then decode each once, not once per epoch. Larger sets
+    and randomly cropped RGB stay lazy."""
+    if not isinstance(data, LazyImages) or (augment and spec.channels == 3):
+        return data
+    if len(data) * spec.channels * spec.size * spec.size > DECODED_CACHE_BYTES:
+        return data
+    fit_to_input = eval_transform(spec)
+    images = torch.stack([fit_to_input(data[i][0]) for i in range(len(data))])
+    return TensorImages(images, torch.from_numpy(data.targets))
+
+
 def fit(
     model: nn.Module,
     images: Images,
@@ -182,6 +205,7 @@ def fit(
     data = as_dataset(images, targets)
     if len(data) == 0:  # type: ignore[arg-type]
         raise ValueError("cannot train on an empty set")
+    data = decoded_once(data, spec, config.augment)
     device = select_device(config.device)
     generator = seed_everything(config.seed)
     prepare_model(model, device)
