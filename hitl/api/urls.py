@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from hitl.api import verdict_views, views
+from hitl.api import artifacts, images, verdict_views, views
 from hitl.api.permissions import SchemaReader
 from hitl.selectors import is_person
 
@@ -23,6 +23,8 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(permission_classes=[SchemaReader]), name="schema"),
     path("docs/", api_docs, name="api-docs"),
     path("predictions/", views.PredictionIngestView.as_view(), name="predictions-ingest"),
+    path("deployment/model/", artifacts.DeploymentModelView.as_view(), name="deployment-model"),
+    path("deployment/model/<str:name>", artifacts.DeploymentModelFileView.as_view(), name="deployment-model-file"),
     path("projects/", views.ProjectListView.as_view(), name="projects"),
     path("projects/<slug:slug>/", views.ProjectDetailView.as_view(), name="project"),
     path(
@@ -35,6 +37,7 @@ urlpatterns = [
     ),
     path("projects/<slug:slug>/members/", views.MemberListView.as_view(), name="members"),
     path("projects/<slug:slug>/items/", views.ItemListView.as_view(), name="items"),
+    path("projects/<slug:slug>/images/", images.ImageImportView.as_view(), name="images-import"),
     path(
         "projects/<slug:slug>/predictions/", views.PredictionListView.as_view(), name="predictions"
     ),

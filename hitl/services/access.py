@@ -37,6 +37,7 @@ class Action(StrEnum):
     ROLLBACK = "rollback"
     CHANGE_SETTINGS = "change_settings"
     MANAGE_MEMBERS = "manage_members"
+    IMPORT_ITEMS = "import_items"
 
 
 # The one map from what a person wants to do to the lowest role that may do it.
@@ -50,6 +51,8 @@ MINIMUM_ROLE: dict[Action, ProjectRole] = {
     Action.ROLLBACK: ProjectRole.ML_ENGINEER,
     Action.CHANGE_SETTINGS: ProjectRole.ADMIN,
     Action.MANAGE_MEMBERS: ProjectRole.ADMIN,
+    # imported labels skip review (held-out items included): a project admin's decision
+    Action.IMPORT_ITEMS: ProjectRole.ADMIN,
 }
 
 

@@ -37,7 +37,17 @@ from hitl.media import (
     inspect_image,
     write_once,
 )
-from hitl.models import Deployment, Item, ModelVersion, Prediction, Split
+from hitl.models import (
+    Deployment,
+    Item,
+    Label,
+    LabelSource,
+    LabelStatus,
+    ModelVersion,
+    Prediction,
+    Split,
+)
+from hitl.services.labels import label_submit
 from hitl.services.queue import enqueue
 
 IMAGE_KEYS = ("image_path", "image_base64", "image_upload")
@@ -183,6 +193,10 @@ def _load_image(record: dict, uploads: Mapping[str, UploadedFile], storage: Stor
             raise ImageRejected(f"image is {upload.size} bytes, more than the limit of {settings.HITL_MAX_IMAGE_BYTES}")
         upload.seek(0)
         data = upload.read()
+    return _store_image(data)
+
+
+def _store_image(data: bytes) -> _ImageRow:
     info = inspect_image(data)
     sha256 = hashlib.sha256(data).hexdigest()
     relative = content_addressed_path(sha256, info.format)
@@ -429,3 +443,47 @@ def items_register(*, project: Any, image_paths: list[str]) -> list[int]:
     with transaction.atomic():
         item_ids, _ = _insert_items(project, images)
     return item_ids
+
+
+@dataclass(frozen=True)
+class ImportedImage:
+    """One image to import: its bytes, a name for error messages, and optionally its label."""
+
+    name: str
+    data: bytes
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    item_ids: list[int]
+    items_created: int
+    labels_created: int
+
+
+def items_import(*, project: Any, images: list[ImportedImage], source: str, actor: str = "") -> ImportResult:
+    """Add images with no prediction (a cold start: no model yet), all-or-nothing; returns item
+    ids in order. An image with a label (an ImageFolder of labeled images) also gets a current
+    Label with source IMPORT whose reviewer name records ``source`` (e.g. the folder path) and
+    whose external id is the image's name. Importing the same images again changes nothing."""
+    if not images:
+        raise InvalidInput.single("images", "give at least one image")
+    errors = [FieldError(f"images[{i}]", f"{image.name}: unknown label {image.label!r}; the project's labels "
+                                         f"are {', '.join(project.labels)}")
+              for i, image in enumerate(images) if image.label is not None and image.label not in project.labels]
+    rows: list[_ImageRow] = []
+    for i, image in enumerate(images):
+        try:
+            rows.append(_store_image(image.data))
+        except ImageRejected as exc:
+            errors.append(FieldError(f"images[{i}]", f"{image.name}: {exc}"))
+    if errors:
+        raise InvalidInput(errors[:MAX_REPORTED_ERRORS])
+    name = (f"import: {source}" if source else f"import by {actor}")[:200]
+    with transaction.atomic():
+        item_ids, created = _insert_items(project, rows)
+        existing = set(Label.objects.filter(item_id__in=item_ids, status=LabelStatus.CURRENT).values_list("id", flat=True))
+        labeled = [label_submit(item_id=item_id, value=image.label, source=LabelSource.IMPORT,
+                                reviewer_name=name, external_id=image.name[:200])
+                   for item_id, image in zip(item_ids, images) if image.label is not None]
+    return ImportResult(item_ids, created, sum(label.id not in existing for label in labeled))

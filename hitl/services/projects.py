@@ -224,8 +224,10 @@ def checkpoint_meta_read(weights_path: Path) -> dict:
     return meta
 
 
-def model_version_register(*, project: Project, name: str, weights_path: Path, actor: str) -> ModelVersion:
-    """Import a model trained elsewhere from a hitl safetensors checkpoint (e.g. exported earlier)."""
+def model_version_register(*, project: Project, name: str, weights_path: Path, actor: str,
+                           onnx_path: Path | None = None) -> ModelVersion:
+    """Import a model trained elsewhere from a hitl safetensors checkpoint (e.g. exported earlier,
+    or written by ``workers.ml.byo`` from a torchvision state_dict), with its ONNX export if given."""
     if not SLUG.match(name or ""):
         raise InvalidInput.single("name", "use lowercase letters, digits and dashes (at most 64)")
     if ModelVersion.objects.filter(project=project, name=name).exists():
@@ -234,13 +236,19 @@ def model_version_register(*, project: Project, name: str, weights_path: Path, a
     try:
         meta = checkpoint_meta_read(weights_path)
     except (OSError, ValueError, SafetensorError) as exc:  # JSONDecodeError is a ValueError
-        raise InvalidInput.single("weights", f"not a hitl checkpoint: {exc}") from None
+        raise InvalidInput.single("weights", f"not a hitl checkpoint: {str(exc)[:200]}; for a torchvision "
+                                  "state_dict (.pt/.pth) or a plain .safetensors give --architecture and --labels "
+                                  "(and --image-size, --mean, --std)") from None
     if meta["labels"] != project.labels:
         raise InvalidInput.single("weights", f"model labels {meta['labels']} differ from the project's {project.labels}")
     directory = model_directory(project.slug, name)
     target = Path(settings.MEDIA_ROOT) / directory / mlspec.WEIGHTS_FILE
     atomic_write(target, lambda tmp: shutil.copyfile(weights_path, tmp))
     files = [CopiedFile(mlspec.WEIGHTS_FILE, file_sha256(target), target.stat().st_size)]
+    if onnx_path is not None:
+        onnx_target = target.with_name(mlspec.ONNX_FILE)
+        atomic_write(onnx_target, lambda tmp: shutil.copyfile(onnx_path, tmp))
+        files.append(CopiedFile(mlspec.ONNX_FILE, file_sha256(onnx_target), onnx_target.stat().st_size))
     with transaction.atomic():
         version = model_version_create(project=project, name=name, architecture=meta["architecture"],
                                        labels=meta["labels"], parent=None, directory=directory, files=files)

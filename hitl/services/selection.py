@@ -35,7 +35,7 @@ from hitl.signals import review_batch_selected
 
 @dataclass(frozen=True)
 class Pick:
-    prediction_id: int
+    prediction_id: int | None  # None before any model (a cold start's first batches)
     item_id: int
     reason: str
     score: float | None

@@ -91,6 +91,10 @@ RULES: dict[str, dict[str, Rule]] = {
     "schema": {"GET": Rule("api_person")},
     "api-docs": {"GET": Rule("web_person")},
     "predictions-ingest": {"POST": Rule("ingest")},
+    # a deployment downloads the model it should run: deployment tokens only, like ingestion
+    "deployment-model": {"GET": Rule("ingest")},
+    "deployment-model-file": {"GET": Rule("ingest")},
+    "images-import": {"POST": api(Action.IMPORT_ITEMS)},
     "projects": {"GET": Rule("api_person")},
     "project": {"GET": api(Action.VIEW), "PATCH": api(Action.CHANGE_SETTINGS)},
     "model-versions": {"GET": api(Action.VIEW)},
@@ -204,6 +208,7 @@ def _kwargs(name: str, w: dict) -> dict:
         "web:cycle-decide": {"pk": w["cycle"].pk},
         "labeling:image": {"item_id": w["item"].pk, "signature": "forged"},
         "labeling:webhook": {"link_id": 1},
+        "deployment-model-file": {"name": "model.json"},
     }
     if name in by_route:
         return by_route[name]

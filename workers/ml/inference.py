@@ -3,41 +3,62 @@ uint8 image batches."""
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from workers.ml.architectures import InputSpec, SmallCNN
+from workers.ml.data import image_batches
 from workers.ml.images import normalize
+
+Images = torch.Tensor | Dataset  # decoded uint8 [n, c, h, w], or a dataset that decodes lazily
+
+
+def accelerated(device: torch.device) -> AbstractContextManager:
+    """bf16 autocast on CUDA; plain float32 elsewhere (CPU bf16 is slower and less exact)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def model_input(batch: torch.Tensor, spec: InputSpec, device: torch.device) -> torch.Tensor:
+    """A uint8 batch normalised on ``device``; channels-last on CUDA, where convolutions want it."""
+    x = normalize(batch.to(device, non_blocking=True), spec)
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    model.to(device)
+    return model.to(memory_format=torch.channels_last) if device.type == "cuda" else model
 
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, spec: InputSpec,
-    *, batch_size: int = 256, device: torch.device | None = None,
+    model: nn.Module, images: Images, spec: InputSpec,
+    *, batch_size: int = 256, device: torch.device | None = None, num_workers: int = 0,
 ) -> torch.Tensor:
-    """Logits ``[n, k]`` on the CPU for uint8 images ``[n, c, h, w]``, in eval mode."""
+    """Logits ``[n, k]`` on the CPU, in eval mode, streamed batch by batch."""
     device = device or next(model.parameters()).device
-    model.eval()
-    outputs = [
-        model(normalize(images[start:start + batch_size].to(device), spec)).float().cpu()
-        for start in range(0, len(images), batch_size)
-    ]
+    prepare_model(model, device).eval()
+    with accelerated(device):
+        outputs = [model(model_input(batch, spec, device)).float().cpu()
+                   for batch in image_batches(images, spec, batch_size=batch_size, num_workers=num_workers)]
     if not outputs:
         raise ValueError("no images to predict")
     return torch.cat(outputs)
 
 
 def predict_proba(
-    model: nn.Module, images: torch.Tensor, spec: InputSpec,
+    model: nn.Module, images: Images, spec: InputSpec,
     *, batch_size: int = 256, device: torch.device | None = None, temperature: float = 1.0,
+    num_workers: int = 0,
 ) -> np.ndarray:
     """Class probabilities ``[n, k]`` (float32, rows sum to 1) of the logits divided by the
     model's ``temperature`` (temperature scaling; 1.0 = as trained)."""
     _check_temperature(temperature)
-    logits = predict_logits(model, images, spec, batch_size=batch_size, device=device)
+    logits = predict_logits(model, images, spec, batch_size=batch_size, device=device, num_workers=num_workers)
     return torch.softmax(logits / temperature, dim=1).numpy()
 
 
@@ -97,8 +118,9 @@ def _outputs_generic(model: nn.Module, x: torch.Tensor, embeddings: bool, mc_sam
 
 @torch.inference_mode()
 def model_outputs(
-    model: nn.Module, images: torch.Tensor, spec: InputSpec, *, embeddings: bool = False, mc_samples: int = 0,
+    model: nn.Module, images: Images, spec: InputSpec, *, embeddings: bool = False, mc_samples: int = 0,
     batch_size: int = 256, device: torch.device | None = None, seed: int = 0, temperature: float = 1.0,
+    num_workers: int = 0,
 ) -> ModelOutputs:
     """Probabilities, and on request embeddings and ``mc_samples`` MC-dropout passes; the
     probabilities (MC ones too) are of the logits divided by ``temperature``."""
@@ -110,13 +132,14 @@ def model_outputs(
     if len(images) == 0:
         raise ValueError("no images to run the model on")
     device = device or next(model.parameters()).device
-    model.eval()
+    prepare_model(model, device).eval()
     torch.manual_seed(seed)
     run = _outputs_small_cnn if isinstance(model, SmallCNN) else _outputs_generic
     parts: list[tuple] = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start:start + batch_size].to(device), spec)
-        parts.append(tuple(t.float().cpu() if t is not None else None for t in run(model, x, embeddings, mc_samples, temperature)))
+    for batch in image_batches(images, spec, batch_size=batch_size, num_workers=num_workers):
+        with accelerated(device):
+            outputs = run(model, model_input(batch, spec, device), embeddings, mc_samples, temperature)
+        parts.append(tuple(t.float().cpu() if t is not None else None for t in outputs))
     probs = torch.cat([p[0] for p in parts]).numpy()
     emb = torch.cat([p[1] for p in parts]).numpy() if embeddings else None
     mc = torch.cat([p[2] for p in parts]).numpy() if mc_samples else None

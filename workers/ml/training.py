@@ -12,11 +12,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from workers.ml.architectures import InputSpec
+from workers.ml.data import (
+    LazyImages,
+    TensorImages,
+    as_dataset,
+    eval_transform,
+    make_loader,
+    train_transform,
+)
 from workers.ml.device import is_device_name, select_device
-from workers.ml.images import normalize
-from workers.ml.inference import predict_logits
+from workers.ml.inference import Images, accelerated, model_input, predict_logits, prepare_model
+
+DECODED_CACHE_BYTES = 256 * 2**20  # decoded images a training run may hold to skip re-decoding
 
 
 def _is(value: object, kind: type) -> bool:
@@ -113,8 +123,7 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def train_one_epoch(
     model: nn.Module,
-    images: torch.Tensor,
-    targets: torch.Tensor,
+    loader: DataLoader,
     spec: InputSpec,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
@@ -123,36 +132,60 @@ def train_one_epoch(
     device: torch.device,
 ) -> tuple[float, float]:
     model.train()
-    order = torch.randperm(len(images), generator=generator)
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(order), config.batch_size):
-        index = order[start:start + config.batch_size]
-        if len(index) < 2 and len(order) >= 2:
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, target in loader:
+        if len(images) < 2 and len(loader.dataset) >= 2:  # type: ignore[arg-type]
             continue  # BatchNorm cannot train on a batch of one
-        batch = normalize(images[index].to(device), spec)
-        if config.augment:
+        batch = model_input(images, spec, device)
+        if config.augment and spec.channels == 1:
             batch = augment(batch, generator)
-        target = targets[index].to(device)
-        logits = model(batch)
-        loss = F.cross_entropy(logits, target, label_smoothing=config.label_smoothing)
+        target = target.to(device, non_blocking=True)
+        with accelerated(device):
+            logits = model(batch)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        total_loss += float(loss.detach()) * len(index)
+        total_loss += float(loss.detach()) * len(target)
         correct += int((logits.argmax(1) == target).sum())
-    return total_loss / len(images), correct / len(images)
+        seen += len(target)
+    return total_loss / max(1, seen), correct / max(1, seen)
 
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, images: torch.Tensor, targets: torch.Tensor, spec: InputSpec,
-    *, batch_size: int = 256, device: torch.device | None = None,
+    model: nn.Module, images: Images, targets: torch.Tensor | None, spec: InputSpec,
+    *, batch_size: int = 256, device: torch.device | None = None, num_workers: int = 0,
 ) -> dict[str, float]:
-    """Loss and accuracy on a held-out set (no augmentation, dropout off)."""
-    logits = predict_logits(model, images, spec, batch_size=batch_size, device=device)
-    loss = F.cross_entropy(logits, targets)
-    return {"loss": float(loss), "accuracy": float((logits.argmax(1) == targets).float().mean())}
+    """Loss and accuracy on a held-out set (no augmentation, dropout off). ``images`` is a uint8
+    tensor with its ``targets``, or a dataset of (image, target) with ``targets=None``."""
+    data = as_dataset(images, targets)
+    logits = predict_logits(model, data, spec, batch_size=batch_size, device=device, num_workers=num_workers)
+    truth = torch.as_tensor(targets if targets is not None else _dataset_targets(data), dtype=torch.int64)
+    loss = F.cross_entropy(logits, truth)
+    return {"loss": float(loss), "accuracy": float((logits.argmax(1) == truth).float().mean())}
+
+
+def _dataset_targets(data: Dataset) -> np.ndarray:
+    targets = getattr(data, "targets", None)
+    if targets is None:
+        raise ValueError("the dataset has no targets attribute to evaluate against")
+    return np.asarray(targets)
+
+
+def decoded_once(data: Dataset, spec: InputSpec, augment: bool) -> Dataset:
+    """A small lazy set whose training images are the same every epoch (gray, or RGB without
+    random crops) decoded once into memory, when that takes at most DECODED_CACHE_BYTES: many
+    epochs over a few hundred 28 px images then decode each once, not once per epoch. Larger sets
+    and randomly cropped RGB stay lazy."""
+    if not isinstance(data, LazyImages) or (augment and spec.channels == 3):
+        return data
+    if len(data) * spec.channels * spec.size * spec.size > DECODED_CACHE_BYTES:
+        return data
+    fit_to_input = eval_transform(spec)
+    images = torch.stack([fit_to_input(data[i][0]) for i in range(len(data))])
+    return TensorImages(images, torch.from_numpy(data.targets))
 
 
 def training_state(
@@ -198,36 +231,39 @@ def _restore(
 
 def fit(
     model: nn.Module,
-    images: torch.Tensor,
-    targets: torch.Tensor,
+    images: Images,
+    targets: torch.Tensor | None,
     spec: InputSpec,
     config: TrainConfig,
     on_epoch: EpochCallback | None = None,
     *,
     resume: dict[str, Any] | None = None,
     on_state: StateCallback | None = None,
+    num_workers: int = 0,
 ) -> list[EpochStats]:
-    """Train ``model`` in place on uint8 ``images`` [n, c, h, w] and int ``targets`` [n].
+    """Train ``model`` in place on uint8 ``images`` [n, c, h, w] and int ``targets`` [n], or on a
+    dataset of (uint8 image, target) that decodes lazily (``targets=None``), streamed through a
+    loader with ``num_workers`` decoding processes. bf16 autocast and channels-last on CUDA.
 
     ``on_epoch`` sees each epoch's figures; returning False stops training (a cancelled cycle).
     ``on_state`` receives ``training_state`` after each epoch (before ``on_epoch``), to be saved;
     ``resume`` is such a state: training goes on after its epoch, giving the same weights as a run
     that never stopped. The returned history covers all epochs, resumed ones included.
     """
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise ValueError(f"images must be uint8 [n, c, h, w], got {images.dtype} {tuple(images.shape)}")
-    if len(images) != len(targets):
-        raise ValueError(f"{len(images)} images but {len(targets)} targets")
-    if len(images) == 0:
+    data = as_dataset(images, targets)
+    if len(data) == 0:  # type: ignore[arg-type]
         raise ValueError("cannot train on an empty set")
+    data = decoded_once(data, spec, config.augment)
     device = select_device(config.device)
     generator = seed_everything(config.seed)
-    model.to(device)
-    targets = targets.to(torch.int64)
+    prepare_model(model, device)
+    loader = make_loader(data, train_transform(spec, config.augment), batch_size=config.batch_size,
+                         num_workers=num_workers, shuffle=True, generator=generator,
+                         pin_memory=device.type == "cuda")
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
-    steps = config.epochs * max(1, math.ceil(len(images) / config.batch_size))
+    steps = config.epochs * max(1, len(loader))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.learning_rate, total_steps=steps + 1, pct_start=0.15
     )
@@ -236,7 +272,7 @@ def fit(
         history = _restore(resume, model, optimizer, scheduler, generator, config)
     for epoch in range(len(history) + 1, config.epochs + 1):
         loss, accuracy = train_one_epoch(
-            model, images, targets, spec, optimizer, scheduler, config, generator, device
+            model, loader, spec, optimizer, scheduler, config, generator, device
         )
         stats = EpochStats(epoch, config.epochs, loss, accuracy)
         history.append(stats)

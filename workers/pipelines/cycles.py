@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from django.conf import settings
 from torch import nn
 
 from hitl.errors import TRANSIENT_DB_ERRORS
 from hitl.locks import exclusive
 from hitl.media import media_path, model_directory
-from hitl.mlspec import gate_rules_clean
+from hitl.mlspec import PRETRAINED_BY_DEFAULT, gate_rules_clean
 from hitl.models import CycleStatus, EvaluationSet, ModelVersion, RetrainingCycle, Split
 from hitl.services.cycles import (
     LabeledSet,
@@ -60,7 +59,7 @@ from workers.ml.inference import predict_logits, predict_proba
 from workers.ml.metrics import classification_metrics
 from workers.ml.stats import classification_intervals, paired_comparison
 from workers.ml.training import EpochStats, TrainConfig, fit
-from workers.pipelines.versions import item_images, load_version
+from workers.pipelines.versions import item_images, load_version, loader_workers
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +118,10 @@ def _train(plan: TrainingPlan) -> TrainedCandidate:
     config = TrainConfig.from_dict(plan.config)
     # the project's initial weights are checked again here: the file may have changed since
     start_from = plan.start_from or (initial_weights_file(plan.initial_weights) if plan.initial_weights else None)
-    model = build_model(plan.architecture, len(labels), weights_path=start_from)
-    images = item_images(plan.data.image_paths, spec)
-    targets = torch.tensor(plan.data.targets, dtype=torch.int64)
+    # a first model with no weights given fine-tunes the architecture's offline ImageNet weights
+    pretrained = start_from is None and plan.architecture in PRETRAINED_BY_DEFAULT
+    model = build_model(plan.architecture, len(labels), weights_path=start_from, pretrained=pretrained)
+    data = item_images(plan.data.image_paths, spec, targets=plan.data.targets)
     state_path = resume_state_path(plan.project.slug, plan.cycle_number)
     resume = _resumable_state(plan, state_path)
     resumed_from = resume["epoch"] if resume else 0
@@ -139,8 +139,9 @@ def _train(plan: TrainingPlan) -> TrainedCandidate:
             cycle_id=plan.cycle_id, epoch=stats.epoch, epochs=stats.epochs, train_loss=stats.train_loss,
             train_accuracy=stats.train_accuracy, attempt=plan.attempt, resumed_from_epoch=resumed_from)
 
-    history = fit(model, images, targets, spec, config, on_epoch=progress, resume=resume, on_state=save)
-    del images
+    history = fit(model, data, None, spec, config, on_epoch=progress, resume=resume, on_state=save,
+                  num_workers=loader_workers())
+    del data
     calibration = _fit_temperature(model, spec, plan.calibration)
     directory = model_directory(plan.project.slug, plan.version_name)
     metrics = {"train_loss": history[-1].train_loss, "train_accuracy": history[-1].train_accuracy,
@@ -183,7 +184,7 @@ def _probabilities(version: ModelVersion, data: LabeledSet) -> np.ndarray:
     report in production, so the gate's ECE is the deployed model's."""
     model, meta = load_version(version)
     return predict_proba(model, item_images(data.image_paths, meta.input_spec), meta.input_spec,
-                         temperature=version.temperature)
+                         temperature=version.temperature, num_workers=loader_workers())
 
 
 def _evaluate_version(probs: np.ndarray, data: LabeledSet, labels: list[str], rules: GateRules,

@@ -9,7 +9,7 @@ from hitl.models import Item, ModelVersion
 from hitl.services.ingestion import predictions_bulk_insert
 from hitl.services.queue import enqueue
 from workers.ml.inference import predict_proba
-from workers.pipelines.versions import item_images, load_version
+from workers.pipelines.versions import item_images, load_version, loader_workers
 
 PREDICT_CHUNK = 2048
 
@@ -32,7 +32,7 @@ def model_predict_items(*, model_version_id: int, unlabeled_only: bool = True) -
     for start in range(0, len(rows), PREDICT_CHUNK):
         chunk = rows[start:start + PREDICT_CHUNK]
         probs = predict_proba(model, item_images([r[1] for r in chunk], meta.input_spec), meta.input_spec,
-                              temperature=version.temperature)
+                              temperature=version.temperature, num_workers=loader_workers())
         predicted = probs.argmax(axis=1)
         with transaction.atomic():
             created += predictions_bulk_insert(

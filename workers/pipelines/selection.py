@@ -13,6 +13,7 @@ from hitl.errors import TRANSIENT_DB_ERRORS, Busy, InvalidInput
 from hitl.locks import exclusive
 from hitl.models import (
     GoldenItem,
+    Item,
     Label,
     LabelStatus,
     ModelVersion,
@@ -38,8 +39,9 @@ from workers.ml.strategies import (
     select_batch,
 )
 from workers.ml.uncertainty import SCORERS
+from workers.pipelines.embeddings import backbone_embeddings
 from workers.pipelines.scoring import predictions_score, probabilities_matrix
-from workers.pipelines.versions import item_images, load_version
+from workers.pipelines.versions import item_images, load_version, loader_workers
 
 MAX_COVERED_EMBEDDINGS = 20_000  # labeled items the diversity strategies measure distance to
 SELECTION_WAIT_SECONDS = 60  # then a Busy error, and Celery tries again later
@@ -123,7 +125,8 @@ def _covered_embeddings(project: Project, model, spec) -> np.ndarray | None:
     paths = labeled + reviewing
     if not paths:
         return None
-    return model_outputs(model, item_images(paths, spec), spec, embeddings=True).embeddings
+    return model_outputs(model, item_images(paths, spec), spec, embeddings=True,
+                         num_workers=loader_workers()).embeddings
 
 
 def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n: int,
@@ -139,7 +142,8 @@ def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n:
     needs = STRATEGY_INPUTS[batch.strategy]
     outputs = model_outputs(model, images, meta.input_spec, embeddings="embeddings" in needs,
                             mc_samples=project.mc_samples if "mc_probs" in needs else 0, seed=batch.seed % 2**31,
-                            temperature=version.temperature)
+                            temperature=version.temperature,
+                            num_workers=loader_workers())
     committee = None
     if "committee_probs" in needs:
         members = _committee(project, version)
@@ -147,7 +151,8 @@ def _model_picks(batch: ReviewBatch, project: Project, version: ModelVersion, n:
             raise InvalidInput.single("strategy", "committee needs at least two model versions that served in "
                                                   f"production; {project.slug} has {len(members)}")
         committee = np.stack([outputs.probs] + [
-            predict_proba(load_version(m)[0], images, meta.input_spec, temperature=m.temperature)
+            predict_proba(load_version(m)[0], images, meta.input_spec, temperature=m.temperature,
+                          num_workers=loader_workers())
             for m in members[1:]], axis=2)
     covered = _covered_embeddings(project, model, meta.input_spec) if batch.strategy in COVERAGE_STRATEGIES else None
     selection = select_batch(
@@ -213,6 +218,53 @@ def _strategy_picks(batch: ReviewBatch, project: Project, version: ModelVersion,
     return _model_picks(batch, project, version, n, rng, busy)
 
 
+COLD_START_STRATEGIES = ("random", "coreset")
+
+
+def _sample_items(project_id: int, n: int, rng: np.random.Generator, skip_items: set[int]) -> list[int]:
+    """Up to n item ids of the project, uniformly among those not in ``skip_items``."""
+    ids = np.array(Item.objects.filter(project_id=project_id).order_by("id").values_list("id", flat=True))
+    ids = ids[~np.isin(ids, np.fromiter(skip_items, dtype=np.int64, count=len(skip_items)))]
+    return ids[rng.permutation(len(ids))[:n]].tolist()
+
+
+def _cold_start_picks(batch: ReviewBatch, n: int, rng: np.random.Generator, busy: set[int]) -> list[Pick]:
+    """Random items, or k-center (core-set) picks on a pretrained backbone's embeddings of a
+    random sample of the pool, counting the items humans labeled as covered."""
+    project = batch.project
+    if batch.strategy == "random":
+        return [Pick(None, item, ReviewReason.STRATEGY, None) for item in _sample_items(project.id, n, rng, busy)]
+    pool = _sample_items(project.id, project.selection_pool_limit, rng, busy)
+    if not pool:
+        return []
+    paths = dict(Item.objects.filter(id__in=pool).values_list("id", "image"))
+    labeled = list(Label.objects.filter(item__project=project, status=LabelStatus.CURRENT)
+                   .order_by("-id").values_list("item__image", flat=True)[:MAX_COVERED_EMBEDDINGS])
+    embeddings = backbone_embeddings(project.architecture, [paths[i] for i in pool] + labeled)
+    selection = select_batch("coreset", PoolView(embeddings=embeddings[:len(pool)],
+                                                 labeled_embeddings=embeddings[len(pool):] if labeled else None),
+                             n, rng=rng, options=SelectOptions(device=str(select_device(settings.HITL_DEVICE))))
+    return [Pick(None, pool[i], ReviewReason.STRATEGY, float(s))
+            for i, s in zip(selection.indices.tolist(), selection.scores.tolist())]
+
+
+def _cold_start_select(batch: ReviewBatch, rng: np.random.Generator, busy: set[int]) -> ReviewBatch:
+    """The first batches, before any model: no audit slice (there is no live model to audit)."""
+    if batch.strategy not in COLD_START_STRATEGIES:
+        return review_batch_store(batch_id=batch.id, version=None, picks=[], error=(
+            f"the project has no production model yet, so {batch.strategy} has nothing to rank; "
+            f"select the first batches with strategy {' or '.join(COLD_START_STRATEGIES)}"))
+    try:
+        picks = _cold_start_picks(batch, batch.size, rng, busy)
+    except TRANSIENT_DB_ERRORS:
+        raise
+    except Exception as exc:
+        log.exception("cold-start selection of batch %s failed", batch.id)
+        return review_batch_store(batch_id=batch.id, version=None, picks=[], error=f"{type(exc).__name__}: {exc}")
+    return review_batch_store(batch_id=batch.id, version=None, picks=picks,
+                              error="" if picks else "no unlabeled items are left to review")
+
+
 def review_batch_select(*, batch_id: int) -> ReviewBatch:
     """Fill a pending batch with review tasks. Safe to run twice or in parallel: a project's
     selections take turns (an advisory lock, so no transaction stays open while a model runs),
@@ -225,10 +277,10 @@ def review_batch_select(*, batch_id: int) -> ReviewBatch:
         if batch.status != ReviewBatchStatus.PENDING:
             return batch
         version = production_version(project_id)
-        if version is None:
-            return review_batch_store(batch_id=batch_id, version=None, picks=[], error="the project has no production model whose predictions could be ranked")
         rng = np.random.default_rng(batch.seed)
         busy = _busy_items(project_id)
+        if version is None:
+            return _cold_start_select(batch, rng, busy)
         if batch.strategy == GOLDEN_STRATEGY:
             picks = _golden_picks(batch.project, version, batch.size, rng, busy)
             return review_batch_store(batch_id=batch_id, version=version, picks=picks,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from django.conf import settings
 from torch import nn
 
@@ -13,14 +12,18 @@ from hitl.models import ModelVersion
 from hitl.selectors import model_weights_file
 from workers.ml.architectures import InputSpec
 from workers.ml.checkpoint import CheckpointMeta, load_checkpoint
+from workers.ml.data import LazyImages
 from workers.ml.device import select_device
-from workers.ml.images import decode_images
 
 
-def item_images(image_paths: Sequence[str], spec: InputSpec) -> torch.Tensor:
-    """uint8 ``[n, c, h, w]`` tensor for item images (``Item.image``), read from the content
-    store through the same opener that serves them."""
-    return decode_images((item_image_bytes(p) for p in image_paths), len(image_paths), spec)
+def item_images(image_paths: Sequence[str], spec: InputSpec, targets: Sequence[int] | None = None) -> LazyImages:
+    """Item images (``Item.image``) as a dataset that reads each from the content store, through
+    the same opener that serves them, only when a loader asks for it: memory holds the paths."""
+    return LazyImages(image_paths, item_image_bytes, spec.channels, targets=targets, size_hint=spec.size)
+
+
+def loader_workers() -> int:
+    return settings.HITL_LOADER_WORKERS
 
 
 def load_version(version: ModelVersion) -> tuple[nn.Module, CheckpointMeta]:

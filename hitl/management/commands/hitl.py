@@ -3,6 +3,7 @@
     hitl create-project --slug cats --labels cat,dog [--architecture resnet18] [--strategy margin]
     hitl configure-project --project cats [--strategy bald] [--batch-size 200] [--mc-samples 20] ...
     hitl register-model --project cats --name v0 --weights model.safetensors [--promote]
+    hitl import-images --project cats DIR      (DIR/*.jpg unlabeled, or DIR/<label>/*.jpg labeled)
     hitl create-deployment --project cats --name edge-1 --environment edge [--model-version v0] [--storage-prefix cats/edge-1]
     hitl rotate-token --project cats --name edge-1
     hitl select-batch --project cats [--size 100] [--strategy entropy]
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from hitl import selectors
+from hitl import mlspec, selectors
 from hitl.errors import Conflict, InvalidInput
 from hitl.models import Deployment, ModelVersion, Project, ProjectRole, RetrainingCycle
 from hitl.selectors import production_version
@@ -47,6 +50,7 @@ from hitl.services.access import (
 )
 from hitl.services.cycles import cycle_approve, cycle_reject, cycle_request, model_version_rollback
 from hitl.services.golden import golden_set_freeze, golden_set_propose
+from hitl.services.ingestion import ImportedImage, items_import
 from hitl.services.projects import (
     deployment_create,
     deployment_rotate_token,
@@ -60,6 +64,22 @@ from hitl.services.trust import trust_export, trust_verify
 from hitl.trust_keys import rotate_signing_key
 
 ACTOR = "operator (manage.py hitl)"
+
+
+def image_folder_files(folder: Path) -> list[tuple[Path, str | None]]:
+    """Files to import: with sub-folders, torchvision's ImageFolder layout (each sub-folder's
+    name is its files' label); without, the folder's files, unlabeled. Hidden files are skipped."""
+    visible = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    classes = [p for p in visible if p.is_dir()]
+    if not classes:
+        return [(p, None) for p in visible if p.is_file()]
+    loose = [p.name for p in visible if p.is_file()]
+    if loose:
+        raise CommandError(f"{folder} mixes files ({', '.join(loose[:3])}) with label folders: put every "
+                           "image in its label's folder, or import a folder of files only")
+    return [(path, label.name) for label in classes
+            for path in sorted(label.rglob("*")) if path.is_file() and not path.name.startswith(".")]
+IMPORT_CHUNK = 500
 
 
 class Command(BaseCommand):
@@ -92,11 +112,24 @@ class Command(BaseCommand):
                                help='the promotion gate\'s rules as JSON, e.g. \'{"min_golden_size": 200}\'')
         configure.add_argument("--epochs", type=int, help="training epochs per cycle")
 
-        register = actions.add_parser("register-model", help="import a hitl safetensors checkpoint")
+        register = actions.add_parser("register-model", help="import a hitl safetensors checkpoint, or (with "
+                                      "--architecture and --labels) a torchvision state_dict .pt/.pth or .safetensors")
         register.add_argument("--project", required=True)
         register.add_argument("--name", required=True)
         register.add_argument("--weights", required=True, type=Path)
         register.add_argument("--promote", action="store_true")
+        register.add_argument("--architecture", help=f"the weights' architecture: {', '.join(mlspec.ARCHITECTURES)}")
+        register.add_argument("--labels", help="comma-separated class names in the model's output order "
+                              "(default: the project's labels)")
+        register.add_argument("--image-size", type=int, help="input side in pixels (default: the architecture's)")
+        register.add_argument("--mean", help="per-channel normalisation mean, comma-separated")
+        register.add_argument("--std", help="per-channel normalisation std, comma-separated")
+
+        images = actions.add_parser("import-images", help="add images with no prediction (cold start); an "
+                                    "ImageFolder (one sub-folder per label) imports its labels too")
+        images.add_argument("--project", required=True)
+        images.add_argument("directory", type=Path)
+        images.add_argument("--chunk", type=int, default=IMPORT_CHUNK, help="images stored per transaction")
 
         deploy = actions.add_parser("create-deployment", help="create a deployment and print its API token")
         deploy.add_argument("--project", required=True)
@@ -208,10 +241,60 @@ class Command(BaseCommand):
 
     def register_model(self, o: dict[str, Any]) -> None:
         project = self._project(o["project"])
-        version = model_version_register(project=project, name=o["name"], weights_path=o["weights"], actor=ACTOR)
+        if o["architecture"]:
+            version = self._register_foreign(project, o)
+        else:
+            version = model_version_register(project=project, name=o["name"], weights_path=o["weights"], actor=ACTOR)
         if o["promote"]:
             model_version_promote(model_version_id=version.id, actor=ACTOR, reason="registered with --promote")
         self.stdout.write(f"registered {project.slug}:{version.name}{' (production)' if o['promote'] else ''}")
+
+    def import_images(self, o: dict[str, Any]) -> None:
+        project = self._project(o["project"])
+        folder = o["directory"].resolve()
+        if not folder.is_dir():
+            raise CommandError(f"{o['directory']} is not a directory")
+        files = image_folder_files(folder)
+        if not files:
+            raise CommandError(f"no files under {folder}: give a folder of images, or one sub-folder per label")
+        if o["chunk"] < 1:
+            raise CommandError("--chunk must be at least 1")
+        items = labels = 0
+        for start in range(0, len(files), o["chunk"]):  # each chunk whole or not at all; a rerun skips stored images
+            chunk = [ImportedImage(str(path.relative_to(folder)), path.read_bytes(), label)
+                     for path, label in files[start:start + o["chunk"]]]
+            result = items_import(project=project, images=chunk, source=str(folder), actor=ACTOR)
+            items, labels = items + result.items_created, labels + result.labels_created
+        labeled = sum(label is not None for _, label in files)
+        self.stdout.write(f"imported {len(files)} images into {project.slug}: {items} new items, "
+                          f"{labels} new labels from {labeled} labeled images (source {folder})")
+
+    def _register_foreign(self, project: Project, o: dict[str, Any]) -> ModelVersion:
+        """A torchvision state_dict: loaded strictly, checked by a forward pass and written as a hitl
+        checkpoint by the workers' code (torch runs in this command, never in the web)."""
+        from workers.ml.architectures import input_spec_for
+        from workers.ml.byo import checkpoint_from_state_dict
+
+        if o["architecture"] not in mlspec.ARCHITECTURES:
+            raise CommandError(f"unknown architecture {o['architecture']!r}: use one of {', '.join(mlspec.ARCHITECTURES)}")
+        labels = [x.strip() for x in o["labels"].split(",")] if o["labels"] else list(project.labels)
+        spec = input_spec_for(o["architecture"], o["image_size"])
+        try:
+            mean = tuple(float(x) for x in o["mean"].split(",")) if o["mean"] else spec.mean
+            std = tuple(float(x) for x in o["std"].split(",")) if o["std"] else spec.std
+        except ValueError:
+            raise CommandError("--mean and --std take comma-separated numbers, one per channel") from None
+        spec = replace(spec, mean=mean, std=std)
+        with tempfile.TemporaryDirectory() as scratch:
+            try:
+                files = checkpoint_from_state_dict(o["weights"], architecture=o["architecture"], labels=labels,
+                                                   spec=spec, directory=Path(scratch))
+            except (ValueError, FileNotFoundError) as exc:
+                raise CommandError(str(exc)) from None
+            names = {f.name for f in files}
+            return model_version_register(
+                project=project, name=o["name"], weights_path=Path(scratch) / mlspec.WEIGHTS_FILE, actor=ACTOR,
+                onnx_path=Path(scratch) / mlspec.ONNX_FILE if mlspec.ONNX_FILE in names else None)
 
     def create_deployment(self, o: dict[str, Any]) -> None:
         project = self._project(o["project"])
