@@ -113,7 +113,8 @@ def test_the_onnx_graph_divides_by_the_temperature(project, labeled, settings) -
     settings.HITL_MIN_CALIBRATION_LABELS = 10
     version = _train_candidate(project)
     model, meta = load_version(version)
-    images = item_images(labeled_set(project, Split.HOLDOUT).image_paths[:16], meta.input_spec)
+    lazy = item_images(labeled_set(project, Split.HOLDOUT).image_paths[:16], meta.input_spec)
+    images = torch.stack([lazy[i][0] for i in range(len(lazy))])  # decoded uint8 [n, c, h, w]
     raw = predict_logits(model, images, meta.input_spec).numpy()
     session = ort.InferenceSession(str(media_path(version.artifacts.get(kind="onnx").path)))
     assert version.artifacts.get(kind="onnx").path.endswith(ONNX_FILE)

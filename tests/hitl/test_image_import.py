@@ -29,13 +29,13 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def test_api_adds_images_without_predictions_and_is_idempotent(project, operator_client) -> None:
+def test_api_adds_images_without_predictions_and_is_idempotent(project, project_admin_client) -> None:
     url = f"/api/v1/projects/{project.slug}/images/"
     body = {"images": [{"image_base64": _b64(_png(1)), "name": "a.png"}, {"image_base64": _b64(_png(2))}]}
-    first = operator_client.post(url, body, format="json")
+    first = project_admin_client.post(url, body, format="json")
     assert first.status_code == 201, first.content
     assert first.json()["items_created"] == 2 and first.json()["labels_created"] == 0
-    again = operator_client.post(url, body, format="json")
+    again = project_admin_client.post(url, body, format="json")
     assert again.status_code == 201 and again.json()["items_created"] == 0
     assert again.json()["item_ids"] == first.json()["item_ids"]
     items = Item.objects.filter(project=project)
@@ -43,11 +43,11 @@ def test_api_adds_images_without_predictions_and_is_idempotent(project, operator
     assert sorted((i.width, i.height) for i in items) == [(40, 30), (40, 30)]
 
 
-def test_api_multipart_upload_with_a_label_records_an_import_label(project, operator_client) -> None:
+def test_api_multipart_upload_with_a_label_records_an_import_label(project, project_admin_client) -> None:
     files = [io.BytesIO(_png(i)) for i in range(3)]
     for i, f in enumerate(files):
         f.name = f"cam-{i}.png"
-    response = operator_client.post(f"/api/v1/projects/{project.slug}/images/",
+    response = project_admin_client.post(f"/api/v1/projects/{project.slug}/images/",
                                     {"images": files, "label": LABELS[1]}, format="multipart")
     assert response.status_code == 201, response.content
     assert response.json()["items_created"] == 3 and response.json()["labels_created"] == 3
@@ -55,7 +55,7 @@ def test_api_multipart_upload_with_a_label_records_an_import_label(project, oper
     assert {(label.value, label.source) for label in labels} == {(LABELS[1], LabelSource.IMPORT)}
 
 
-def test_api_bad_input_is_a_400_that_says_what_to_fix_and_stores_nothing(project, operator_client) -> None:
+def test_api_bad_input_is_a_400_that_says_what_to_fix_and_stores_nothing(project, project_admin_client) -> None:
     url = f"/api/v1/projects/{project.slug}/images/"
     cases = [({"images": []}, "images"),
              ({"images": [{"image_base64": _b64(_png(1))}, {"image_base64": "!!notbase64"}]}, "images[1].image_base64"),
@@ -63,7 +63,7 @@ def test_api_bad_input_is_a_400_that_says_what_to_fix_and_stores_nothing(project
              ({"images": [{"image_base64": _b64(_png(1)), "label": "unicorn"}]}, "images[0]"),
              ({"images": [{"image_base64": _b64(_png(1)), "colour": "red"}]}, "images[0].colour")]
     for body, field in cases:
-        response = operator_client.post(url, body, format="json")
+        response = project_admin_client.post(url, body, format="json")
         assert response.status_code == 400, (body, response.content)
         assert field in response.content.decode(), response.content
     assert not Item.objects.filter(project=project).exists()
