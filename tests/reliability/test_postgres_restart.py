@@ -49,7 +49,7 @@ from hitl.services.projects import deployment_create, project_create
 from tests.conftest import LABELS, make_version
 project = project_create(slug="live", name="Live", labels=list(LABELS))
 version = make_version(project, "v1", promote=True)
-print(deployment_create(project=project, name="edge", environment=Environment.EDGE, model_version=version)[1])
+print(deployment_create(project=project, name="edge", environment=Environment.EDGE, model_version=version, storage_prefix="live")[1])
 """
 
 

@@ -153,7 +153,7 @@ def test_ingestion_while_redis_is_down_is_stored_and_scored_later(
 ) -> None:
     """The broker is down when a bulk commits: the deployment still gets its 201 (the data is
     stored), and the beat has the predictions scored once Redis is back."""
-    paths = write_images(range(500, 520), folder="down")
+    paths = write_images(range(500, 520), folder="imgs/down")
     probs = probabilities(np.random.default_rng(3), len(paths))
     body = {"predictions": [{"image_path": p, "probabilities": q} for p, q in zip(paths, probs)]}
     broker.stop()
