@@ -54,9 +54,10 @@ def test_work_queued_in_a_restarted_redis_completes_once(
 ) -> None:
     started = time.monotonic()
     labeled_items(range(150), folder="train")
-    project.min_eval_labels = 1
-    project.promotion_min_delta = 1.0  # the candidate is kept out of production: the batch ranks
-    project.save()  # v1's predictions whichever of the two runs first
+    # the candidate is kept out of production (no golden set this big): the batch ranks v1's
+    # predictions whichever of the two runs first
+    project.gate_rules = {"min_golden_size": 1_000_000}
+    project.save()
     version = ingest(range(150, 190)).model_version
     wait_for(
         lambda: not Prediction.objects.filter(scored_at__isnull=True).exists(),

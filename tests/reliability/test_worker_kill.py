@@ -144,8 +144,8 @@ def _check_batch(setup: Setup) -> None:
 
 def _labeled_project(setup: Setup) -> None:
     setup.labeled_items(range(150), folder="train")
-    setup.project.min_eval_labels = 1
-    setup.project.promotion_min_delta = 1.0  # no promotion: nothing else is sent after the cycle
+    # no promotion (no golden set this big): nothing else is sent after the cycle
+    setup.project.gate_rules = {"min_golden_size": 1_000_000}
     setup.project.save()
 
 

@@ -72,7 +72,7 @@ def test_a_diversity_first_batch_covers_both_kinds_of_image(rgb_project) -> None
 
 def test_labeled_items_count_as_covered(rgb_project) -> None:
     project, red, blue = rgb_project
-    label_submit(item_id=blue[0], value="blue", source=LabelSource.WEB, reviewer_name="rita")
+    label_submit(item_id=blue[0], value="blue", source=LabelSource.IMPORT, reviewer_name="rita")
     batch = _select(project, "coreset", 1)
     picked = ReviewTask.objects.get(batch=batch).item_id
     assert picked in red  # the labeled blue image covers the blue ones
@@ -88,7 +88,7 @@ def test_a_model_strategy_before_any_model_fails_saying_what_to_use(rgb_project)
 def test_the_first_cycle_fine_tunes_the_pretrained_backbone(rgb_project) -> None:
     project, red, blue = rgb_project
     for item in red[:6] + blue:
-        label_submit(item_id=item, value="red" if item in red else "blue", source=LabelSource.WEB, reviewer_name="rita")
+        label_submit(item_id=item, value="red" if item in red else "blue", source=LabelSource.IMPORT, reviewer_name="rita")
     Item.objects.filter(id__in=red[:6] + blue).update(split=Split.TRAIN)
     cycle = cycle_request(project=project, requested_by="test")
     cycle_train(cycle_id=cycle.id)

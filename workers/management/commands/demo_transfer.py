@@ -68,7 +68,8 @@ class Command(BaseCommand):
                                  architecture="efficientnet_lite0", selection_strategy="coreset",
                                  batch_size=o["batch"], audit_fraction=0.0,
                                  train_config={"epochs": o["epochs"], "batch_size": 32, "augment": True})
-        Project.objects.filter(pk=project.pk).update(min_eval_labels=10)
+        # a cold start has no golden set yet: the project lets its first model through without one
+        Project.objects.filter(pk=project.pk).update(gate_rules={"first_model_needs_golden_set": False})
         project.refresh_from_db()
         tints = rng.uniform(80, 255, size=(len(rows), 3)).astype(np.float32)
         images = [ImportedImage(f"fmnist-{i}.jpg", rgb_jpeg(data.images[i], tint, 96)) for i, tint in zip(rows, tints)]
