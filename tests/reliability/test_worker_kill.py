@@ -207,7 +207,7 @@ def _pending_event(setup: Setup) -> None:
     annotation = {"id": 1, "task": 101, "result": choice_result("bag"), "updated_at": "2026-11-30T10:00:00Z",
                   "completed_by": {"id": 3, "email": "ann@example.com"}, "was_cancelled": False}
     payload = {"action": "ANNOTATION_CREATED", "project": {"id": 7}, "annotation": annotation}
-    setup.state["event"] = WebhookEvent.objects.create(action="ANNOTATION_CREATED", ls_project_id=7,
+    setup.state["event"] = WebhookEvent.objects.create(link=link, action="ANNOTATION_CREATED", ls_project_id=7,
                                                        payload=payload).id
     setup.state["item"] = task.item_id
 
