@@ -169,7 +169,7 @@ def report(results: dict, args: argparse.Namespace, seconds: float) -> str:
 
 `python benchmarks/promotion_gate.py{' --quick' if args.quick else ''}`, measured {time.strftime('%Y-%m-%d')} on
 {machine()}, torch {torch.__version__}; {seconds / 60:.0f} minutes. {args.worlds} worlds (a production small CNN on 1,000
-random Fashion-MNIST labels each), {args.variants} candidates of each kind per world fine-tuned from it
+random Fashion-MNIST labels each), {args.variants} candidate(s) of each kind per world fine-tuned from it
 ({args.finetune_epochs} epochs): better (3,000 more clean labels), equal (the same labels, another seed), worse (3,000
 more, {args.flip_share:.0%} of all 4,000 flipped). Truth from the official 10,000 test images: truly better is
 at least 2 points better, truly worse at least 0.5 points worse (test-accuracy differences ranged
