@@ -53,7 +53,7 @@ class DeploymentModelView(APIView):
 
     permission_classes = (IsDeployment,)
 
-    @extend_schema(responses={200: {"type": "object"}})
+    @extend_schema(operation_id="deployment_model_list", responses={200: {"type": "object"}})
     def get(self, request: Request) -> Response:
         return Response(_listing(request.user))
 
@@ -63,7 +63,7 @@ class DeploymentModelFileView(APIView):
 
     permission_classes = (IsDeployment,)
 
-    @extend_schema(responses={200: {"type": "string", "format": "binary"}})
+    @extend_schema(operation_id="deployment_model_file", responses={200: {"type": "string", "format": "binary"}})
     def get(self, request: Request, name: str) -> HttpResponse:
         version = request.user.model_version
         if name == CARD_FILE:
