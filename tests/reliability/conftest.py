@@ -219,10 +219,11 @@ def use_broker(url: str) -> None:
     celery_app.amqp._producer_pool = None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def broker(redis_server: RedisServer) -> Iterator[RedisServer]:
-    """This session's messages go through the disposable Redis (never the shared one, whose
-    other sessions' unacknowledged messages a short visibility timeout would disturb)."""
+    """This package's messages go through the disposable Redis (never the shared one, whose
+    other sessions' unacknowledged messages a short visibility timeout would disturb); the tests
+    after it publish where they did before."""
     before = celery_app.conf.broker_url
     use_broker(redis_server.url)
     yield redis_server
@@ -291,17 +292,19 @@ class FaultWorker(WorkerProcess):
             self.popen.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def fault_worker(
     django_db_setup,
     django_db_blocker,
     media_root: Path,
     queue_prefix: str,
     broker: RedisServer,
+    trust_files: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[FaultWorker]:
     """One Celery worker process (one pool process, so a queued message stays queued while it
-    is busy) against the test database and the disposable Redis."""
+    is busy) against the test database and the disposable Redis, stopped after this package so
+    that it takes no later test's messages."""
     db = connection.settings_dict
     log = tmp_path_factory.mktemp("fault-worker") / "worker.log"
     env = {
@@ -315,6 +318,7 @@ def fault_worker(
         "HITL_SECRET_KEY": settings.SECRET_KEY,
         "HITL_STALLED_AFTER_SECONDS": str(STALLED_AFTER),
         "HITL_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+        **trust_files,
     }
     worker = FaultWorker(
         env, log, f"{queue_prefix}@faults", f"{queue_prefix}.cpu,{queue_prefix}.gpu"
