@@ -51,6 +51,13 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The fault-injection tests run last (after pytest-django's own ordering): their disposable
+    broker and fault worker then never meet another test's messages."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/reliability/"))
+
+
 @pytest.fixture(scope="session")
 def queue_prefix() -> str:
     return f"hitl-test-{uuid.uuid4().hex[:8]}"
