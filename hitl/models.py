@@ -283,6 +283,11 @@ class ReviewBatch(models.Model):
     strategy = models.CharField(max_length=32)
     size = models.PositiveIntegerField()
     audit_fraction = models.FloatField()
+    audit_pool_size = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Predictions of the audited version open to the audit draw when it was made: the "
+                  "weight of this batch's audit slice in the live-accuracy estimate.",
+    )
     seed = models.BigIntegerField()
     status = models.CharField(max_length=20, choices=ReviewBatchStatus.choices, default=ReviewBatchStatus.PENDING)
     error = models.TextField(blank=True)

@@ -153,8 +153,10 @@ class AccuracyEstimate:
     n: int
     correct: int
     accuracy: float
-    low: float  # 95% Wilson interval
+    low: float  # 95% interval: Wilson for one pool, stratified when slices are weighted
     high: float
+    slices: int = 1  # audit slices (batches) pooled
+    weighted: bool = False  # slices weighted by the size of the pool each was drawn from
 
 
 def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -166,18 +168,60 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+@dataclass(frozen=True)
+class AuditSlice:
+    """One batch's audit labels for a version: ``n`` uniform draws from a pool of ``pool_size``
+    predictions (None for batches selected before pool sizes were recorded)."""
+
+    n: int
+    correct: int
+    pool_size: int | None
+
+
+def pooled_accuracy(version: str, slices: list[AuditSlice], z: float = 1.96) -> AccuracyEstimate:
+    """Live accuracy from audit slices drawn from pools of different sizes.
+
+    Each slice is a uniform sample of its pool, so its agreement rate is unbiased for that pool;
+    pooling the slices' counts would over-weight slices drawn from small pools. Weighting each
+    slice by its pool size gives a stratified estimate, unbiased for the predictions the pools
+    held, with the stratified variance sum(w^2 p(1-p)/n) (p smoothed by one success and one
+    failure so that a slice with all or none agreeing still counts as uncertain). When every
+    slice's pool size is known and not all are proportional to the slice sizes, the estimate is
+    weighted; otherwise (one slice, equal weights, or a slice from before pool sizes were
+    recorded) it is the plain rate with its Wilson interval."""
+    n = sum(s.n for s in slices)
+    correct = sum(s.correct for s in slices)
+    known = all(s.pool_size for s in slices)
+    self_weighting = len({round(s.pool_size / s.n, 9) for s in slices}) == 1 if known else True
+    if len(slices) == 1 or not known or self_weighting:
+        return AccuracyEstimate(version, n, correct, correct / n, *wilson_interval(correct, n),
+                                slices=len(slices), weighted=False)
+    total = sum(s.pool_size for s in slices)
+    weights = [s.pool_size / total for s in slices]
+    accuracy = sum(w * s.correct / s.n for w, s in zip(weights, slices, strict=True))
+    variance = sum(w * w * ((s.correct + 1) / (s.n + 2)) * (1 - (s.correct + 1) / (s.n + 2)) / s.n
+                   for w, s in zip(weights, slices, strict=True))
+    half = z * math.sqrt(variance)
+    return AccuracyEstimate(version, n, correct, accuracy, max(0.0, accuracy - half), min(1.0, accuracy + half),
+                            slices=len(slices), weighted=True)
+
+
 def audit_accuracy(project: Project) -> list[AccuracyEstimate]:
     """Live accuracy per model version, from the human labels of the random audit slices: the
-    fraction of audited items where the human agreed with the model's prediction."""
+    fraction of audited items where the human agreed with the model's prediction, each batch's
+    slice weighted by the size of the pool it was drawn from (``pooled_accuracy``)."""
     agreed = Q(prediction__predicted_label=F("item__labels__value"))
     rows = (ReviewTask.objects.filter(batch__project=project, reason=ReviewReason.AUDIT, status=ReviewTaskStatus.DONE,
                                       item__labels__status=LabelStatus.CURRENT)
-            .values("prediction__model_version__name")
-            .annotate(n=Count("item", distinct=True),  # an item audited twice for a version counts once
+            .values("prediction__model_version__name", "batch_id", "batch__audit_pool_size")
+            .annotate(n=Count("item", distinct=True),  # an item audited twice in a batch counts once
                       correct=Count("item", distinct=True, filter=agreed))
-            .order_by("prediction__model_version__name"))
-    return [AccuracyEstimate(r["prediction__model_version__name"], r["n"], r["correct"], r["correct"] / r["n"],
-                             *wilson_interval(r["correct"], r["n"])) for r in rows]
+            .order_by("prediction__model_version__name", "batch_id"))
+    by_version: dict[str, list[AuditSlice]] = {}
+    for r in rows:
+        by_version.setdefault(r["prediction__model_version__name"], []).append(
+            AuditSlice(r["n"], r["correct"], r["batch__audit_pool_size"]))
+    return [pooled_accuracy(version, slices) for version, slices in by_version.items()]
 
 
 # Trust events that say how a model came to be where it is.

@@ -203,8 +203,10 @@ class AccuracyEstimateSerializer(serializers.Serializer):
     n = serializers.IntegerField(help_text="audited items with a current human label")
     correct = serializers.IntegerField(help_text="of which the human agreed with the model")
     accuracy = serializers.FloatField()
-    low = serializers.FloatField(help_text="95% Wilson interval, lower end")
-    high = serializers.FloatField(help_text="95% Wilson interval, upper end")
+    low = serializers.FloatField(help_text="95% interval, lower end (Wilson; stratified when weighted)")
+    high = serializers.FloatField(help_text="95% interval, upper end")
+    slices = serializers.IntegerField(help_text="audit slices (review batches) pooled")
+    weighted = serializers.BooleanField(help_text="slices weighted by the size of the pool each was drawn from")
 
 
 class MembershipSerializer(serializers.ModelSerializer):

@@ -74,12 +74,16 @@ def review_batch_request(
 
 
 @transaction.atomic
-def review_batch_store(*, batch_id: int, version: ModelVersion | None, picks: list[Pick], error: str) -> ReviewBatch:
-    """Fill a pending batch with the picks (or record why it failed); once: a filled batch stays."""
+def review_batch_store(
+    *, batch_id: int, version: ModelVersion | None, picks: list[Pick], error: str, audit_pool_size: int | None = None,
+) -> ReviewBatch:
+    """Fill a pending batch with the picks (or record why it failed); once: a filled batch stays.
+    ``audit_pool_size`` is how many predictions the audit slice was drawn from."""
     batch = ReviewBatch.objects.select_for_update().get(pk=batch_id)
     if batch.status != ReviewBatchStatus.PENDING:
         return batch
     batch.model_version = version
+    batch.audit_pool_size = audit_pool_size
     if error:
         batch.status, batch.error = ReviewBatchStatus.FAILED, error
         batch.save(update_fields=["status", "error", "model_version"])
@@ -92,6 +96,6 @@ def review_batch_store(*, batch_id: int, version: ModelVersion | None, picks: li
     golden_items_reserve(batch=batch, item_ids=[p.item_id for p in picks if p.reason == ReviewReason.GOLDEN])
     batch.status = ReviewBatchStatus.SELECTED
     batch.selected_at = timezone.now()
-    batch.save(update_fields=["status", "selected_at", "model_version"])
+    batch.save(update_fields=["status", "selected_at", "model_version", "audit_pool_size"])
     review_batch_selected.send(sender=ReviewBatch, project_id=batch.project_id, batch_id=batch.id)
     return batch

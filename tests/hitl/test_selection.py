@@ -10,6 +10,7 @@ from hitl.models import (
     ReviewTask,
     UncertaintyScore,
 )
+from hitl.selectors import AuditSlice, pooled_accuracy, wilson_interval
 from hitl.services.labels import label_submit
 from hitl.services.selection import review_batch_request
 from workers.ml.uncertainty import margin
@@ -130,4 +131,55 @@ def test_audit_slice_is_a_uniform_sample_and_estimates_live_accuracy(ingested, p
     (estimate,) = selectors.audit_accuracy(project)
     assert (estimate.model_version, estimate.n, estimate.correct) == ("v1", 5, 3)
     assert estimate.low < 0.6 < estimate.high
+    assert (estimate.slices, estimate.weighted) == (1, False)
     assert selectors.wilson_interval(3, 5) == pytest.approx((0.2307, 0.8824), abs=1e-3)
+    batch.refresh_from_db()  # drawn when nothing was labeled or open: the version's 60 predictions
+    assert batch.audit_pool_size == 60
+
+
+def test_audit_pool_size_excludes_items_already_labeled_or_under_review(ingested, project, reviewer) -> None:
+    first = review_batch_request(project=project, requested_by="t", size=10, audit_fraction=0.5, seed=1)
+    review_batch_select(batch_id=first.id)
+    second = review_batch_request(project=project, requested_by="t", size=10, audit_fraction=0.5, seed=2)
+    review_batch_select(batch_id=second.id)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert (first.audit_pool_size, second.audit_pool_size) == (60, 50)  # the first batch's 10 are open
+    no_audit = review_batch_request(project=project, requested_by="t", size=5, audit_fraction=0, seed=3)
+    review_batch_select(batch_id=no_audit.id)
+    no_audit.refresh_from_db()
+    assert no_audit.audit_pool_size is None
+
+
+def test_audit_slices_from_pools_of_different_sizes_are_weighted_by_pool() -> None:
+    """A slice of 10 from a pool of 100 where the model was right 9 times, and a slice of 10 from a
+    pool of 900 where it was right 5 times: the stream's accuracy is 0.1*0.9 + 0.9*0.5 = 0.54, not
+    the unweighted 14/20 = 0.70."""
+    estimate = pooled_accuracy("v1", [AuditSlice(10, 9, 100), AuditSlice(10, 5, 900)])
+    assert estimate.weighted and estimate.slices == 2
+    assert estimate.accuracy == pytest.approx(0.54)
+    assert (estimate.n, estimate.correct) == (20, 14)
+    assert estimate.low < 0.54 < estimate.high
+    assert estimate.high - estimate.low > 0.3  # the big pool's 10 draws dominate the uncertainty
+    # proportional sampling (pool/n the same) is self-weighting: the plain rate with Wilson
+    plain = pooled_accuracy("v1", [AuditSlice(10, 9, 100), AuditSlice(90, 45, 900)])
+    assert not plain.weighted and plain.accuracy == pytest.approx(54 / 100)
+    assert (plain.low, plain.high) == pytest.approx(wilson_interval(54, 100))
+    # a slice from before pool sizes were recorded: unweighted, as before
+    legacy = pooled_accuracy("v1", [AuditSlice(10, 9, None), AuditSlice(10, 5, 900)])
+    assert not legacy.weighted and legacy.accuracy == pytest.approx(0.70)
+
+
+def test_weighted_audit_estimate_is_unbiased_where_the_plain_rate_is_not() -> None:
+    """Simulate a stream whose pool grows 10x while the model gets worse on the new items: the
+    weighted estimate's mean over many draws lands on the true accuracy, the pooled rate does not."""
+    rng = np.random.default_rng(0)
+    pools = [(200, 0.9), (2000, 0.6)]  # (size, true accuracy of the pool)
+    truth = sum(size * acc for size, acc in pools) / sum(size for size, _ in pools)
+    weighted, plain = [], []
+    for _ in range(2000):
+        slices = [AuditSlice(20, int(rng.binomial(20, acc)), size) for size, acc in pools]
+        weighted.append(pooled_accuracy("v", slices).accuracy)
+        plain.append(sum(s.correct for s in slices) / 40)
+    assert abs(np.mean(weighted) - truth) < 0.005
+    assert abs(np.mean(plain) - truth) > 0.1

@@ -57,6 +57,14 @@ def _busy_items(project_id: int) -> set[int]:
     return set(labeled) | set(reviewing) | set(golden)
 
 
+def _pool_size(version_id: int, skip_items: set[int]) -> int:
+    """How many of the version's predictions the audit draw chose from (those of items not in
+    ``skip_items``): the weight of its slice when slices from pools of different sizes are pooled."""
+    predictions = Prediction.objects.filter(model_version_id=version_id)
+    skipped = predictions.filter(item_id__in=sorted(skip_items)).count() if skip_items else 0
+    return predictions.count() - skipped
+
+
 def _sample_pool(version_id: int, n: int, rng: np.random.Generator, skip_items: set[int]) -> list[tuple[int, int]]:
     """Up to n (prediction id, item id) of the version, drawn uniformly among items not in
     ``skip_items``, reproducibly for a seed.
@@ -287,7 +295,9 @@ def review_batch_select(*, batch_id: int) -> ReviewBatch:
                                       error="" if picks else "no unlabeled pool items are left for the golden set")
         # The audit slice is drawn first, uniformly from the whole pool, so the strategy's picks
         # cannot bias it: its labels estimate the live model's accuracy (selectors.audit_accuracy).
-        audit = _sample_pool(version.id, round(batch.size * batch.audit_fraction), rng, busy)
+        audit_size = round(batch.size * batch.audit_fraction)
+        audit = _sample_pool(version.id, audit_size, rng, busy)
+        pool_size = _pool_size(version.id, busy) if audit_size else None
         try:
             picks = _strategy_picks(batch, batch.project, version, batch.size - len(audit), rng,
                                     busy | {item for _, item in audit})
@@ -297,5 +307,5 @@ def review_batch_select(*, batch_id: int) -> ReviewBatch:
             log.exception("selection of batch %s failed", batch_id)
             return review_batch_store(batch_id=batch_id, version=version, picks=[], error=f"{type(exc).__name__}: {exc}")
         picks += [Pick(pid, item, ReviewReason.AUDIT, None) for pid, item in audit]
-        return review_batch_store(batch_id=batch_id, version=version, picks=picks,
+        return review_batch_store(batch_id=batch_id, version=version, picks=picks, audit_pool_size=pool_size,
                                   error="" if picks else f"no unlabeled items with predictions from {version.name} are left to review")

@@ -337,7 +337,8 @@ class Command(BaseCommand):
                           f"human-labeled, {summary['predictions']} predictions, {summary['open_review_tasks']} open reviews")
         for e in selectors.audit_accuracy(project):
             self.stdout.write(f"  live accuracy of {e.model_version} from {e.n} audit labels: {e.accuracy:.3f} "
-                              f"(95% interval {e.low:.3f}-{e.high:.3f})")
+                              f"(95% interval {e.low:.3f}-{e.high:.3f}"
+                              f"{f', {e.slices} slices weighted by pool size' if e.weighted else ''})")
         for version in selectors.model_versions_list(project)[:10]:
             self.stdout.write(f"  model {version.name:<10} {version.stage:<10} {version.training_label_count} training labels")
         for cycle in selectors.cycles_list(project)[:10]:
