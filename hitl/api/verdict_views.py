@@ -3,6 +3,8 @@ set, and why a model is where it is. Thin: parse, call a service or selector, se
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, serializers, status
@@ -58,32 +60,32 @@ def _valid(serializer_class: type[serializers.Serializer], data: object) -> dict
     return body.validated_data
 
 
-class CycleApproveView(ProjectScoped, APIView):
+class _CycleDecisionView(ProjectScoped, APIView):
+    """A person's decision on a candidate that waits for one (``{"reason"}``): ``decide`` is the
+    service that records it."""
+
+    owner = RetrainingCycle
+    access = {"POST": Action.APPROVE}
+    parser_classes = [StrictJSONParser]
+    decide: Callable[..., RetrainingCycle]
+
+    @extend_schema(request=ReasonSerializer, responses=s.CycleSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        body = _valid(ReasonSerializer, request.data)
+        cycle = type(self).decide(cycle_id=pk, actor=request.user.get_username(), reason=body["reason"])
+        return Response(s.CycleSerializer(cycle).data)
+
+
+class CycleApproveView(_CycleDecisionView):
     """Promote a candidate that passed the gate and waits for a person (``{"reason"}``)."""
 
-    owner = RetrainingCycle
-    access = {"POST": Action.APPROVE}
-    parser_classes = [StrictJSONParser]
-
-    @extend_schema(request=ReasonSerializer, responses=s.CycleSerializer)
-    def post(self, request: Request, pk: int) -> Response:
-        body = _valid(ReasonSerializer, request.data)
-        cycle = cycle_approve(cycle_id=pk, actor=request.user.get_username(), reason=body["reason"])
-        return Response(s.CycleSerializer(cycle).data)
+    decide = staticmethod(cycle_approve)
 
 
-class CycleRejectView(ProjectScoped, APIView):
+class CycleRejectView(_CycleDecisionView):
     """Turn down a candidate that waits for a person (``{"reason"}``)."""
 
-    owner = RetrainingCycle
-    access = {"POST": Action.APPROVE}
-    parser_classes = [StrictJSONParser]
-
-    @extend_schema(request=ReasonSerializer, responses=s.CycleSerializer)
-    def post(self, request: Request, pk: int) -> Response:
-        body = _valid(ReasonSerializer, request.data)
-        cycle = cycle_reject(cycle_id=pk, actor=request.user.get_username(), reason=body["reason"])
-        return Response(s.CycleSerializer(cycle).data)
+    decide = staticmethod(cycle_reject)
 
 
 class RollbackView(ProjectScoped, APIView):
