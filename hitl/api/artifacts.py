@@ -17,9 +17,9 @@ from rest_framework.views import APIView
 
 from hitl import mlspec
 from hitl.api.permissions import IsDeployment
-from hitl.media import ImageRejected, media_path, model_artifact_file
+from hitl.media import ImageRejected, model_artifact_file
 from hitl.models import Deployment, ModelArtifact, ModelVersion
-from hitl.services.projects import checkpoint_meta_read
+from hitl.services.projects import checkpoint_meta_from_file
 
 log = logging.getLogger(__name__)
 CARD_FILE = "model.json"
@@ -30,7 +30,12 @@ def model_card(version: ModelVersion) -> bytes:
     """Labels in output order, preprocessing and temperature from the checkpoint's header, as
     canonical JSON (sorted keys), so its sha256 is stable."""
     weights = ModelArtifact.objects.get(model_version=version, kind="weights")
-    meta = checkpoint_meta_read(media_path(weights.path))
+    try:
+        with model_artifact_file(weights.path) as handle:
+            meta = checkpoint_meta_from_file(handle, weights.path)
+    except (ImageRejected, FileNotFoundError) as exc:
+        log.warning("model artifact %s of %s refused: %s", weights.path, version.name, exc)
+        raise Http404(f"{version.name}'s model card is not available") from None
     card = {"model_version": version.name, "architecture": version.architecture, "labels": meta["labels"],
             "preprocessing": {**meta["input_spec"], "resize": "shorter side to size, then centre crop",
                               "scale": "pixel / 255, then (x - mean) / std per channel"},

@@ -1,9 +1,11 @@
-"""A deployment's artifact download reads only regular files inside MEDIA_ROOT/models: a model
-file (or a folder above it) swapped for a symbolic link, or a FIFO, is refused, never served."""
+"""A deployment's artifact download (and its model card, read from the weights' header) reads
+only regular files inside MEDIA_ROOT/models: a model file (or a folder above it) swapped for a
+symbolic link, or a FIFO, is refused, never served."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import threading
@@ -13,8 +15,9 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from hitl.media import media_path
+from hitl.media import media_path, model_artifact_file
 from hitl.models import ModelArtifact
+from hitl.services.projects import checkpoint_meta_from_file, checkpoint_meta_read
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/deployment/model/model.safetensors"
@@ -95,3 +98,25 @@ def test_an_artifact_path_outside_the_models_folder_is_refused(client, weights, 
     ModelArtifact.objects.filter(model_version=version, kind="weights").update(path="models/../items/not-a-model.safetensors")
     response = client.get(URL, **auth)
     assert response.status_code == 404 and b"not-for-deployments" not in _body(response)
+
+
+def test_the_model_card_reads_the_weights_header_through_the_same_checks(client, weights, secret, version) -> None:
+    path, auth = weights
+    with model_artifact_file(ModelArtifact.objects.get(model_version=version, kind="weights").path) as handle:
+        assert checkpoint_meta_from_file(handle, "weights") == checkpoint_meta_read(path)
+    card = client.get("/api/v1/deployment/model/model.json", **auth)
+    assert card.status_code == 200 and card.json()["labels"] == list(version.labels)
+    listing = client.get("/api/v1/deployment/model/", **auth)
+    assert listing.status_code == 200 and {f["name"] for f in listing.json()["files"]} >= {"model.json"}
+    elsewhere = secret.parent / "weights.safetensors"
+    shutil.copy(path, elsewhere)
+    path.unlink()
+    path.symlink_to(elsewhere)  # a valid checkpoint, but reached through a link
+    for url in ("/api/v1/deployment/model/", "/api/v1/deployment/model/model.json"):
+        assert client.get(url, **auth).status_code == 404
+
+
+def test_the_header_reader_refuses_what_is_not_safetensors(tmp_path: Path) -> None:
+    for data in (b"", b"\x05\x00\x00\x00\x00\x00\x00\x00[1,2]", b"\xff" * 8 + b"{}", b"\x02\x00\x00\x00\x00\x00\x00\x00{}"):
+        with pytest.raises(ValueError, match="not a safetensors file|no hitl metadata"):
+            checkpoint_meta_from_file(io.BytesIO(data), "odd")
