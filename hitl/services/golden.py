@@ -26,7 +26,7 @@ import secrets
 from collections.abc import Collection
 
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 
 from hitl.errors import Conflict, InvalidInput
 from hitl.models import (
@@ -85,7 +85,7 @@ def review_only_items(*, project_id: int, item_ids: Collection[int]) -> dict[int
     return roles
 
 
-def _reviewed_labels(project: Project):
+def _reviewed_labels(project: Project) -> QuerySet[Label]:
     """Current labels that came through review: an import's label is nobody's review."""
     return Label.objects.filter(item__project=project, status=LabelStatus.CURRENT).exclude(source=LabelSource.IMPORT)
 
