@@ -17,7 +17,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -31,6 +31,7 @@ ALLOWED_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "GIF": "gif", "B
 CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif",
                  "BMP": "image/bmp", "TIFF": "image/tiff"}
 STORE_FOLDER = "items"
+MODELS_FOLDER = "models"
 
 
 class ImageRejected(ValueError):
@@ -161,6 +162,30 @@ def read_beneath(root: str | os.PathLike, relative: str) -> bytes:
         os.close(fd)
 
 
+def open_beneath(root: str | os.PathLike, relative: str) -> BinaryIO:
+    """The regular file ``root/relative`` opened for reading, with the checks of ``read_beneath``
+    (no symbolic link below ``root``, never a FIFO, device, socket or folder) and no size limit:
+    for model artifacts, which are streamed. ``relative`` must be normalised."""
+    fd = _no_follow_fd(root, relative)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageRejected("not a regular file (a folder, FIFO, device or socket)")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def model_artifact_file(relative: str) -> BinaryIO:
+    """A model artifact (``ModelArtifact.path``), opened only inside MEDIA_ROOT/models through
+    ``open_beneath``. Raises ImageRejected for a path outside that folder or unsafe to read,
+    FileNotFoundError for a file that is gone."""
+    normalised = posixpath.normpath(relative) if relative else ""
+    if normalised != relative or not relative.startswith(MODELS_FOLDER + "/"):
+        raise ImageRejected(f"model artifact path {relative!r} lies outside {MODELS_FOLDER}/")
+    return open_beneath(settings.MEDIA_ROOT, relative)
+
+
 def storage_relative(user_path: str) -> str:
     """A user's path under the storage root, normalised; ImageRejected if it leaves the root."""
     if not user_path or "\x00" in user_path:
@@ -242,7 +267,7 @@ def item_image_bytes(relative: str) -> bytes:
 
 
 def model_directory(project_slug: str, version_name: str) -> str:
-    return f"models/{project_slug}/{version_name}"
+    return f"{MODELS_FOLDER}/{project_slug}/{version_name}"
 
 
 def image_response(request: HttpRequest, item: Any) -> HttpResponse:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -315,3 +317,35 @@ def wait_until(celery_worker: WorkerProcess) -> Callable[..., None]:
             time.sleep(0.2)
 
     return wait
+
+
+# --- a real Label Studio server ------------------------------------------------------------------
+
+LABEL_STUDIO_SCRIPT = Path(settings.BASE_DIR) / "scripts" / "label-studio.sh"
+LABEL_STUDIO_REVIEWER = "reviewer@hitl.test"  # the Label Studio account the tests annotate as
+
+
+@dataclass(frozen=True)
+class LabelStudioServer:
+    url: str
+    token: str
+    password: str
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    """A Label Studio 1.23.2 for the `labelstudio` tests and the worker-kill tests, started from
+    the project's own script (installing it into its own virtualenv outside the project's if
+    needed) on a free loopback port with a fresh data dir, once for the whole session."""
+    data = tmp_path_factory.mktemp("label-studio")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "HITL_LS_DATA_DIR": str(data), "HITL_LS_PORT": str(port),
+           "HITL_LS_USERNAME": LABEL_STUDIO_REVIEWER}
+    subprocess.run([str(LABEL_STUDIO_SCRIPT), "start"], env=env, check=True, timeout=900)
+    try:
+        yield LabelStudioServer(f"http://127.0.0.1:{port}", (data / "api-token").read_text().strip(),
+                                (data / "password").read_text().strip())
+    finally:
+        subprocess.run([str(LABEL_STUDIO_SCRIPT), "stop"], env=env, check=False, timeout=60)

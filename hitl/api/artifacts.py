@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import PurePosixPath
 
 from django.http import FileResponse, Http404, HttpResponse
@@ -16,10 +17,11 @@ from rest_framework.views import APIView
 
 from hitl import mlspec
 from hitl.api.permissions import IsDeployment
-from hitl.media import media_path
+from hitl.media import ImageRejected, model_artifact_file
 from hitl.models import Deployment, ModelArtifact, ModelVersion
-from hitl.services.projects import checkpoint_meta_read
+from hitl.services.projects import checkpoint_meta_from_file
 
+log = logging.getLogger(__name__)
 CARD_FILE = "model.json"
 SHA256_HEADER = "X-Content-SHA256"
 
@@ -28,7 +30,12 @@ def model_card(version: ModelVersion) -> bytes:
     """Labels in output order, preprocessing and temperature from the checkpoint's header, as
     canonical JSON (sorted keys), so its sha256 is stable."""
     weights = ModelArtifact.objects.get(model_version=version, kind="weights")
-    meta = checkpoint_meta_read(media_path(weights.path))
+    try:
+        with model_artifact_file(weights.path) as handle:
+            meta = checkpoint_meta_from_file(handle, weights.path)
+    except (ImageRejected, FileNotFoundError) as exc:
+        log.warning("model artifact %s of %s refused: %s", weights.path, version.name, exc)
+        raise Http404(f"{version.name}'s model card is not available") from None
     card = {"model_version": version.name, "architecture": version.architecture, "labels": meta["labels"],
             "preprocessing": {**meta["input_spec"], "resize": "shorter side to size, then centre crop",
                               "scale": "pixel / 255, then (x - mean) / std per channel"},
@@ -75,7 +82,11 @@ class DeploymentModelFileView(APIView):
         artifact = ModelArtifact.objects.filter(model_version=version, kind=kinds.get(name, "")).first()
         if artifact is None:
             raise Http404(f"{version.name} has no file {name!r}; see the listing at /api/v1/deployment/model/")
-        handle = open(media_path(artifact.path), "rb")  # noqa: SIM115 - FileResponse closes it
+        try:
+            handle = model_artifact_file(artifact.path)  # FileResponse closes it
+        except (ImageRejected, FileNotFoundError) as exc:
+            log.warning("model artifact %s of %s refused: %s", artifact.path, version.name, exc)
+            raise Http404(f"{version.name}'s file {name!r} is not available") from None
         response = FileResponse(handle, as_attachment=True, filename=name,
                                 content_type="application/octet-stream")
         response[SHA256_HEADER] = artifact.sha256

@@ -70,7 +70,8 @@ def _uploaded_images(request: Request) -> list[ImportedImage]:
 
 class ImageImportView(ProjectScoped, APIView):
     """Add images to a project without predictions, all-or-nothing; importing again adds nothing.
-    A project admin's action: imported labels skip review."""
+    A project admin's action: imported labels skip review, so they go only to new items and items
+    with no evaluation role (a label for a golden-set, held-out or audit-drawn item is a 400)."""
 
     access = {"POST": Action.IMPORT_ITEMS}
     parser_classes = (StrictJSONParser, MultiPartParser)

@@ -13,15 +13,20 @@ frozen per version. The promotion gate decides on it (workers.pipelines.cycles).
 
 Hard cases (held-out items a strategy picked) are not golden: they are evaluated and reported
 apart (``EvaluationSet.HARD_CASES``), never mixed in.
+
+Labels on golden-set items come only through review: a member's current label must not be an
+import (``LabelSource.IMPORT``: no person reviewed it), and ``review_only_items`` names the items
+an import may not label at all.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Collection
 
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import Max, QuerySet
 
 from hitl.errors import Conflict, InvalidInput
 from hitl.models import (
@@ -29,11 +34,13 @@ from hitl.models import (
     GoldenSet,
     Item,
     Label,
+    LabelSource,
     LabelStatus,
     Project,
     ReviewBatch,
     ReviewReason,
     ReviewTask,
+    Split,
 )
 from hitl.services.cycles import LabeledSet, labeled_set_digest
 from hitl.services.queue import enqueue
@@ -64,12 +71,31 @@ def golden_items_reserve(*, batch: ReviewBatch, item_ids: list[int]) -> None:
     )
 
 
+def review_only_items(*, project_id: int, item_ids: Collection[int]) -> dict[int, str]:
+    """The items among ``item_ids`` whose labels come only through review tasks, each with why:
+    golden-set items (reserved or frozen), held-out items (the evaluation split) and audit-slice
+    draws (a golden set may take them, ``from_audit``)."""
+    ids = list(item_ids)
+    roles = {i: "held out for evaluation" for i in Item.objects.filter(
+        project_id=project_id, id__in=ids, split=Split.HOLDOUT).values_list("id", flat=True)}
+    roles.update((i, "drawn for an audit slice") for i in ReviewTask.objects.filter(
+        batch__project_id=project_id, item_id__in=ids, reason=ReviewReason.AUDIT).values_list("item_id", flat=True))
+    roles.update((i, "a golden-set item") for i in GoldenItem.objects.filter(
+        project_id=project_id, item_id__in=ids).values_list("item_id", flat=True))
+    return roles
+
+
+def _reviewed_labels(project: Project) -> QuerySet[Label]:
+    """Current labels that came through review: an import's label is nobody's review."""
+    return Label.objects.filter(item__project=project, status=LabelStatus.CURRENT).exclude(source=LabelSource.IMPORT)
+
+
 def _untrained_audit_items(project: Project) -> list[int]:
-    """Labeled audit-slice items no model was trained on and not reserved yet."""
+    """Reviewed audit-slice items no model was trained on and not reserved yet."""
     audited = ReviewTask.objects.filter(batch__project=project, reason=ReviewReason.AUDIT).values("item_id")
     trained = Label.objects.filter(item__project=project, trained_models__isnull=False).values("item_id")
     return list(
-        Label.objects.filter(item__project=project, status=LabelStatus.CURRENT, item_id__in=audited)
+        _reviewed_labels(project).filter(item_id__in=audited)
         .exclude(item_id__in=trained).exclude(item__golden__isnull=False)
         .values_list("item_id", flat=True).distinct()
     )
@@ -88,8 +114,9 @@ def golden_set_latest(project_id: int) -> GoldenSet | None:
 
 @transaction.atomic
 def golden_set_freeze(*, project: Project, actor: str, reason: str, from_audit: bool = False) -> GoldenSet:
-    """Freeze a new golden-set version: every reserved item with a current human label (plus,
-    with ``from_audit``, untrained labeled audit items). Refused when nothing changed."""
+    """Freeze a new golden-set version: every reserved item whose current label came through
+    review (plus, with ``from_audit``, untrained reviewed audit items); a reserved item labeled
+    only by an import waits for its review. Refused when nothing changed."""
     if not reason or not reason.strip():
         raise InvalidInput.single("reason", "say why the golden set gets a new version")
     Project.objects.select_for_update().get(pk=project.pk)
@@ -97,11 +124,10 @@ def golden_set_freeze(*, project: Project, actor: str, reason: str, from_audit: 
     GoldenItem.objects.bulk_create(
         [GoldenItem(project=project, item_id=i, source="audit") for i in added_from_audit], ignore_conflicts=True,
     )
-    members = sorted(Label.objects.filter(item__golden__project=project, status=LabelStatus.CURRENT)
-                     .values_list("item_id", flat=True))
+    members = sorted(_reviewed_labels(project).filter(item__golden__project=project).values_list("item_id", flat=True))
     previous = golden_set_latest(project.id)
     if not members:
-        raise Conflict("no labeled golden-set items yet: propose some (golden-set --propose N) and label them"
+        raise Conflict("no reviewed golden-set items yet: propose some (golden-set --propose N) and review them"
                        + ("" if from_audit else ", or take audit items (--from-audit)"))
     if previous is not None and previous.item_ids == members:
         raise Conflict(f"golden set v{previous.version} already holds these {len(members)} items; label more first")

@@ -47,6 +47,7 @@ from hitl.models import (
     Prediction,
     Split,
 )
+from hitl.services.golden import review_only_items
 from hitl.services.labels import label_submit
 from hitl.services.queue import enqueue
 
@@ -461,11 +462,47 @@ class ImportResult:
     labels_created: int
 
 
+def _label_refusals(project: Any, labeled: list[tuple[int, ImportedImage, str]]) -> list[FieldError]:
+    """Why an import may not give these (index, image, sha256) their labels: an existing item
+    whose labels come only through review (golden set, held out, audit draw) takes an import's
+    label only where its current label is already that very import's."""
+    existing = dict(Item.objects.filter(project=project, sha256__in=[sha for _, _, sha in labeled])
+                    .values_list("sha256", "id"))
+    roles = review_only_items(project_id=project.id, item_ids=existing.values())
+    current = {label.item_id: label for label in Label.objects.filter(item_id__in=list(roles), status=LabelStatus.CURRENT)}
+    errors = []
+    for index, image, sha256 in labeled:
+        item_id = existing.get(sha256)
+        if item_id in roles and not _imported_as(current.get(item_id), image):
+            errors.append(FieldError(f"images[{index}]", (
+                f"{image.name}: item {item_id} is {roles[item_id]}: its label comes only through a review "
+                "task; import this image without a label")))
+    return errors
+
+
+def _imported_as(label: Label | None, image: ImportedImage) -> bool:
+    """Whether ``label`` is what importing ``image`` records (so importing it again writes nothing)."""
+    return label is not None and bool(image.name) and (label.value, label.source, label.external_id) == (
+        image.label, LabelSource.IMPORT, image.name[:200])
+
+
+def import_label_refusals(*, project: Any, images: list[ImportedImage], first_index: int = 0) -> list[FieldError]:
+    """The labeled images ``items_import`` would refuse (see ``_label_refusals``), without
+    writing anything: a command importing in chunks checks every chunk before it stores one."""
+    labeled = [(first_index + i, image, hashlib.sha256(image.data).hexdigest())
+               for i, image in enumerate(images) if image.label is not None]
+    return _label_refusals(project, labeled) if labeled else []
+
+
 def items_import(*, project: Any, images: list[ImportedImage], source: str, actor: str = "") -> ImportResult:
     """Add images with no prediction (a cold start: no model yet), all-or-nothing; returns item
     ids in order. An image with a label (an ImageFolder of labeled images) also gets a current
     Label with source IMPORT whose reviewer name records ``source`` (e.g. the folder path) and
-    whose external id is the image's name. Importing the same images again changes nothing."""
+    whose external id is the image's name. Importing the same images again changes nothing.
+
+    An import's label goes to a new item or an existing item with no evaluation role; a label
+    for a golden-set, held-out or audit-drawn item that exists already is refused, naming the
+    items, and nothing is stored: their labels come only through review tasks."""
     if not images:
         raise InvalidInput.single("images", "give at least one image")
     errors = [FieldError(f"images[{i}]", f"{image.name}: unknown label {image.label!r}; the project's labels "
@@ -480,10 +517,14 @@ def items_import(*, project: Any, images: list[ImportedImage], source: str, acto
     if errors:
         raise InvalidInput(errors[:MAX_REPORTED_ERRORS])
     name = (f"import: {source}" if source else f"import by {actor}")[:200]
+    labeled = [(i, image, row.sha256) for i, (image, row) in enumerate(zip(images, rows)) if image.label is not None]
     with transaction.atomic():
+        refused = _label_refusals(project, labeled) if labeled else []
+        if refused:
+            raise InvalidInput(refused[:MAX_REPORTED_ERRORS])
         item_ids, created = _insert_items(project, rows)
         existing = set(Label.objects.filter(item_id__in=item_ids, status=LabelStatus.CURRENT).values_list("id", flat=True))
-        labeled = [label_submit(item_id=item_id, value=image.label, source=LabelSource.IMPORT,
-                                reviewer_name=name, external_id=image.name[:200])
-                   for item_id, image in zip(item_ids, images) if image.label is not None]
-    return ImportResult(item_ids, created, sum(label.id not in existing for label in labeled))
+        labeled_now = [label_submit(item_id=item_id, value=image.label, source=LabelSource.IMPORT,
+                                    reviewer_name=name, external_id=image.name[:200])
+                       for item_id, image in zip(item_ids, images) if image.label is not None]
+    return ImportResult(item_ids, created, sum(label.id not in existing for label in labeled_now))

@@ -10,7 +10,7 @@ import shutil
 import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -37,6 +37,7 @@ from hitl.services.trust import trust_record
 SELECTION_STRATEGIES = mlspec.STRATEGIES
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 TOKEN_PREFIX = "hitl_dep_"
+MAX_SAFETENSORS_HEADER = 100_000_000  # the safetensors format's own limit
 
 
 def _check_labels(labels: object) -> str | None:
@@ -212,8 +213,29 @@ def checkpoint_meta_read(weights_path: Path) -> dict:
     safetensors header is JSON. workers.ml.checkpoint.read_meta reads the same with torch."""
     with safe_open(str(weights_path), framework="numpy") as handle:
         metadata = handle.metadata() or {}
+    return _checkpoint_meta(metadata, str(weights_path))
+
+
+def checkpoint_meta_from_file(handle: BinaryIO, name: str) -> dict:
+    """``checkpoint_meta_read`` for a file already open (one ``hitl.media.model_artifact_file``
+    opened safely): a safetensors file starts with its header's length (8 bytes, little-endian),
+    then the header as JSON, whose ``__metadata__`` holds hitl's."""
+    length = int.from_bytes(handle.read(8), "little")
+    header = None
+    if 2 <= length <= MAX_SAFETENSORS_HEADER:
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            pass
+    if not isinstance(header, dict):
+        raise ValueError(f"{name} is not a safetensors file")
+    metadata = header.get("__metadata__")
+    return _checkpoint_meta(metadata if isinstance(metadata, dict) else {}, name)
+
+
+def _checkpoint_meta(metadata: dict, name: str) -> dict:
     if mlspec.CHECKPOINT_METADATA_KEY not in metadata:
-        raise ValueError(f"{weights_path} has no hitl metadata")
+        raise ValueError(f"{name} has no hitl metadata")
     meta = json.loads(metadata[mlspec.CHECKPOINT_METADATA_KEY])
     if meta.get("format_version") != mlspec.CHECKPOINT_FORMAT_VERSION:
         raise ValueError(f"unsupported checkpoint format {meta.get('format_version')!r}")

@@ -36,9 +36,10 @@ def reserve(project, item_ids: list[int]) -> None:
 
 
 def label_all(project, item_ids: list[int], value: str | None = None) -> None:
+    """A reviewer's labels (simulated): the golden set takes no import's label."""
     for item_id in item_ids:
         label_submit(item_id=item_id, value=value or project.labels[item_id % len(project.labels)],
-                     source=LabelSource.IMPORT, reviewer_name="rita")
+                     source=LabelSource.SIMULATED, reviewer_name="rita")
 
 
 def test_a_golden_proposal_is_a_random_stratified_review_batch_reserved_for_the_golden_set(project, ingest) -> None:
@@ -85,6 +86,7 @@ def test_golden_items_are_never_in_a_training_set(project, labeled_items) -> Non
 def test_versions_are_frozen_and_new_ones_come_only_from_the_explicit_action(project, labeled_items) -> None:
     ids = labeled_items(range(30))
     reserve(project, ids[:10])
+    label_all(project, ids[:10])  # reviewed: the imports' labels alone would not do
     with pytest.raises(InvalidInput, match="reason"):
         golden_set_freeze(project=project, actor="otto", reason=" ")
     v1 = golden_set_freeze(project=project, actor="otto", reason="first draw")
@@ -93,6 +95,7 @@ def test_versions_are_frozen_and_new_ones_come_only_from_the_explicit_action(pro
         golden_set_freeze(project=project, actor="otto", reason="again")
     # more golden items labeled: the frozen version does not change, the gate still uses v1
     reserve(project, ids[10:15])
+    label_all(project, ids[10:15])
     v1.refresh_from_db()
     assert v1.item_ids == sorted(ids[:10])
     golden, data = golden_eval_set(project)
@@ -110,7 +113,7 @@ def test_unlabeled_golden_items_wait_outside_the_version(project, write_images) 
 
     ids = items_register(project=project, image_paths=write_images(range(8)))
     reserve(project, ids)
-    with pytest.raises(Conflict, match="no labeled golden-set items yet"):
+    with pytest.raises(Conflict, match="no reviewed golden-set items yet"):
         golden_set_freeze(project=project, actor="otto", reason="nothing labeled")
     label_all(project, ids[:3])
     assert golden_set_freeze(project=project, actor="otto", reason="three").item_ids == sorted(ids[:3])

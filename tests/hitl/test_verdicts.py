@@ -18,6 +18,9 @@ from hitl.models import (
     Environment,
     EvaluationSet,
     GoldenItem,
+    Label,
+    LabelSource,
+    LabelStatus,
     ModelStage,
     ModelVersion,
     ProjectRole,
@@ -25,6 +28,7 @@ from hitl.models import (
 )
 from hitl.services.cycles import cycle_cancel, cycle_request
 from hitl.services.golden import golden_set_freeze
+from hitl.services.labels import label_submit
 from hitl.services.projects import deployment_create
 from hitl.services.trust import trust_verify
 from tests.conftest import member, token_client
@@ -38,7 +42,10 @@ pytestmark = pytest.mark.django_db
 def golden_project(project, labeled_items):
     """150 labeled Fashion-MNIST items; 45 of them (drawn before any model) form golden set v1."""
     ids = labeled_items(range(150))
-    GoldenItem.objects.bulk_create([GoldenItem(project=project, item_id=i, source="golden") for i in ids[::3][:45]])
+    golden = ids[::3][:45]
+    GoldenItem.objects.bulk_create([GoldenItem(project=project, item_id=i, source="golden") for i in golden])
+    for label in Label.objects.filter(item_id__in=golden, status=LabelStatus.CURRENT):  # reviewed, as golden labels are
+        label_submit(item_id=label.item_id, value=label.value, source=LabelSource.SIMULATED, reviewer_name="reviewer")
     golden_set_freeze(project=project, actor="test", reason="fixture")
     return project
 

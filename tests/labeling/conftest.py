@@ -1,30 +1,20 @@
-"""Fixtures for the labeling tests: review tasks and pushed-task rows without a server, and a real
-Label Studio 1.23.2 server for the `labelstudio` tests. The session starts Label Studio from the
-project's own script (installing it into its own virtualenv outside the project's if needed) on a
-free loopback port with a fresh data dir, once for all the modules that use it."""
+"""Fixtures for the labeling tests: review tasks and pushed-task rows without a server, and a
+project connected to the real Label Studio server of tests/conftest.py (`label_studio`)."""
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
-from django.conf import settings
 from label_studio_sdk import LabelStudio
 
 from hitl.services.ingestion import predictions_ingest
 from hitl.services.selection import review_batch_request
 from labeling.models import LabelStudioProject, LabelStudioTask, PushState
 from labeling.services.provisioning import ls_project_provision
+from tests.conftest import LABEL_STUDIO_REVIEWER as REVIEWER  # noqa: F401 - imported from here by tests
 from workers.pipelines.selection import review_batch_select
-
-SCRIPT = Path(settings.BASE_DIR) / "scripts" / "label-studio.sh"
-REVIEWER = "reviewer@hitl.test"  # the Label Studio account the tests annotate as
 
 
 @pytest.fixture()
@@ -44,33 +34,14 @@ def pushed(project, review_tasks):
     return link, rows
 
 
-# --- a real Label Studio server ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LabelStudioServer:
-    url: str
-    token: str
-    password: str
+# --- a real Label Studio server: the `label_studio` fixture is in tests/conftest.py (one server
+# for this package and the worker-kill tests in tests/reliability) -----------------------------------
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
-    data = tmp_path_factory.mktemp("label-studio")
-    port = free_port()
-    env = {**os.environ, "HITL_LS_DATA_DIR": str(data), "HITL_LS_PORT": str(port), "HITL_LS_USERNAME": REVIEWER}
-    subprocess.run([str(SCRIPT), "start"], env=env, check=True, timeout=900)
-    try:
-        yield LabelStudioServer(f"http://127.0.0.1:{port}", (data / "api-token").read_text().strip(),
-                                (data / "password").read_text().strip())
-    finally:
-        subprocess.run([str(SCRIPT), "stop"], env=env, check=False, timeout=60)
 
 
 @pytest.fixture()

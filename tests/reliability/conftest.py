@@ -393,11 +393,8 @@ class TableLock:
     touches the table waits there, which stops a task at a known point."""
 
     def __init__(self, table: str) -> None:
-        db = connection.settings_dict
         self.table = table
-        self.conn = psycopg.connect(
-            host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]
-        )
+        self.conn = _test_database()
         self.conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
 
     def waiters(self) -> int:
@@ -430,3 +427,18 @@ class TableLock:
         if not self.conn.closed:
             self.conn.rollback()
             self.conn.close()
+
+
+class RowLock(TableLock):
+    """Hold one row ``FOR UPDATE`` on a separate connection: a task that locks that row waits
+    there, with the work it did on the rows before it already committed."""
+
+    def __init__(self, table: str, pk: int) -> None:
+        self.table = table
+        self.conn = _test_database()
+        self.conn.execute(f"SELECT 1 FROM {table} WHERE id = %s FOR UPDATE", [pk])
+
+
+def _test_database() -> psycopg.Connection:
+    db = connection.settings_dict
+    return psycopg.connect(host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"])

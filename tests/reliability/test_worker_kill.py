@@ -48,6 +48,7 @@ from labeling.models import (
 )
 from tests.conftest import WorkerProcess
 from tests.reliability.conftest import STALLED_AFTER, VISIBILITY_TIMEOUT, TableLock, report_section
+from tests.reliability.test_worker_kill_label_studio import LABEL_STUDIO_KILL_CASES
 from workers.celery import app as celery_app
 from workers.ml.uncertainty import SCORERS
 from workers.pipelines.scoring import predictions_score
@@ -294,15 +295,13 @@ CASES = [
 # session lingers, the redelivered task steps aside and the beat re-sends the work. Every other
 # task must finish by its redelivery alone.
 MAY_NEED_THE_BEAT = frozenset({"workers.tasks.retrain", "workers.tasks.evaluate"})
-# These talk to a Label Studio server at once (push, pull); they are not in this table.
-NEEDS_LABEL_STUDIO = frozenset(
-    {"labeling.tasks.push_review_tasks", "labeling.tasks.reconcile", "labeling.tasks.reconcile_all"}
-)
 
 
 def test_every_task_type_has_a_kill_case() -> None:
+    """Each task is killed here, or (talking to Label Studio at once) against a real Label Studio
+    in test_worker_kill_label_studio.py."""
     ours = {name for name in celery_app.tasks if name.startswith(("workers.", "labeling."))}
-    assert ours == {case.task for case in CASES} | NEEDS_LABEL_STUDIO
+    assert ours == {case.task for case in CASES} | LABEL_STUDIO_KILL_CASES
 
 
 def _new_pool_process(worker: WorkerProcess, killed: list[int], timeout: float = 60) -> None:
@@ -412,8 +411,8 @@ beat's re-send finished it: PostgreSQL ends a dead client's session only once it
 returns, so until then that session still held the cycle's advisory lock (retrain, evaluate) or the
 prediction rows it had claimed, which scoring skips (`SKIP LOCKED`): scoring
 retries shortly (`Busy`) when rows it skipped are still unscored. Label Studio's push and
-reconcile tasks ({", ".join(f"`{t}`" for t in sorted(NEEDS_LABEL_STUDIO))}) need a Label Studio
-server and are not in this table.
+reconcile tasks ({", ".join(f"`{t}`" for t in sorted(LABEL_STUDIO_KILL_CASES))}) are killed
+against a real Label Studio in the next section.
 
 | task | stopped at | pool processes killed | completed by | cycle attempts | lost | duplicated | seconds |
 | --- | --- | --- | --- | --- | --- | --- | --- |

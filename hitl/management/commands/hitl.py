@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ from hitl.services.access import (
 )
 from hitl.services.cycles import cycle_approve, cycle_reject, cycle_request, model_version_rollback
 from hitl.services.golden import golden_set_freeze, golden_set_propose
-from hitl.services.ingestion import ImportedImage, items_import
+from hitl.services.ingestion import ImportedImage, import_label_refusals, items_import
 from hitl.services.projects import (
     deployment_create,
     deployment_rotate_token,
@@ -259,10 +260,20 @@ class Command(BaseCommand):
             raise CommandError(f"no files under {folder}: give a folder of images, or one sub-folder per label")
         if o["chunk"] < 1:
             raise CommandError("--chunk must be at least 1")
+        def chunks() -> Iterator[tuple[int, list[ImportedImage]]]:
+            for start in range(0, len(files), o["chunk"]):
+                yield start, [ImportedImage(str(path.relative_to(folder)), path.read_bytes(), label)
+                              for path, label in files[start:start + o["chunk"]]]
+
+        if any(label is not None for _, label in files):  # refused labels stop the import before any chunk
+            refused = [error for start, chunk in chunks()
+                       for error in import_label_refusals(project=project, images=chunk, first_index=start)]
+            if refused:
+                more = f"; and {len(refused) - 20} more" if len(refused) > 20 else ""
+                raise CommandError(f"nothing imported: {len(refused)} labeled images are refused: "
+                                   + "; ".join(error.message for error in refused[:20]) + more)
         items = labels = 0
-        for start in range(0, len(files), o["chunk"]):  # each chunk whole or not at all; a rerun skips stored images
-            chunk = [ImportedImage(str(path.relative_to(folder)), path.read_bytes(), label)
-                     for path, label in files[start:start + o["chunk"]]]
+        for _, chunk in chunks():  # each chunk whole or not at all; a rerun skips stored images
             result = items_import(project=project, images=chunk, source=str(folder), actor=ACTOR)
             items, labels = items + result.items_created, labels + result.labels_created
         labeled = sum(label is not None for _, label in files)
