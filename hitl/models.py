@@ -318,6 +318,12 @@ class ReviewTask(models.Model):
     status = models.CharField(max_length=20, choices=ReviewTaskStatus.choices, default=ReviewTaskStatus.OPEN)
     created_at = models.DateTimeField(default=timezone.now)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # A short lease (hitl.services.leases): the reviewer who has the open task in front of them.
+    leased_to = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The reviewer holding the lease; free once lease_expires_at has passed.",
+    )
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [

@@ -8,11 +8,13 @@ from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
+from django.utils import timezone
 
 from hitl.media import media_path
 from hitl.models import (
     ArtifactKind,
     EvaluationSnapshot,
+    GoldenItem,
     GoldenSet,
     Item,
     Label,
@@ -75,13 +77,14 @@ def memberships_list(project: Project) -> QuerySet[ProjectMembership]:
 
 # How each project-owned object reaches its project, for endpoints addressed by the object's id.
 _PROJECT_PATH = {Item: "items", RetrainingCycle: "cycles", ReviewBatch: "review_batches",
-                 ReviewTask: "review_batches__tasks"}
+                 ReviewTask: "review_batches__tasks", Label: "items__labels"}
 
 
 def project_owning(
-    model: type[Item | RetrainingCycle | ReviewBatch | ReviewTask], pk: int,
+    model: type[Item | RetrainingCycle | ReviewBatch | ReviewTask | Label], pk: int,
 ) -> Project | None:
-    """The project an item, cycle, review batch or review task belongs to; None if there is none."""
+    """The project an item, cycle, review batch, review task or label belongs to; None if there
+    is none."""
     return Project.objects.filter(**{f"{_PROJECT_PATH[model]}__pk": pk}).first()
 
 
@@ -249,3 +252,41 @@ def rollback_choices(project: Project) -> QuerySet[ModelVersion]:
     """Earlier production models a project can roll back to, newest first."""
     return (ModelVersion.objects.filter(project=project, promoted_at__isnull=False)
             .exclude(stage=ModelStage.PRODUCTION).order_by("-promoted_at"))
+
+
+def review_waiting(project: Project, reviewer: AbstractBaseUser) -> int:
+    """Open review tasks of the project that this reviewer could take: not leased to someone else."""
+    now = timezone.now()
+    return ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.OPEN).filter(
+        Q(leased_to__isnull=True) | Q(lease_expires_at__lte=now) | Q(leased_to=reviewer)).count()
+
+
+def golden_item_ids(item_ids: list[int]) -> set[int]:
+    return set(GoldenItem.objects.filter(item_id__in=item_ids).values_list("item_id", flat=True))
+
+
+@dataclass(frozen=True)
+class ItemHistory:
+    """What the item page shows: every model version's prediction (oldest version first), every
+    label ever given (oldest first, each with the label it replaced), and each review task that
+    put the item in front of people, with its batch."""
+
+    item: Item
+    golden: GoldenItem | None
+    predictions: list[Prediction]
+    labels: list[Label]
+    review_tasks: list[ReviewTask]
+
+
+def item_history(item_id: int) -> ItemHistory | None:
+    item = Item.objects.select_related("project").filter(pk=item_id).first()
+    if item is None:
+        return None
+    predictions = (Prediction.objects.filter(item=item).select_related("model_version", "deployment")
+                   .order_by("model_version__created_at", "model_version_id"))
+    labels = (Label.objects.filter(item=item).select_related("previous", "review_task__batch", "prediction__model_version")
+              .order_by("created_at", "id"))
+    tasks = (ReviewTask.objects.filter(item=item).select_related("batch__model_version", "prediction__model_version")
+             .order_by("created_at", "id"))
+    return ItemHistory(item=item, golden=GoldenItem.objects.filter(item=item).first(),
+                       predictions=list(predictions), labels=list(labels), review_tasks=list(tasks))

@@ -84,15 +84,14 @@ def review_task_label(request: HttpRequest, pk: int) -> HttpResponse:
     if task.status != ReviewTaskStatus.OPEN:
         messages.info(request, f"Item {task.item_id} was already reviewed.")
         return redirect("web:review-queue", slug=slug)
-    if request.POST.get("action") == "skip":
-        review_task_skip(review_task_id=task.id)
-        messages.info(request, f"Skipped item {task.item_id}.")
-        return redirect("web:review-queue", slug=slug)
-    value = request.POST.get("value", "")
     try:
-        label = label_submit(item_id=task.item_id, value=value, source=LabelSource.WEB, reviewer=request.user,
-                             review_task_id=task.id, lead_time_seconds=_lead_time(request))
-    except InvalidInput as exc:
+        if request.POST.get("action") == "skip":
+            review_task_skip(review_task_id=task.id, reviewer=request.user)
+            messages.info(request, f"Skipped item {task.item_id}.")
+            return redirect("web:review-queue", slug=slug)
+        label = label_submit(item_id=task.item_id, value=request.POST.get("value", ""), source=LabelSource.WEB,
+                             reviewer=request.user, review_task_id=task.id, lead_time_seconds=_lead_time(request))
+    except (InvalidInput, Conflict) as exc:
         messages.error(request, str(exc))
         return redirect("web:review-queue", slug=slug)
     predicted = task.prediction.predicted_label if task.prediction else None
