@@ -24,8 +24,11 @@
   let index = 0;        // which of them is shown
   let done = [];        // this session's labels, newest last: what U undoes
   let shownAt = performance.now();
-  let busy = false;
   let zoom = 0;
+  // Keys act in the order pressed: each action waits for the one before (a fast reviewer's
+  // second key applies to the next item, never to the one still being saved).
+  let chain = Promise.resolve();
+  const queue = (action) => { chain = chain.then(action); };
 
   function say(message, isError = false) {
     el.status.textContent = message;
@@ -161,32 +164,27 @@
     if (index >= tasks.length) index = Math.max(0, tasks.length - 1);
   }
 
-  async function answer(body, okMessage) {
+  async function answer(body) {
     const task = current();
-    if (!task || busy) return;
-    busy = true;
+    if (!task) return;
     try {
       const data = await post(task.answer_url, { ...body, lead_time_seconds: (performance.now() - shownAt) / 1000 });
       if (data.label) done.push(data.label);
-      say(okMessage ? okMessage(data) : data.message);
+      say(data.message);
       dropCurrent();
       show();
-      await lease();  // top up the window and renew the leases
     } catch (error) {
       say(error.message, true);
-      if (error.status === 409) {
-        dropCurrent();
-        await lease();
-      }
-    } finally {
-      busy = false;
+      if (error.status !== 409) return;
+      dropCurrent();  // someone else has it, or it was reviewed meanwhile
     }
+    await lease();  // top up the window and renew the leases
   }
 
   function pick(label) {
     if (label === undefined) return;
     if (el.filter) el.filter.value = "";
-    answer({ value: label });
+    queue(() => answer({ value: label }));
   }
 
   function accept() {
@@ -200,13 +198,11 @@
   }
 
   async function undo() {
-    if (busy) return;
     const last = done.pop();
     if (!last) {
       say("Nothing to undo yet.", true);
       return;
     }
-    busy = true;
     try {
       const data = await post(last.undo_url);
       if (data.task) {
@@ -217,8 +213,6 @@
       say(data.message);
     } catch (error) {
       say(`Could not undo: ${error.message}`, true);
-    } finally {
-      busy = false;
     }
   }
 
@@ -263,10 +257,10 @@
     const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
     if (KEYS.includes(key)) pick(visibleLabels()[KEYS.indexOf(key)]);
     else if (key === "Enter") accept();
-    else if (key === "s") answer({ skip: true });
-    else if (key === "u") undo();
-    else if (key === "ArrowRight" || key === "ArrowDown") move(1);
-    else if (key === "ArrowLeft" || key === "ArrowUp") move(-1);
+    else if (key === "s") queue(() => answer({ skip: true }));
+    else if (key === "u") queue(undo);
+    else if (key === "ArrowRight" || key === "ArrowDown") queue(() => move(1));
+    else if (key === "ArrowLeft" || key === "ArrowUp") queue(() => move(-1));
     else if (key === "z") changeZoom(zoom === ZOOMS.length - 1 ? -ZOOMS.length : 1);
     else if (key === "+" || key === "=") changeZoom(1);
     else if (key === "-") changeZoom(-1);
@@ -285,15 +279,15 @@
     if (item) pick(item.dataset.label);
   });
   $("review-accept").addEventListener("click", accept);
-  $("review-skip").addEventListener("click", () => answer({ skip: true }));
-  $("review-undo").addEventListener("click", undo);
-  $("review-prev").addEventListener("click", () => move(-1));
-  $("review-next").addEventListener("click", () => move(1));
+  $("review-skip").addEventListener("click", () => queue(() => answer({ skip: true })));
+  $("review-undo").addEventListener("click", () => queue(undo));
+  $("review-prev").addEventListener("click", () => queue(() => move(-1)));
+  $("review-next").addEventListener("click", () => queue(() => move(1)));
   $("review-zoom-in").addEventListener("click", () => changeZoom(1));
   $("review-zoom-out").addEventListener("click", () => changeZoom(-1));
   window.addEventListener("resize", applyZoom);
   el.image.addEventListener("load", () => { root.dataset.loadedItem = el.image.alt; });
 
-  lease();
-  setInterval(lease, Math.max(5000, leaseMs / 2));  // renew before the leases run out
+  queue(lease);
+  setInterval(() => queue(lease), Math.max(5000, leaseMs / 2));  // renew before the leases run out
 })();
