@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import statistics
+from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -26,6 +29,7 @@ from hitl.models import (
     Project,
     ProjectMembership,
     RetrainingCycle,
+    ReviewAnswer,
     ReviewBatch,
     ReviewReason,
     ReviewTask,
@@ -290,3 +294,80 @@ def item_history(item_id: int) -> ItemHistory | None:
              .order_by("created_at", "id"))
     return ItemHistory(item=item, golden=GoldenItem.objects.filter(item=item).first(),
                        predictions=list(predictions), labels=list(labels), review_tasks=list(tasks))
+
+
+def conflicts_queue(project: Project) -> QuerySet[ReviewTask]:
+    """Review tasks whose two blind answers differ, oldest first, with both answers."""
+    return (ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.CONFLICT)
+            .select_related("item", "prediction__model_version").prefetch_related("answers")
+            .order_by("batch__created_at", "rank"))
+
+
+def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
+    """Cohen's kappa of two raters over (rater A's label, rater B's label) pairs; None where it is
+    undefined (no pairs, or both raters always gave one and the same label)."""
+    n = len(pairs)
+    if n == 0:
+        return None
+    observed = sum(a == b for a, b in pairs) / n
+    first, second = Counter(a for a, _ in pairs), Counter(b for _, b in pairs)
+    expected = sum(first[label] * second[label] for label in first) / (n * n)
+    return None if expected == 1 else (observed - expected) / (1 - expected)
+
+
+@dataclass(frozen=True)
+class ReviewerStats:
+    reviewer: str
+    labels: int  # labels given (not withdrawn), all time
+    labels_24h: int
+    median_seconds: float | None  # time spent per label, as the review page measured it
+    paired: int  # blind answers compared with another reviewer's
+    agreed: int
+    kappa: float | None  # Cohen's kappa against the other reviewers, pooled
+    with_model: int  # labels given where the model had a prediction
+    agreed_with_model: int
+
+    @property
+    def per_hour(self) -> float | None:
+        return None if not self.median_seconds else 3600 / self.median_seconds
+
+    @property
+    def model_agreement(self) -> float | None:
+        return self.agreed_with_model / self.with_model if self.with_model else None
+
+
+def reviewer_stats(project: Project) -> list[ReviewerStats]:
+    """Per reviewer: throughput, agreement with other reviewers (blind double answers, Cohen's
+    kappa) and agreement with the model's prediction they were shown."""
+    since = timezone.now() - timedelta(hours=24)
+    labels = Label.objects.filter(item__project=project).exclude(status=LabelStatus.RETRACTED).exclude(
+        source__in=["import", "simulated"])
+    rows = (labels.values("reviewer_name").annotate(
+        n=Count("id"), n24=Count("id", filter=Q(created_at__gte=since)),
+        with_model=Count("id", filter=Q(prediction__isnull=False)),
+        agreed_with_model=Count("id", filter=Q(prediction__predicted_label=F("value"))),
+    ).order_by("reviewer_name"))
+    times: dict[str, list[float]] = {}
+    for name, seconds in labels.filter(lead_time_seconds__isnull=False).values_list("reviewer_name", "lead_time_seconds"):
+        times.setdefault(name, []).append(seconds)
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    answers = ReviewAnswer.objects.filter(task__batch__project=project).order_by("task_id", "id")
+    by_task: dict[int, list[ReviewAnswer]] = {}
+    for answer in answers:
+        by_task.setdefault(answer.task_id, []).append(answer)
+    for pair in by_task.values():
+        if len(pair) == 2:
+            a, b = pair
+            pairs.setdefault(a.reviewer_name, []).append((a.value, b.value))
+            pairs.setdefault(b.reviewer_name, []).append((b.value, a.value))
+    counted = {r["reviewer_name"]: r for r in rows}
+    stats = []
+    for name in sorted(set(counted) | set(pairs)):
+        row, mine = counted.get(name, {}), pairs.get(name, [])
+        stats.append(ReviewerStats(
+            reviewer=name, labels=row.get("n", 0), labels_24h=row.get("n24", 0),
+            median_seconds=statistics.median(times[name]) if times.get(name) else None,
+            paired=len(mine), agreed=sum(a == b for a, b in mine), kappa=cohen_kappa(mine),
+            with_model=row.get("with_model", 0), agreed_with_model=row.get("agreed_with_model", 0),
+        ))
+    return stats

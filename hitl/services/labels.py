@@ -16,7 +16,16 @@ from django.db import transaction
 from django.utils import timezone
 
 from hitl.errors import Conflict, InvalidInput
-from hitl.models import Item, Label, LabelSource, LabelStatus, ReviewTask, ReviewTaskStatus, Split
+from hitl.models import (
+    Item,
+    Label,
+    LabelSource,
+    LabelStatus,
+    ReviewAnswer,
+    ReviewTask,
+    ReviewTaskStatus,
+    Split,
+)
 from hitl.services.leases import review_lease_check, review_lease_grant
 
 # Longer than this is a reviewer who left the page open, not time spent on the item.
@@ -178,6 +187,9 @@ def label_undo(*, label_id: int, reviewer: AbstractBaseUser) -> ReviewTask | Non
     if label.status != LabelStatus.CURRENT:
         raise Conflict(f"label {label_id} is no longer the item's current label ({label.status}): nothing to undo")
     label_retract(label_id=label.id)
+    if label.review_task_id is not None:  # a blind answer of a task two reviewers label goes with it
+        ReviewAnswer.objects.filter(task_id=label.review_task_id, reviewer=reviewer,
+                                    task__status=ReviewTaskStatus.OPEN).delete()
     task = ReviewTask.objects.filter(item_id=item_id, status=ReviewTaskStatus.OPEN).first()
     if task is None:
         return None

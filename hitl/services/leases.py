@@ -45,6 +45,7 @@ def review_leases_take(
     ids = list(
         ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.OPEN)
         .filter(_takeable(reviewer, now))
+        .exclude(answers__reviewer=reviewer)  # a task two reviewers label blind: the other one's turn
         .order_by(held_first, "batch__created_at", "batch_id", "rank")
         .select_for_update(skip_locked=True, of=("self",))
         .values_list("id", flat=True)[:count]
@@ -54,7 +55,7 @@ def review_leases_take(
     ReviewTask.objects.filter(batch__project=project, leased_to=reviewer, status=ReviewTaskStatus.OPEN).exclude(
         pk__in=ids).update(leased_to=None, lease_expires_at=None)
     tasks = ReviewTask.objects.filter(pk__in=ids).select_related(
-        "item", "batch", "prediction__model_version")
+        "item", "batch__project", "prediction__model_version")
     by_id = {task.id: task for task in tasks}
     return [by_id[pk] for pk in ids]
 

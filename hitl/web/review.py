@@ -9,9 +9,10 @@ import math
 import time
 
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
@@ -28,7 +29,14 @@ from hitl.models import (
     ReviewTaskStatus,
 )
 from hitl.services.access import Action, NotAMember, RoleTooLow, role_required
-from hitl.services.labels import label_submit, label_undo, plausible_lead_time, review_task_skip
+from hitl.services.agreement import (
+    AnswerOutcome,
+    review_answer_submit,
+    review_answer_withdraw,
+    review_conflict_resolve,
+    review_task_needs_two,
+)
+from hitl.services.labels import label_undo, plausible_lead_time, review_task_skip
 from hitl.services.leases import review_leases_take
 from hitl.web.views import _allowed
 
@@ -85,6 +93,8 @@ def task_view(task: ReviewTask, golden_ids: set[int]) -> dict:
         "rank": task.rank,
         "batch_id": task.batch_id,
         "golden": task.reason == ReviewReason.GOLDEN or task.item_id in golden_ids,
+        "blind": review_task_needs_two(task, fraction=task.batch.project.double_label_fraction,
+                                       golden=task.item_id in golden_ids),
         "lease_expires_at": task.lease_expires_at.isoformat() if task.lease_expires_at else None,
     }
 
@@ -139,24 +149,38 @@ def review_task_answer(request: HttpRequest, pk: int) -> JsonResponse:
             raise Conflict(f"item {task.item_id} was already reviewed ({task.status})")
         if body.get("skip") is True:
             review_task_skip(review_task_id=task.id, reviewer=request.user)
-            return JsonResponse({"task": task.id, "status": ReviewTaskStatus.SKIPPED, "label": None,
+            return JsonResponse({"task": task.id, "outcome": "skipped", "undo": None,
                                  "message": f"Skipped item {task.item_id}."})
         value = body.get("value")
         if not isinstance(value, str):
             raise InvalidInput.single("value", "send the label's name as a string, or skip: true")
-        label = label_submit(item_id=task.item_id, value=value, source=LabelSource.WEB, reviewer=request.user,
-                             review_task_id=task.id, lead_time_seconds=_lead_time(body))
+        result = review_answer_submit(review_task_id=task.id, reviewer=request.user, value=value,
+                                      lead_time_seconds=_lead_time(body))
     except InvalidInput as exc:
         return json_error(400, exc.errors[0].field, exc.errors[0].message)
     except Conflict as exc:
         return json_error(409, "", str(exc))
+    return JsonResponse({"task": task.id, **_outcome_view(task, value, result)})
+
+
+def _outcome_view(task: ReviewTask, value: str, result: AnswerOutcome) -> dict:
+    """The answer's outcome for the page: what happened, and what U would undo."""
     predicted = task.prediction.predicted_label if task.prediction else None
-    verb = "Accepted" if label.value == predicted else "Labeled"
-    return JsonResponse({
-        "task": task.id, "status": ReviewTaskStatus.DONE,
-        "label": {"id": label.id, "value": label.value, "undo_url": reverse("web:label-undo", kwargs={"pk": label.id})},
-        "message": f"{verb} '{label.value}' for item {task.item_id}.",
-    })
+    verb = "Accepted" if value == predicted else "Labeled"
+    texts = {
+        "labeled": f"{verb} '{value}' for item {task.item_id}.",
+        "waiting": f"Answered '{value}' for item {task.item_id}; a second reviewer answers it blind.",
+        "agreed": f"{verb} '{value}' for item {task.item_id}: the two blind answers agree.",
+        "conflict": f"Answered '{value}' for item {task.item_id}: the other reviewer answered differently, "
+                    "a third person decides.",
+    }
+    undo = None
+    if result.label is not None:
+        undo = {"label": result.label.id, "url": reverse("web:label-undo", kwargs={"pk": result.label.id})}
+    elif result.outcome == "waiting":
+        undo = {"answer": result.answer.id, "url": reverse("web:answer-undo", kwargs={"pk": result.answer.id})}
+    return {"outcome": result.outcome, "undo": undo, "message": texts[result.outcome],
+            "label": None if result.label is None else {"id": result.label.id, "value": result.label.value}}
 
 
 @login_required
@@ -174,10 +198,66 @@ def label_undo_view(request: HttpRequest, pk: int) -> JsonResponse:
         return json_error(409, "", str(exc))
     if task is None:
         return JsonResponse({"task": None, "message": f"Label {pk} withdrawn; its item waits elsewhere."})
-    task = ReviewTask.objects.select_related("item", "batch", "prediction__model_version").get(pk=task.pk)
+    task = ReviewTask.objects.select_related("item", "batch__project", "prediction__model_version").get(pk=task.pk)
     return JsonResponse({
         "task": task_view(task, selectors.golden_item_ids([task.item_id])),
         "message": f"Undone: item {task.item_id} is back in front of you.",
+    })
+
+
+@login_required
+@require_POST
+def answer_undo_view(request: HttpRequest, pk: int) -> JsonResponse:
+    """Take back one's blind first answer while its task still waits for the second."""
+    project = Project.objects.filter(items__review_tasks__answers__pk=pk).first()
+    refusal = _refusal(request, project, Action.LABEL, f"no answer {pk}")
+    if refusal is not None:
+        return refusal
+    try:
+        task = review_answer_withdraw(answer_id=pk, reviewer=request.user)
+    except InvalidInput as exc:
+        return json_error(400, exc.errors[0].field, exc.errors[0].message)
+    except Conflict as exc:
+        return json_error(409, "", str(exc))
+    task = ReviewTask.objects.select_related("item", "batch__project", "prediction__model_version").get(pk=task.pk)
+    return JsonResponse({
+        "task": task_view(task, selectors.golden_item_ids([task.item_id])),
+        "message": f"Undone: item {task.item_id} is back in front of you.",
+    })
+
+
+@login_required
+@require_GET
+def conflicts_page(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_find(slug)
+    can = _allowed(request, project, Action.VIEW, f"no project {slug!r}")
+    rows = [{"task": task, "answers": list(task.answers.all())} for task in selectors.conflicts_queue(project)]
+    return render(request, "hitl/review_conflicts.html", {
+        "project": project, "rows": rows, "labels": list(project.labels), "can": can,
+    })
+
+
+@login_required
+@require_POST
+def conflict_decide(request: HttpRequest, pk: int) -> HttpResponse:
+    """A third person's decision for a conflict (a form on the conflicts page)."""
+    project = selectors.project_owning(ReviewTask, pk)
+    _allowed(request, project, Action.LABEL, f"no review task {pk}")
+    try:
+        label = review_conflict_resolve(review_task_id=pk, decider=request.user, value=request.POST.get("value", ""))
+        messages.success(request, f"Decided '{label.value}' for item {label.item_id}.")
+    except (InvalidInput, Conflict) as exc:
+        messages.error(request, str(exc))
+    return redirect("web:conflicts", slug=project.slug)
+
+
+@login_required
+@require_GET
+def reviewers_page(request: HttpRequest, slug: str) -> HttpResponse:
+    project = selectors.project_find(slug)
+    _allowed(request, project, Action.VIEW, f"no project {slug!r}")
+    return render(request, "hitl/review_reviewers.html", {
+        "project": project, "stats": selectors.reviewer_stats(project),
     })
 
 

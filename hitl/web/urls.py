@@ -16,4 +16,8 @@ urlpatterns = [
     path("review-tasks/<int:pk>/answer", review.review_task_answer, name="review-task-answer"),
     path("labels/<int:pk>/undo", review.label_undo_view, name="label-undo"),
     path("items/<int:pk>/", review.item_page, name="item"),
+    path("review-answers/<int:pk>/undo", review.answer_undo_view, name="answer-undo"),
+    path("projects/<slug:slug>/conflicts/", review.conflicts_page, name="conflicts"),
+    path("review-tasks/<int:pk>/decide", review.conflict_decide, name="conflict-decide"),
+    path("projects/<slug:slug>/reviewers/", review.reviewers_page, name="reviewers"),
 ]

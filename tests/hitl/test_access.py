@@ -30,6 +30,7 @@ from hitl.models import (
     Project,
     ProjectMembership,
     ProjectRole,
+    ReviewAnswer,
     ReviewTask,
     Split,
 )
@@ -137,6 +138,10 @@ RULES: dict[str, dict[str, Rule]] = {
     "web:review-task-answer": {"POST": web(Action.LABEL)},
     "web:label-undo": {"POST": web(Action.LABEL)},
     "web:item": {"GET": web(Action.VIEW)},
+    "web:answer-undo": {"POST": web(Action.LABEL)},
+    "web:conflicts": {"GET": web(Action.VIEW)},
+    "web:conflict-decide": {"POST": web(Action.LABEL)},
+    "web:reviewers": {"GET": web(Action.VIEW)},
     # Label Studio's side: a shared secret or a signed URL is the credential, not a login.
     "labeling:webhook": {"POST": Rule("capability")},
     "labeling:image": {"GET": Rule("capability")},
@@ -198,6 +203,8 @@ def world(project, version, deployment_and_token, ingest):
         "cycle": cycle,
         "label": label_submit(item_id=unqueued.pk, value="bag", source=LabelSource.IMPORT,
                               reviewer_name="import"),
+        "answer": ReviewAnswer.objects.create(task=batch.tasks.order_by("rank").last(), reviewer=users["admin"],
+                                              reviewer_name="admin", value="bag"),
         "users": users,
         "tokens": {"deployment": deployment_and_token[1], "other_deployment": other_token},
     }
@@ -219,6 +226,8 @@ def _kwargs(name: str, w: dict) -> dict:
         "web:review-task-answer": {"pk": w["task"].pk},
         "web:label-undo": {"pk": w["label"].pk},
         "web:item": {"pk": w["item"].pk},
+        "web:answer-undo": {"pk": w["answer"].pk},
+        "web:conflict-decide": {"pk": w["task"].pk},
         "labeling:image": {"item_id": w["item"].pk, "signature": "forged"},
         "labeling:webhook": {"link_id": 1},
         "deployment-model-file": {"name": "model.json"},
@@ -258,6 +267,7 @@ BODIES = {
     ("predictions-ingest", "POST"): {"predictions": []},
     ("web:review-task-label", "POST"): {"value": "coat"},
     ("web:review-task-answer", "POST"): {"value": "coat"},
+    ("web:conflict-decide", "POST"): {"value": "coat"},
 }
 
 

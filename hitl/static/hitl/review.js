@@ -22,7 +22,7 @@
 
   let tasks = [];       // the leased tasks in front of the reviewer, in queue order
   let index = 0;        // which of them is shown
-  let done = [];        // this session's labels, newest last: what U undoes
+  const done = [];      // this session's labels and blind answers, newest last: what U undoes
   let shownAt = performance.now();
   let zoom = 0;
   // Keys act in the order pressed: each action waits for the one before (a fast reviewer's
@@ -95,6 +95,7 @@
     if (task.reason === "strategy") parts.push(`strategy ${task.strategy}`);
     if (task.score !== null) parts.push(`score ${task.score}`);
     if (task.golden) parts.push("golden set");
+    if (task.blind) parts.push("two reviewers answer blind");
     parts.push(`batch ${task.batch_id}, rank ${task.rank}`);
     return parts.join(" · ");
   }
@@ -169,7 +170,7 @@
     if (!task) return;
     try {
       const data = await post(task.answer_url, { ...body, lead_time_seconds: (performance.now() - shownAt) / 1000 });
-      if (data.label) done.push(data.label);
+      if (data.undo) done.push(data.undo);
       say(data.message);
       dropCurrent();
       show();
@@ -204,7 +205,7 @@
       return;
     }
     try {
-      const data = await post(last.undo_url);
+      const data = await post(last.url);
       if (data.task) {
         tasks = tasks.filter((task) => task.id !== data.task.id);
         tasks.splice(index, 0, data.task);
