@@ -3,7 +3,8 @@
 Every task hitl pushed (``pushed``) is counted in exactly one bucket (``TASK_BUCKETS``): still
 being pushed (reserved), deleted in Label Studio (missing), or, for a task that is in Label
 Studio, by its review task's state: waiting for a label (pending; an item whose annotation was
-deleted is back here), labeled (in Label Studio or in hitl), skipped, or cancelled."""
+deleted is back here), labeled (in Label Studio or in hitl), skipped, cancelled, or in conflict
+(two blind answers on hitl's review page differ: a third person decides)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from labeling.models import (
 from labeling.services.connection import default_client
 from labeling.services.webhooks import webhook_url
 
-TASK_BUCKETS = ("reserved", "missing", "pending", "labeled", "skipped", "cancelled")
+TASK_BUCKETS = ("reserved", "missing", "pending", "labeled", "skipped", "cancelled", "conflict")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class LabelStudioStatus:
     skipped: int = 0
     pending: int = 0
     cancelled: int = 0
+    conflict: int = 0
     rejected: int = 0
     recent_rejections: list[str] = field(default_factory=list)
     webhook_url: str = ""
@@ -88,6 +90,7 @@ def ls_status(*, project_id: int, client: LabelStudioClient | None = None) -> La
         labeled=Count("id", filter=in_ls & Q(review_task__status=ReviewTaskStatus.DONE)),
         skipped=Count("id", filter=in_ls & Q(review_task__status=ReviewTaskStatus.SKIPPED)),
         cancelled=Count("id", filter=in_ls & Q(review_task__status=ReviewTaskStatus.CANCELLED)),
+        conflict=Count("id", filter=in_ls & Q(review_task__status=ReviewTaskStatus.CONFLICT)),
     )
     annotations = LabelStudioAnnotation.objects.filter(ls_project=link)
     counts = annotations.aggregate(rejected=Count("id", filter=Q(state=AnnotationState.REJECTED)))

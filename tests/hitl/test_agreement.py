@@ -198,3 +198,13 @@ def test_the_pages_double_labeling_conflicts_and_reviewers(client, double, tasks
     stats = otto.get(f"/projects/{double.slug}/reviewers/").content.decode()
     table = stats.split('id="reviewer-stats"')[1]
     assert "<td>otto</td>" in table and "<td>rita</td>" in table and "<td>sam</td>" in table
+
+
+def test_the_share_is_a_checked_setting(project) -> None:
+    from django.core.management import CommandError, call_command
+
+    call_command("hitl", "configure-project", "--project", project.slug, "--double-label-fraction", "0.25")
+    project.refresh_from_db()
+    assert project.double_label_fraction == 0.25
+    with pytest.raises(CommandError, match="double_label_fraction: must be between 0 and 1"):
+        call_command("hitl", "configure-project", "--project", project.slug, "--double-label-fraction", "1.5")

@@ -126,7 +126,8 @@ def test_every_pushed_task_is_in_exactly_one_bucket(pushed, reviewer) -> None:
     LabelStudioTask.objects.filter(pk=rows[3].pk).update(state=PushState.MISSING)  # gone from Label Studio
     status = ls_status(project_id=link.project_id)
     buckets = {bucket: getattr(status, bucket) for bucket in TASK_BUCKETS}
-    assert buckets == {"reserved": 0, "missing": 1, "pending": 1, "labeled": 2, "skipped": 1, "cancelled": 1}
+    assert buckets == {"reserved": 0, "missing": 1, "pending": 1, "labeled": 2, "skipped": 1, "cancelled": 1,
+                       "conflict": 0}
     assert sum(buckets.values()) == status.pushed == 6
 
 
