@@ -11,9 +11,10 @@ import pytest
 from django.conf import settings
 from playwright.sync_api import Page, expect
 
-from hitl.models import Label, LabelStatus, ReviewTask, ReviewTaskStatus
+from hitl.models import Label, LabelStatus, ProjectRole, ReviewTask, ReviewTaskStatus
 from hitl.services.selection import review_batch_request
 from tests.browser.test_review_page import login
+from tests.conftest import member
 from workers.pipelines.selection import review_batch_select
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -58,6 +59,11 @@ def test_a_batch_labeled_with_the_keyboard_alone(page, live_server, project, rev
     expect(page.locator("#review-why")).to_contain_text("strategy")
     expect(page.locator("#review-predicted")).to_have_text(tasks[0].prediction.predicted_label)
     page.screenshot(path=str(artifacts() / "review-page.png"))
+    page.set_viewport_size({"width": 800, "height": 1100})  # a tablet: the side panel goes below
+    assert page.evaluate("document.documentElement.scrollWidth") <= 800
+    expect(page.locator("#review-keys")).to_be_in_viewport()
+    page.screenshot(path=str(artifacts() / "review-page-tablet.png"))
+    page.set_viewport_size({"width": 1280, "height": 800})
 
     page.keyboard.press("Enter")  # accept the model's label
     expect(status).to_contain_text(f"'{tasks[0].prediction.predicted_label}' for item {tasks[0].item_id}")
@@ -107,3 +113,57 @@ def test_a_batch_labeled_with_the_keyboard_alone(page, live_server, project, rev
     expect(page.locator("#item-predictions tbody tr")).to_contain_text(tasks[1].prediction.predicted_label)
     assert page.evaluate("img => img.naturalWidth", page.locator("#item-image").element_handle()) == 28
     page.screenshot(path=str(artifacts() / "item-page.png"), full_page=True)
+
+
+def test_two_blind_answers_and_a_conflict_decided_by_a_third_person(page, live_server, project, reviewer,
+                                                                   ingest) -> None:
+    project.double_label_fraction = 1.0
+    project.save(update_fields=["double_label_fraction"])
+    member(project, "sam", ProjectRole.REVIEWER)
+    member(project, "otto", ProjectRole.ML_ENGINEER)
+    ingest(range(3))
+    batch = review_batch_request(project=project, requested_by="t", size=2, audit_fraction=0)
+    review_batch_select(batch_id=batch.id)
+    tasks = list(batch.tasks.order_by("rank"))
+
+    def own_page(username: str) -> Page:
+        other = page.context.browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+        other.set_default_timeout(15_000)
+        login(other, live_server, username, f"{username}-pass-123")
+        other.goto(f"{live_server.url}/projects/{project.slug}/label/")
+        return other
+
+    # sam opens the page while rita holds both items: it has nothing for him, and looks again soon
+    pages = {"rita": own_page("rita")}
+    shown(pages["rita"], tasks[0])
+    pages["sam"] = own_page("sam")
+    expect(pages["sam"].locator("#review-empty")).to_be_visible()
+    for username, keys, outcomes in [("rita", "23", ["answers it blind", "answers it blind"]),
+                                     ("sam", "24", ["blind answers agree", "a third person decides"])]:
+        reviewer_page = pages[username]
+        # sam's page finds the items when it looks again (every 5 s while it has none)
+        expect(reviewer_page.locator("#review")).to_have_attribute("data-task-id", str(tasks[0].id), timeout=15_000)
+        for task, key, outcome in zip(tasks, keys, outcomes):
+            shown(reviewer_page, task)
+            expect(reviewer_page.locator("#review-why")).to_contain_text("two reviewers answer blind")
+            reviewer_page.keyboard.press(key)
+            expect(reviewer_page.locator("#review-status")).to_contain_text(outcome)
+        expect(reviewer_page.locator("#review-empty")).to_be_visible()
+
+    otto = own_page("otto")
+    otto.goto(f"{live_server.url}/projects/{project.slug}/conflicts/")
+    card = otto.locator(f'.card.conflict[data-task="{tasks[1].id}"]')
+    expect(card).to_contain_text("pullover")
+    expect(card).to_contain_text("by rita")
+    expect(card).to_contain_text("by sam")
+    otto.screenshot(path=str(artifacts() / "conflicts-page.png"))
+    card.locator("button.decide", has_text="pullover").click()
+    expect(otto.locator(".messages li.success")).to_contain_text(f"Decided 'pullover' for item {tasks[1].item_id}")
+    expect(otto.locator(".card.conflict")).to_have_count(0)
+    otto.goto(f"{live_server.url}/projects/{project.slug}/reviewers/")
+    expect(otto.locator("#reviewer-stats tbody tr")).to_have_count(3)
+    otto.screenshot(path=str(artifacts() / "reviewers-page.png"))
+
+    labels = {label.item_id: (label.value, label.reviewer_name)
+              for label in Label.objects.filter(status=LabelStatus.CURRENT)}
+    assert labels == {tasks[0].item_id: ("trouser", "sam"), tasks[1].item_id: ("pullover", "otto")}

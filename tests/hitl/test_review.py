@@ -256,3 +256,15 @@ def test_item_page_shows_predictions_history_and_batches(client, project, open_t
     batches = page.split('id="item-batches"')[1].split("</table>")[0]
     assert f"<td>{task.batch_id}</td>" in batches and "Done" in batches
     assert client.get("/items/999999999/").status_code == 404
+
+
+def test_the_json_views_need_the_csrf_token(project, open_tasks, reviewer) -> None:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(reviewer)
+    page = client.get(f"/projects/{project.slug}/label/").content.decode()
+    token = re.search(r'data-csrf="([^"]+)"', page).group(1)
+    url = f"/projects/{project.slug}/label/lease"
+    assert client.post(url, "{}", content_type="application/json").status_code == 403
+    assert not ReviewTask.objects.filter(leased_to__isnull=False).exists()
+    leased = client.post(url, "{}", content_type="application/json", HTTP_X_CSRFTOKEN=token)
+    assert leased.status_code == 200 and len(leased.json()["tasks"]) == 3

@@ -158,6 +158,7 @@
     } catch (error) {
       say(`Could not take items: ${error.message}`, true);
     }
+    scheduleRenewal();
   }
 
   function dropCurrent() {
@@ -289,6 +290,11 @@
   window.addEventListener("resize", applyZoom);
   el.image.addEventListener("load", () => { root.dataset.loadedItem = el.image.alt; });
 
+  // Renew before the leases run out; with nothing in front of the reviewer, look again soon.
+  let renewal = null;
+  function scheduleRenewal() {
+    clearTimeout(renewal);
+    renewal = setTimeout(() => queue(lease), tasks.length ? Math.max(5000, leaseMs / 2) : 5000);
+  }
   queue(lease);
-  setInterval(() => queue(lease), Math.max(5000, leaseMs / 2));  // renew before the leases run out
 })();
