@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 from django.conf import settings
 from django.contrib import messages
@@ -127,7 +126,6 @@ def review_lease(request: HttpRequest, slug: str) -> JsonResponse:
         "tasks": [task_view(task, golden) for task in tasks],
         "waiting": selectors.review_waiting(project, request.user),
         "lease_seconds": settings.HITL_REVIEW_LEASE_SECONDS,
-        "server_time": time.time(),
     })
 
 
