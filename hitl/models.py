@@ -32,6 +32,9 @@ class Project(models.Model):
     selection_strategy = models.CharField(max_length=32, default="margin")
     batch_size = models.PositiveIntegerField(default=100)
     audit_fraction = models.FloatField(default=0.1)
+    double_label_fraction = models.FloatField(
+        default=0.0, help_text="Share of review tasks two reviewers label blind (golden-set items always); "
+                               "when they disagree, a third person decides (hitl.services.agreement).")
     mc_samples = models.PositiveIntegerField(default=20, help_text="MC-dropout passes for BALD.")
     committee_size = models.PositiveIntegerField(default=3, help_text="Model versions in a committee.")
     class_balance = models.BooleanField(
@@ -310,6 +313,7 @@ class ReviewTaskStatus(models.TextChoices):
     DONE = "done", "Done"
     SKIPPED = "skipped", "Skipped"
     CANCELLED = "cancelled", "Cancelled"
+    CONFLICT = "conflict", "Reviewers disagree: a third person decides"
 
 
 class ReviewTask(models.Model):
@@ -323,6 +327,12 @@ class ReviewTask(models.Model):
     status = models.CharField(max_length=20, choices=ReviewTaskStatus.choices, default=ReviewTaskStatus.OPEN)
     created_at = models.DateTimeField(default=timezone.now)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # A short lease (hitl.services.leases): the reviewer who has the open task in front of them.
+    leased_to = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The reviewer holding the lease; free once lease_expires_at has passed.",
+    )
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -507,3 +517,19 @@ class GoldenSet(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project.slug} golden set v{self.version}"
+
+
+class ReviewAnswer(models.Model):
+    """One reviewer's blind answer to a review task that two reviewers label (see
+    hitl.services.agreement). Agreeing answers make the label; disagreeing ones a conflict."""
+
+    task = models.ForeignKey(ReviewTask, on_delete=models.CASCADE, related_name="answers")
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    reviewer_name = models.CharField(max_length=200)
+    value = models.CharField(max_length=200)
+    lead_time_seconds = models.FloatField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["task", "reviewer"], name="one_answer_per_reviewer")]
+        ordering = ["task_id", "created_at", "id"]

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+import statistics
+from collections import Counter
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
+from django.utils import timezone
 
 from hitl.media import media_path
 from hitl.models import (
     ArtifactKind,
     EvaluationSnapshot,
+    GoldenItem,
     GoldenSet,
     Item,
     Label,
@@ -24,6 +29,7 @@ from hitl.models import (
     Project,
     ProjectMembership,
     RetrainingCycle,
+    ReviewAnswer,
     ReviewBatch,
     ReviewReason,
     ReviewTask,
@@ -75,13 +81,14 @@ def memberships_list(project: Project) -> QuerySet[ProjectMembership]:
 
 # How each project-owned object reaches its project, for endpoints addressed by the object's id.
 _PROJECT_PATH = {Item: "items", RetrainingCycle: "cycles", ReviewBatch: "review_batches",
-                 ReviewTask: "review_batches__tasks"}
+                 ReviewTask: "review_batches__tasks", Label: "items__labels"}
 
 
 def project_owning(
-    model: type[Item | RetrainingCycle | ReviewBatch | ReviewTask], pk: int,
+    model: type[Item | RetrainingCycle | ReviewBatch | ReviewTask | Label], pk: int,
 ) -> Project | None:
-    """The project an item, cycle, review batch or review task belongs to; None if there is none."""
+    """The project an item, cycle, review batch, review task or label belongs to; None if there
+    is none."""
     return Project.objects.filter(**{f"{_PROJECT_PATH[model]}__pk": pk}).first()
 
 
@@ -293,3 +300,118 @@ def rollback_choices(project: Project) -> QuerySet[ModelVersion]:
     """Earlier production models a project can roll back to, newest first."""
     return (ModelVersion.objects.filter(project=project, promoted_at__isnull=False)
             .exclude(stage=ModelStage.PRODUCTION).order_by("-promoted_at"))
+
+
+def review_waiting(project: Project, reviewer: AbstractBaseUser) -> int:
+    """Open review tasks of the project that this reviewer could take: not leased to someone else."""
+    now = timezone.now()
+    return ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.OPEN).filter(
+        Q(leased_to__isnull=True) | Q(lease_expires_at__lte=now) | Q(leased_to=reviewer)).count()
+
+
+def golden_item_ids(item_ids: list[int]) -> set[int]:
+    return set(GoldenItem.objects.filter(item_id__in=item_ids).values_list("item_id", flat=True))
+
+
+@dataclass(frozen=True)
+class ItemHistory:
+    """What the item page shows: every model version's prediction (oldest version first), every
+    label ever given (oldest first, each with the label it replaced), and each review task that
+    put the item in front of people, with its batch."""
+
+    item: Item
+    golden: GoldenItem | None
+    predictions: list[Prediction]
+    labels: list[Label]
+    review_tasks: list[ReviewTask]
+
+
+def item_history(item_id: int) -> ItemHistory | None:
+    item = Item.objects.select_related("project").filter(pk=item_id).first()
+    if item is None:
+        return None
+    predictions = (Prediction.objects.filter(item=item).select_related("model_version", "deployment")
+                   .order_by("model_version__created_at", "model_version_id"))
+    labels = (Label.objects.filter(item=item).select_related("previous", "review_task__batch", "prediction__model_version")
+              .order_by("created_at", "id"))
+    tasks = (ReviewTask.objects.filter(item=item).select_related("batch__model_version", "prediction__model_version")
+             .order_by("created_at", "id"))
+    return ItemHistory(item=item, golden=GoldenItem.objects.filter(item=item).first(),
+                       predictions=list(predictions), labels=list(labels), review_tasks=list(tasks))
+
+
+def conflicts_queue(project: Project) -> QuerySet[ReviewTask]:
+    """Review tasks whose two blind answers differ, oldest first, with both answers."""
+    return (ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.CONFLICT)
+            .select_related("item", "prediction__model_version").prefetch_related("answers")
+            .order_by("batch__created_at", "rank"))
+
+
+def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
+    """Cohen's kappa of two raters over (rater A's label, rater B's label) pairs; None where it is
+    undefined (no pairs, or both raters always gave one and the same label)."""
+    n = len(pairs)
+    if n == 0:
+        return None
+    observed = sum(a == b for a, b in pairs) / n
+    first, second = Counter(a for a, _ in pairs), Counter(b for _, b in pairs)
+    expected = sum(first[label] * second[label] for label in first) / (n * n)
+    return None if expected == 1 else (observed - expected) / (1 - expected)
+
+
+@dataclass(frozen=True)
+class ReviewerStats:
+    reviewer: str
+    labels: int  # labels given (not withdrawn), all time
+    labels_24h: int
+    median_seconds: float | None  # time spent per label, as the review page measured it
+    paired: int  # blind answers compared with another reviewer's
+    agreed: int
+    kappa: float | None  # Cohen's kappa against the other reviewers, pooled
+    with_model: int  # labels given where the model had a prediction
+    agreed_with_model: int
+
+    @property
+    def per_hour(self) -> float | None:
+        return None if not self.median_seconds else 3600 / self.median_seconds
+
+    @property
+    def model_agreement(self) -> float | None:
+        return self.agreed_with_model / self.with_model if self.with_model else None
+
+
+def reviewer_stats(project: Project) -> list[ReviewerStats]:
+    """Per reviewer: throughput, agreement with other reviewers (blind double answers, Cohen's
+    kappa) and agreement with the model's prediction they were shown."""
+    since = timezone.now() - timedelta(hours=24)
+    labels = Label.objects.filter(item__project=project).exclude(status=LabelStatus.RETRACTED).exclude(
+        source__in=["import", "simulated"])
+    rows = (labels.values("reviewer_name").annotate(
+        n=Count("id"), n24=Count("id", filter=Q(created_at__gte=since)),
+        with_model=Count("id", filter=Q(prediction__isnull=False)),
+        agreed_with_model=Count("id", filter=Q(prediction__predicted_label=F("value"))),
+    ).order_by("reviewer_name"))
+    times: dict[str, list[float]] = {}
+    for name, seconds in labels.filter(lead_time_seconds__isnull=False).values_list("reviewer_name", "lead_time_seconds"):
+        times.setdefault(name, []).append(seconds)
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    answers = ReviewAnswer.objects.filter(task__batch__project=project).order_by("task_id", "id")
+    by_task: dict[int, list[ReviewAnswer]] = {}
+    for answer in answers:
+        by_task.setdefault(answer.task_id, []).append(answer)
+    for pair in by_task.values():
+        if len(pair) == 2:
+            a, b = pair
+            pairs.setdefault(a.reviewer_name, []).append((a.value, b.value))
+            pairs.setdefault(b.reviewer_name, []).append((b.value, a.value))
+    counted = {r["reviewer_name"]: r for r in rows}
+    stats = []
+    for name in sorted(set(counted) | set(pairs)):
+        row, mine = counted.get(name, {}), pairs.get(name, [])
+        stats.append(ReviewerStats(
+            reviewer=name, labels=row.get("n", 0), labels_24h=row.get("n24", 0),
+            median_seconds=statistics.median(times[name]) if times.get(name) else None,
+            paired=len(mine), agreed=sum(a == b for a, b in mine), kappa=cohen_kappa(mine),
+            with_model=row.get("with_model", 0), agreed_with_model=row.get("agreed_with_model", 0),
+        ))
+    return stats

@@ -274,6 +274,9 @@ HITL_MAX_IMAGE_FRAMES = max(1, int(env_number("HITL_MAX_IMAGE_FRAMES", 1)))
 HITL_MAX_BULK_PREDICTIONS = int(env_number("HITL_MAX_BULK_PREDICTIONS", 10_000))
 HITL_PROBABILITY_TOLERANCE = float(env_number("HITL_PROBABILITY_TOLERANCE", 0.01, float))
 HITL_DEVICE = env_str("HITL_DEVICE", "auto")
+# Review leases: how long a reviewer holds the open tasks in front of them, and how many.
+HITL_REVIEW_LEASE_SECONDS = int(env_number("HITL_REVIEW_LEASE_SECONDS", 180))
+HITL_REVIEW_LEASE_ITEMS = int(env_number("HITL_REVIEW_LEASE_ITEMS", 3))
 # Processes that decode images while a model trains or scores. 0 decodes in the task's own process:
 # Celery's default prefork pool may not start children; raise it with `--pool threads` or `solo`.
 HITL_LOADER_WORKERS = max(0, int(env_number("HITL_LOADER_WORKERS", 0)))

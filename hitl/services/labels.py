@@ -15,8 +15,18 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from hitl.errors import InvalidInput
-from hitl.models import Item, Label, LabelSource, LabelStatus, ReviewTask, ReviewTaskStatus, Split
+from hitl.errors import Conflict, InvalidInput
+from hitl.models import (
+    Item,
+    Label,
+    LabelSource,
+    LabelStatus,
+    ReviewAnswer,
+    ReviewTask,
+    ReviewTaskStatus,
+    Split,
+)
+from hitl.services.leases import review_lease_check, review_lease_grant
 
 # Longer than this is a reviewer who left the page open, not time spent on the item.
 MAX_LEAD_TIME_SECONDS = 24 * 3600
@@ -53,6 +63,8 @@ def label_submit(
 
     Submitting the label that is already current changes nothing (see `_same_label`), so a
     retried request or a replayed event is harmless. Any open review task for the item is closed.
+    A person (``reviewer``) may not label an item whose open task another reviewer holds a lease
+    on (Conflict); Label Studio's annotators and trusted sources are not held back by leases.
     """
     try:
         item = Item.objects.select_for_update().select_related("project").get(pk=item_id)
@@ -74,6 +86,10 @@ def label_submit(
         raise InvalidInput.single(
             "review_task", f"item {item.id} is held out for evaluation: it takes labels only "
                            "through a review task; name its review task")
+    if reviewer is not None:
+        open_task = task or ReviewTask.objects.filter(item_id=item.id, status=ReviewTaskStatus.OPEN).first()
+        if open_task is not None:
+            review_lease_check(task=open_task, reviewer=reviewer)
     current = Label.objects.filter(item=item, status=LabelStatus.CURRENT).first()
     if current is not None and _same_label(current, value, name, source, external_id):
         _close_review_tasks(item.id)
@@ -135,14 +151,63 @@ def label_retract(*, label_id: int) -> Label:
     if was_current and previous is not None:
         previous.status = LabelStatus.CURRENT
         previous.save(update_fields=["status"])
+    if was_current:
+        _reopen_review_task(label)
     return label
 
 
+def _reopen_review_task(label: Label) -> None:
+    """The withdrawn label had closed its review task: the item goes back to the review queue
+    (and stays in Label Studio's, where the task has lost its annotation), unless the label that
+    is current now answers the same task, or the item is already waiting in another task."""
+    task = label.review_task
+    if task is None or task.status != ReviewTaskStatus.DONE:
+        return
+    current = Label.objects.filter(item_id=label.item_id, status=LabelStatus.CURRENT).first()
+    if current is not None and current.review_task_id == task.id:
+        return
+    if ReviewTask.objects.filter(item_id=label.item_id, status=ReviewTaskStatus.OPEN).exists():
+        return
+    task.status, task.completed_at, task.leased_to, task.lease_expires_at = ReviewTaskStatus.OPEN, None, None, None
+    task.save(update_fields=["status", "completed_at", "leased_to", "lease_expires_at"])
+
+
 @transaction.atomic
-def review_task_skip(*, review_task_id: int) -> ReviewTask:
+def label_undo(*, label_id: int, reviewer: AbstractBaseUser) -> ReviewTask | None:
+    """A reviewer takes back their own current label (the review page's U): it is retracted, the
+    label it replaced (if any) is current again, and its review task comes back to the reviewer
+    under a fresh lease. Returns that open task (None if the label answered no task)."""
+    item_id = Label.objects.filter(pk=label_id).values_list("item_id", flat=True).first()
+    if item_id is None:
+        raise InvalidInput.single("label", f"no label {label_id}")
+    Item.objects.select_for_update().get(pk=item_id)
+    label = Label.objects.select_related("review_task").get(pk=label_id)
+    if label.reviewer_id != reviewer.pk:
+        raise Conflict(f"label {label_id} is {label.reviewer_name}'s: you can undo only your own labels")
+    if label.status != LabelStatus.CURRENT:
+        raise Conflict(f"label {label_id} is no longer the item's current label ({label.status}): nothing to undo")
+    label_retract(label_id=label.id)
+    if label.review_task_id is not None:  # a blind answer of a task two reviewers label goes with it
+        ReviewAnswer.objects.filter(task_id=label.review_task_id, reviewer=reviewer,
+                                    task__status=ReviewTaskStatus.OPEN).delete()
+    task = ReviewTask.objects.filter(item_id=item_id, status=ReviewTaskStatus.OPEN).first()
+    if task is None:
+        return None
+    try:
+        review_lease_check(task=task, reviewer=reviewer)
+    except Conflict:
+        return None  # the item already waits in a task someone else has in front of them
+    return review_lease_grant(task=task, reviewer=reviewer)
+
+
+@transaction.atomic
+def review_task_skip(*, review_task_id: int, reviewer: AbstractBaseUser | None = None) -> ReviewTask:
     """A reviewer passes on an item: the task closes without a label. A task done earlier whose
-    label was since withdrawn (the item has no current label) counts as skipped too."""
+    label was since withdrawn (the item has no current label) counts as skipped too. A person
+    (``reviewer``) may not skip a task another reviewer holds a lease on (Conflict)."""
     task = ReviewTask.objects.select_for_update().get(pk=review_task_id)
+    if reviewer is not None:
+        review_lease_check(task=task, reviewer=reviewer)
     withdrawn = task.status == ReviewTaskStatus.DONE and not Label.objects.filter(
         item_id=task.item_id, status=LabelStatus.CURRENT).exists()
     if task.status == ReviewTaskStatus.OPEN or withdrawn:

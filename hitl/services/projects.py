@@ -100,6 +100,7 @@ SETTING_CHECKS: dict[str, Callable[[object], str | None]] = {
     "selection_strategy": lambda v: None if v in SELECTION_STRATEGIES else f"unknown; use one of {', '.join(SELECTION_STRATEGIES)}",
     "batch_size": _between(1, 10_000, int),
     "audit_fraction": _between(0, 1),
+    "double_label_fraction": _between(0, 1),
     "mc_samples": _between(2, 200, int),
     "committee_size": _between(2, 10, int),
     "class_balance": lambda v: None if isinstance(v, bool) else "must be true or false",

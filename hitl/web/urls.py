@@ -1,6 +1,6 @@
 from django.urls import path
 
-from hitl.web import views
+from hitl.web import review, views
 
 app_name = "web"
 urlpatterns = [
@@ -11,4 +11,13 @@ urlpatterns = [
     path("cycles/<int:pk>/", views.cycle_detail, name="cycle"),
     path("cycles/<int:pk>/decide", views.cycle_decide, name="cycle-decide"),
     path("projects/<slug:slug>/rollback", views.rollback, name="rollback"),
+    path("projects/<slug:slug>/label/", review.review_page, name="review"),
+    path("projects/<slug:slug>/label/lease", review.review_lease, name="review-lease"),
+    path("review-tasks/<int:pk>/answer", review.review_task_answer, name="review-task-answer"),
+    path("labels/<int:pk>/undo", review.label_undo_view, name="label-undo"),
+    path("items/<int:pk>/", review.item_page, name="item"),
+    path("review-answers/<int:pk>/undo", review.answer_undo_view, name="answer-undo"),
+    path("projects/<slug:slug>/conflicts/", review.conflicts_page, name="conflicts"),
+    path("review-tasks/<int:pk>/decide", review.conflict_decide, name="conflict-decide"),
+    path("projects/<slug:slug>/reviewers/", review.reviewers_page, name="reviewers"),
 ]

@@ -16,7 +16,6 @@ from django.views.decorators.http import require_POST
 from hitl import selectors
 from hitl.errors import Conflict, InvalidInput
 from hitl.models import (
-    LabelSource,
     Project,
     ProjectRole,
     RetrainingCycle,
@@ -24,8 +23,9 @@ from hitl.models import (
     ReviewTaskStatus,
 )
 from hitl.services.access import Action, NotAMember, RoleTooLow, actions_allowed, role_required
+from hitl.services.agreement import review_answer_submit
 from hitl.services.cycles import cycle_approve, cycle_reject, model_version_rollback
-from hitl.services.labels import label_submit, plausible_lead_time, review_task_skip
+from hitl.services.labels import plausible_lead_time, review_task_skip
 
 QUEUE_PAGE_SIZE = 24
 
@@ -84,20 +84,25 @@ def review_task_label(request: HttpRequest, pk: int) -> HttpResponse:
     if task.status != ReviewTaskStatus.OPEN:
         messages.info(request, f"Item {task.item_id} was already reviewed.")
         return redirect("web:review-queue", slug=slug)
-    if request.POST.get("action") == "skip":
-        review_task_skip(review_task_id=task.id)
-        messages.info(request, f"Skipped item {task.item_id}.")
-        return redirect("web:review-queue", slug=slug)
-    value = request.POST.get("value", "")
     try:
-        label = label_submit(item_id=task.item_id, value=value, source=LabelSource.WEB, reviewer=request.user,
-                             review_task_id=task.id, lead_time_seconds=_lead_time(request))
-    except InvalidInput as exc:
+        if request.POST.get("action") == "skip":
+            review_task_skip(review_task_id=task.id, reviewer=request.user)
+            messages.info(request, f"Skipped item {task.item_id}.")
+            return redirect("web:review-queue", slug=slug)
+        # the same path as the one-at-a-time page: blind double answers and conflicts included
+        result = review_answer_submit(review_task_id=task.id, reviewer=request.user, value=request.POST.get("value", ""),
+                                      lead_time_seconds=_lead_time(request))
+    except (InvalidInput, Conflict) as exc:
         messages.error(request, str(exc))
         return redirect("web:review-queue", slug=slug)
-    predicted = task.prediction.predicted_label if task.prediction else None
-    verb = "Accepted" if label.value == predicted else "Corrected to"
-    messages.success(request, f"{verb} '{label.value}' for item {task.item_id}.")
+    if result.label is None:
+        messages.info(request, f"Answered '{result.answer.value}' for item {task.item_id}: "
+                               + ("a second reviewer answers it blind." if result.outcome == "waiting"
+                                  else "the other reviewer answered differently, a third person decides."))
+    else:
+        predicted = task.prediction.predicted_label if task.prediction else None
+        verb = "Accepted" if result.label.value == predicted else "Corrected to"
+        messages.success(request, f"{verb} '{result.label.value}' for item {task.item_id}.")
     page = request.POST.get("page", "1")
     return redirect(f"{reverse('web:review-queue', kwargs={'slug': slug})}?page={page if page.isdigit() else 1}")
 

@@ -1,4 +1,10 @@
-"""What an operator needs to see: tasks pushed, labeled, pending, last sync, errors."""
+"""What an operator needs to see: tasks pushed, labeled, pending, last sync, errors.
+
+Every task hitl pushed (``pushed``) is counted in exactly one bucket (``TASK_BUCKETS``): still
+being pushed (reserved), deleted in Label Studio (missing), or, for a task that is in Label
+Studio, by its review task's state: waiting for a label (pending; an item whose annotation was
+deleted is back here), labeled (in Label Studio or in hitl), skipped, cancelled, or in conflict
+(two blind answers on hitl's review page differ: a third person decides)."""
 
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ from labeling.models import (
 from labeling.services.connection import default_client
 from labeling.services.webhooks import webhook_url
 
+TASK_BUCKETS = ("reserved", "missing", "pending", "labeled", "skipped", "cancelled", "conflict")
+
 
 @dataclass
 class LabelStudioStatus:
@@ -34,6 +42,8 @@ class LabelStudioStatus:
     labeled: int = 0
     skipped: int = 0
     pending: int = 0
+    cancelled: int = 0
+    conflict: int = 0
     rejected: int = 0
     recent_rejections: list[str] = field(default_factory=list)
     webhook_url: str = ""
@@ -71,18 +81,19 @@ def _secret_state(link: LabelStudioProject) -> str:
 def ls_status(*, project_id: int, client: LabelStudioClient | None = None) -> LabelStudioStatus:
     link = LabelStudioProject.objects.select_related("project").get(project_id=project_id)
     reachable, reachability = _reachability(client)
+    in_ls = Q(state=PushState.PUSHED)
     tasks = link.tasks.aggregate(
-        pushed=Count("id", filter=Q(state=PushState.PUSHED)),
+        pushed=Count("id"),
         reserved=Count("id", filter=Q(state=PushState.RESERVED)),
         missing=Count("id", filter=Q(state=PushState.MISSING)),
-        pending=Count("id", filter=Q(state=PushState.PUSHED, review_task__status=ReviewTaskStatus.OPEN)),
+        pending=Count("id", filter=in_ls & Q(review_task__status=ReviewTaskStatus.OPEN)),
+        labeled=Count("id", filter=in_ls & Q(review_task__status=ReviewTaskStatus.DONE)),
+        skipped=Count("id", filter=in_ls & Q(review_task__status=ReviewTaskStatus.SKIPPED)),
+        cancelled=Count("id", filter=in_ls & Q(review_task__status=ReviewTaskStatus.CANCELLED)),
+        conflict=Count("id", filter=in_ls & Q(review_task__status=ReviewTaskStatus.CONFLICT)),
     )
     annotations = LabelStudioAnnotation.objects.filter(ls_project=link)
-    counts = annotations.aggregate(
-        labeled=Count("task", filter=Q(state=AnnotationState.APPLIED), distinct=True),
-        skipped=Count("task", filter=Q(state=AnnotationState.CANCELLED), distinct=True),
-        rejected=Count("id", filter=Q(state=AnnotationState.REJECTED)),
-    )
+    counts = annotations.aggregate(rejected=Count("id", filter=Q(state=AnnotationState.REJECTED)))
     rejections = annotations.filter(state=AnnotationState.REJECTED).order_by("-updated_at")[:5]
     refusals = link.rejections.order_by("-last_at")
     return LabelStudioStatus(

@@ -25,10 +25,12 @@ from hitl.errors import InvalidInput
 from hitl.models import (
     Item,
     Label,
+    LabelSource,
     ModelVersion,
     Project,
     ProjectMembership,
     ProjectRole,
+    ReviewAnswer,
     ReviewTask,
     Split,
 )
@@ -44,6 +46,7 @@ from hitl.services.access import (
 )
 from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import predictions_ingest
+from hitl.services.labels import label_submit
 from hitl.services.projects import deployment_create, project_create
 from hitl.services.selection import review_batch_request
 from tests.conftest import LABELS, make_version, member, token_client
@@ -130,6 +133,15 @@ RULES: dict[str, dict[str, Rule]] = {
     "web:cycle": {"GET": web(Action.VIEW)},
     "web:cycle-decide": {"POST": web(Action.APPROVE)},
     "web:rollback": {"POST": web(Action.ROLLBACK)},
+    "web:review": {"GET": web(Action.LABEL)},
+    "web:review-lease": {"POST": web(Action.LABEL)},
+    "web:review-task-answer": {"POST": web(Action.LABEL)},
+    "web:label-undo": {"POST": web(Action.LABEL)},
+    "web:item": {"GET": web(Action.VIEW)},
+    "web:answer-undo": {"POST": web(Action.LABEL)},
+    "web:conflicts": {"GET": web(Action.VIEW)},
+    "web:conflict-decide": {"POST": web(Action.LABEL)},
+    "web:reviewers": {"GET": web(Action.VIEW)},
     # Label Studio's side: a shared secret or a signed URL is the credential, not a login.
     "labeling:webhook": {"POST": Rule("capability")},
     "labeling:image": {"GET": Rule("capability")},
@@ -182,12 +194,17 @@ def world(project, version, deployment_and_token, ingest):
     train_item = (
         Item.objects.filter(pk__in=result.item_ids, split=Split.TRAIN).order_by("pk").first()
     )
+    unqueued = Item.objects.filter(pk__in=result.item_ids).exclude(review_tasks__batch=batch).first()
     return {
         "project": project,
         "item": train_item,
         "batch": batch,
         "task": batch.tasks.order_by("rank").first(),
         "cycle": cycle,
+        "label": label_submit(item_id=unqueued.pk, value="bag", source=LabelSource.IMPORT,
+                              reviewer_name="import"),
+        "answer": ReviewAnswer.objects.create(task=batch.tasks.order_by("rank").last(), reviewer=users["admin"],
+                                              reviewer_name="admin", value="bag"),
         "users": users,
         "tokens": {"deployment": deployment_and_token[1], "other_deployment": other_token},
     }
@@ -206,6 +223,11 @@ def _kwargs(name: str, w: dict) -> dict:
         "web:review-task-label": {"pk": w["task"].pk},
         "web:cycle": {"pk": w["cycle"].pk},
         "web:cycle-decide": {"pk": w["cycle"].pk},
+        "web:review-task-answer": {"pk": w["task"].pk},
+        "web:label-undo": {"pk": w["label"].pk},
+        "web:item": {"pk": w["item"].pk},
+        "web:answer-undo": {"pk": w["answer"].pk},
+        "web:conflict-decide": {"pk": w["task"].pk},
         "labeling:image": {"item_id": w["item"].pk, "signature": "forged"},
         "labeling:webhook": {"link_id": 1},
         "deployment-model-file": {"name": "model.json"},
@@ -244,6 +266,8 @@ BODIES = {
     ("item-labels", "POST"): {"value": "coat"},
     ("predictions-ingest", "POST"): {"predictions": []},
     ("web:review-task-label", "POST"): {"value": "coat"},
+    ("web:review-task-answer", "POST"): {"value": "coat"},
+    ("web:conflict-decide", "POST"): {"value": "coat"},
 }
 
 

@@ -20,7 +20,7 @@ from labeling.models import EventState, LabelStudioTask, PushState, WebhookEvent
 from labeling.services.provisioning import ls_project_provision
 from labeling.services.pull import ls_reconcile, reviewer_name
 from labeling.services.push import ls_push, ls_task_payload
-from labeling.services.status import ls_status
+from labeling.services.status import TASK_BUCKETS, ls_status
 from labeling.services.webhooks import WEBHOOK_HEADER, secret_digest, webhook_url
 from tests.labeling.conftest import REVIEWER, free_port
 from workers.pipelines.cycles import cycle_train
@@ -133,6 +133,12 @@ def test_reviewers_work_in_label_studio_comes_back_exactly(connected, reviewer_s
     deleted_item = tasks[1].data["hitl_item_id"]
     assert not Label.objects.filter(item_id=deleted_item, status=LabelStatus.CURRENT).exists()
     assert Label.objects.get(item_id=deleted_item).status == LabelStatus.RETRACTED
+    # the deleted annotation's item is back in hitl's review queue and in Label Studio's
+    reopened = ReviewTask.objects.get(pk=tasks[1].data["hitl_review_task_id"])
+    assert reopened.status == ReviewTaskStatus.OPEN
+    back_in_ls = next(t for t in ls_tasks(reviewer_sdk, link.ls_project_id) if t.id == tasks[1].id)
+    assert not back_in_ls.is_labeled and not [a for a in back_in_ls.annotations if not a["was_cancelled"]]
+    assert ls_status(project_id=project.id).pending == 2  # it and the one never annotated
     skipped = ReviewTask.objects.get(pk=tasks[6].data["hitl_review_task_id"])
     assert skipped.status == ReviewTaskStatus.SKIPPED
     corrected = Label.objects.filter(item_id=tasks[0].data["hitl_item_id"]).order_by("id")
@@ -185,6 +191,7 @@ def test_reviewers_work_in_label_studio_comes_back_exactly(connected, reviewer_s
     status = ls_status(project_id=project.id)
     assert status.reachable and status.pushed == 8 and status.skipped == 1
     assert status.labeled == len(hitl_labels(project)) == 5
+    assert sum(getattr(status, bucket) for bucket in TASK_BUCKETS) == status.pushed  # each task once
 
 
 def test_label_studio_down_is_retried_later_and_reported(connected, reviewer_sdk, settings) -> None:

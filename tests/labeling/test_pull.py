@@ -10,12 +10,14 @@ import pytest
 from django.db import connection, transaction
 from django.test import override_settings
 
-from hitl.models import Label, LabelSource, LabelStatus, ReviewTaskStatus
+from hitl.models import Label, LabelSource, LabelStatus, ReviewTask, ReviewTaskStatus
+from hitl.selectors import review_queue
 from labeling.mapping import choice_result
 from labeling.models import (
     AnnotationState,
     EventState,
     LabelStudioAnnotation,
+    LabelStudioTask,
     PushState,
     WebhookEvent,
 )
@@ -70,6 +72,63 @@ def test_deletion_retracts_and_is_final(pushed) -> None:
     apply(link, annotation(1, 101, "bag", "2026-11-26T11:00:00Z"))  # a 'created' arriving after the delete
     assert current(rows[0].review_task.item_id) is None
     assert LabelStudioAnnotation.objects.get(ls_annotation_id=1).state == AnnotationState.DELETED
+
+
+def test_a_deleted_annotation_puts_its_item_back_in_the_queue(pushed) -> None:
+    """Deleted in Label Studio: the label is withdrawn and the review task is open again, so the
+    item waits in hitl's review queue and, its Label Studio task having lost its annotation, in
+    Label Studio's; counted as pending, not labeled."""
+    from labeling.services.status import ls_status
+
+    link, rows = pushed
+    task = rows[0].review_task
+    apply(link, annotation(1, 101, "bag"))
+    task.refresh_from_db()
+    assert task.status == ReviewTaskStatus.DONE and ls_status(project_id=link.project_id).labeled == 1
+    annotation_delete(link=link, annotation_id=1, seen_via="webhook")
+    task.refresh_from_db()
+    assert task.status == ReviewTaskStatus.OPEN and task.completed_at is None
+    assert task.id in set(review_queue(link.project).values_list("id", flat=True))
+    status = ls_status(project_id=link.project_id)
+    assert (status.labeled, status.pending) == (0, 6)
+    apply(link, annotation(2, 101, "coat"))  # labeled again in Label Studio: done again
+    task.refresh_from_db()
+    assert task.status == ReviewTaskStatus.DONE and current(task.item_id).value == "coat"
+
+
+def test_a_deletion_that_restores_the_tasks_own_label_leaves_it_done(pushed, reviewer) -> None:
+    from hitl.services.labels import label_submit
+
+    link, rows = pushed
+    task = rows[0].review_task
+    label_submit(item_id=task.item_id, value="shirt", source=LabelSource.WEB, reviewer=reviewer,
+                 review_task_id=task.id)
+    apply(link, annotation(1, 101, "bag"))
+    annotation_delete(link=link, annotation_id=1, seen_via="webhook")
+    task.refresh_from_db()
+    assert task.status == ReviewTaskStatus.DONE and current(task.item_id).value == "shirt"
+
+
+@override_settings(LABEL_STUDIO_URL="")
+def test_every_pushed_task_is_in_exactly_one_bucket(pushed, reviewer) -> None:
+    from hitl.services.labels import label_submit
+    from labeling.services.status import TASK_BUCKETS, ls_status
+
+    link, rows = pushed
+    apply(link, annotation(1, 101, "bag"))  # labeled in Label Studio
+    apply(link, annotation(2, 102, "bag"))
+    annotation_delete(link=link, annotation_id=2, seen_via="webhook")  # ... and deleted: pending again
+    apply(link, {**annotation(3, 103, "bag"), "result": [], "was_cancelled": True})  # skipped
+    apply(link, annotation(4, 104, "zebra"))  # rejected: still pending
+    label_submit(item_id=rows[4].review_task.item_id, value="coat", source=LabelSource.WEB, reviewer=reviewer,
+                 review_task_id=rows[4].review_task_id)  # labeled in hitl's own page
+    ReviewTask.objects.filter(pk=rows[5].review_task_id).update(status=ReviewTaskStatus.CANCELLED)
+    LabelStudioTask.objects.filter(pk=rows[3].pk).update(state=PushState.MISSING)  # gone from Label Studio
+    status = ls_status(project_id=link.project_id)
+    buckets = {bucket: getattr(status, bucket) for bucket in TASK_BUCKETS}
+    assert buckets == {"reserved": 0, "missing": 1, "pending": 1, "labeled": 2, "skipped": 1, "cancelled": 1,
+                       "conflict": 0}
+    assert sum(buckets.values()) == status.pushed == 6
 
 
 def test_delete_before_create_is_remembered(pushed) -> None:

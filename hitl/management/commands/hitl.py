@@ -105,6 +105,8 @@ class Command(BaseCommand):
         configure.add_argument("--strategy", dest="selection_strategy")
         configure.add_argument("--batch-size", type=int)
         configure.add_argument("--audit-fraction", type=float)
+        configure.add_argument("--double-label-fraction", type=float,
+                               help="share of review tasks two reviewers answer blind (golden-set items always)")
         configure.add_argument("--mc-samples", type=int)
         configure.add_argument("--committee-size", type=int)
         configure.add_argument("--class-balance", choices=["on", "off"])
@@ -229,7 +231,7 @@ class Command(BaseCommand):
     def configure_project(self, o: dict[str, Any]) -> None:
         project = self._project(o["project"])
         names = ["selection_strategy", "batch_size", "audit_fraction", "mc_samples", "committee_size",
-                 "selection_pool_limit"]
+                 "selection_pool_limit", "double_label_fraction"]
         changes: dict[str, Any] = {name: o[name] for name in names if o[name] is not None}
         if o["class_balance"]:
             changes["class_balance"] = o["class_balance"] == "on"

@@ -76,8 +76,9 @@ class Command(BaseCommand):
         lines = [
             f"Label Studio: {s.reachability}",
             f"project {s.project} <-> Label Studio project {s.ls_project_id}",
-            (f"tasks: {s.pushed} pushed ({s.pending} waiting for a label), {s.labeled} labeled, "
-             f"{s.skipped} skipped, {s.reserved} mid-push, {s.missing} deleted in Label Studio"),
+            (f"tasks: {s.pushed} pushed: {s.pending} waiting for a label, {s.labeled} labeled, "
+             f"{s.skipped} skipped, {s.cancelled} cancelled, {s.conflict} in conflict, {s.reserved} mid-push, "
+             f"{s.missing} deleted in Label Studio"),
             f"rejected annotations: {s.rejected}" + "".join(f"\n  - {r}" for r in s.recent_rejections),
             f"webhook: {s.webhook_url}; secret {s.webhook_secret}",
             f"webhook events: {s.webhook_events_pending} pending, {s.webhook_events_failed} failed",

@@ -1,0 +1,219 @@
+"""The workbench's server time at scale: 1,000,000 predictions and 100,000 labels in PostgreSQL.
+
+1. **Label and next item**: a reviewer answers the item in front of them (the review page's
+   ``answer`` call) and takes the next one (its ``lease`` call), as the keyboard-first page does
+   after each key; the figure is the server time of that pair. Target: p95 under 50 ms.
+2. **Pages**: every page of the web UI for a project of that size (projects, dashboard, review,
+   item, conflicts, reviewers, models, cycles, cycle, trust, alerts). Target: each under 300 ms
+   server time (p95).
+
+Server time is measured in-process with Django's test client: the whole Django stack (middleware,
+sessions, access checks, queries, templates) against the real database, without the network or an
+HTTP server in front. The data is written with SQL (``benchmarks.selection.fill``), then the
+open review batch through hitl's own selection service.
+
+    python -m benchmarks.workbench_speed [--predictions 1000000] [--labels 100000] [--answers 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import (
+    drop_database,
+    machine,
+    manage,
+    scratch_database,
+    untrained_production_version,
+    write_section,
+)
+from benchmarks.selection import fill
+
+DB_NAME = "hitl_bench_workbench"
+REVIEWERS = ("reviewer-a", "reviewer-b")
+
+
+def label_many(project_id: int, count: int) -> None:
+    """``count`` current human labels on train items, written with SQL (the benchmark's data)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """INSERT INTO hitl_label (item_id, value, status, reviewer_name, source, external_id, created_at)
+               SELECT id, 'c' || (id %% 10), 'current', 'bench', 'web', '', now()
+               FROM hitl_item WHERE project_id = %s AND split = 'train' ORDER BY id LIMIT %s""",
+            [project_id, count])
+        cursor.execute("ANALYZE")
+
+
+def setup_project(args: argparse.Namespace, work: Path):
+    from django.contrib.auth import get_user_model
+
+    from hitl.models import ProjectRole
+    from hitl.services.access import membership_set
+    from hitl.services.cycles import cycle_request
+    from hitl.services.projects import project_create
+    from hitl.services.selection import review_batch_request
+    from workers.pipelines.selection import review_batch_select
+
+    project = project_create(slug="bench", name="bench", labels=[f"c{i}" for i in range(10)])
+    version = untrained_production_version(project, work)
+    started = time.perf_counter()
+    fill(project.id, version.id, args.predictions)
+    label_many(project.id, args.labels)
+    print(f"filled {args.predictions:,} predictions and {args.labels:,} labels in {time.perf_counter() - started:.0f} s",
+          flush=True)
+    users = []
+    for name in REVIEWERS:
+        user = get_user_model().objects.create_user(username=name, password="bench-password-1")
+        membership_set(project=project, user=user, role=ProjectRole.PROJECT_ADMIN, actor="bench")
+        users.append(user)
+    batch = review_batch_request(project=project, requested_by="bench", size=args.answers * 3, strategy="entropy",
+                                 audit_fraction=0.1, seed=0)
+    review_batch_select(batch_id=batch.id)
+    cycle_request(project=project, requested_by="bench")
+    return project, users
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def time_label_and_next(client, project, answers: int) -> list[float]:
+    """Server time of answer + next lease, ``answers`` times, as the review page calls them."""
+    from django.urls import reverse
+
+    lease_url = reverse("web:review-lease", args=[project.slug])
+    tasks = client.post(lease_url).json()["tasks"]
+    timings = []
+    for i in range(answers):
+        if not tasks:
+            raise SystemExit(f"the queue ran dry after {i} answers")
+        task = tasks[0]
+        started = time.perf_counter()
+        answered = client.post(reverse("web:review-task-answer", args=[task["id"]]),
+                               data={"value": project.labels[i % len(project.labels)]},
+                               content_type="application/json")
+        leased = client.post(lease_url)
+        timings.append(time.perf_counter() - started)
+        if answered.status_code != 200 or leased.status_code != 200:
+            raise SystemExit(f"answer {answered.status_code}, lease {leased.status_code}: {answered.content[:300]!r}")
+        tasks = leased.json()["tasks"]
+    return timings
+
+
+def pages(project) -> dict[str, str]:
+    """Every page of the web UI for the project, by name."""
+    from django.urls import NoReverseMatch, reverse
+
+    from hitl.models import Item, Label, RetrainingCycle
+
+    item = Label.objects.filter(item__project=project).values_list("item_id", flat=True).first() or \
+        Item.objects.filter(project=project).values_list("id", flat=True).first()
+    cycle = RetrainingCycle.objects.filter(project=project).values_list("id", flat=True).first()
+    wanted = {
+        "projects": ("web:projects", []), "dashboard": ("web:dashboard", [project.slug]),
+        "review page": ("web:review", [project.slug]), "review grid (old)": ("web:review-queue", [project.slug]),
+        "item": ("web:item", [item]), "conflicts": ("web:conflicts", [project.slug]),
+        "reviewers": ("web:reviewers", [project.slug]), "models": ("web:models", [project.slug]),
+        "cycles": ("web:cycles", [project.slug]), "cycle": ("web:cycle", [cycle]),
+        "trust": ("web:trust", [project.slug]), "alerts": ("web:alerts", [project.slug]),
+    }
+    found = {}
+    for label, (name, args) in wanted.items():
+        try:
+            found[label] = reverse(name, args=args)
+        except NoReverseMatch:
+            print(f"no page {name} in this version of hitl: not measured")
+    return found
+
+
+def time_pages(client, urls: dict[str, str], repeats: int) -> dict[str, list[float]]:
+    timings: dict[str, list[float]] = {}
+    for label, url in urls.items():
+        client.get(url)  # warm: template compilation, first queries
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            response = client.get(url)
+            runs.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                raise SystemExit(f"{url}: {response.status_code}")
+        timings[label] = runs
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--predictions", type=int, default=1_000_000)
+    parser.add_argument("--labels", type=int, default=100_000)
+    parser.add_argument("--answers", type=int, default=300, help="label + next-item pairs timed")
+    parser.add_argument("--repeats", type=int, default=20, help="timed loads of each page")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    url = scratch_database(DB_NAME)
+    work = Path(tempfile.mkdtemp(prefix="hitl-bench-workbench-"))
+    env = {"DATABASE_URL": url, "HITL_DATA_DIR": str(work), "HITL_QUEUE_PREFIX": f"hitl-bench-wb-{os.getpid()}",
+           "DJANGO_SETTINGS_MODULE": "hitl.settings", "HITL_LOG_LEVEL": "WARNING"}
+    os.environ.update(env)
+    try:
+        manage(["migrate", "--verbosity", "0"], env)
+        import django
+
+        django.setup()
+        from django.test import Client
+        from django.test.utils import setup_test_environment
+
+        from workers.celery import delete_queues
+
+        setup_test_environment()  # the test client's hooks; the database stays the scratch one
+        project, users = setup_project(args, work)
+        client = Client()
+        client.force_login(users[0])
+        label_next = time_label_and_next(client, project, args.answers)
+        page_times = time_pages(client, pages(project), args.repeats)
+        delete_queues(env["HITL_QUEUE_PREFIX"])
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        drop_database(DB_NAME)
+    report(args, label_next, page_times)
+
+
+def report(args: argparse.Namespace, label_next: list[float], page_times: dict[str, list[float]]) -> None:
+    def ms(value: float) -> str:
+        return f"{value * 1000:.1f} ms"
+
+    rows = [f"| {label} | {ms(statistics.median(t))} | {ms(percentile(t, 0.95))} | "
+            f"{'yes' if percentile(t, 0.95) < 0.300 else '**no**'} |" for label, t in page_times.items()]
+    p95 = percentile(label_next, 0.95)
+    body = f"""## Workbench server time at scale
+
+`python -m benchmarks.workbench_speed --predictions {args.predictions} --labels {args.labels} --answers {args.answers}`,
+measured {time.strftime('%Y-%m-%d')} on {machine()}, PostgreSQL on the same machine (shared with other jobs).
+{args.predictions:,} predictions and {args.labels:,} current labels in one project; an open batch of
+{args.answers * 3:,} review tasks selected by entropy with a 10% audit slice. Server time in-process (Django's
+test client: middleware, session, access checks, queries, templates; no network, no HTTP server).
+
+| what | median | p95 | target |
+| --- | ---: | ---: | --- |
+| label an item and get the next (answer + lease, {len(label_next)} times) | {ms(statistics.median(label_next))} | **{ms(p95)}** | under 50 ms: {'yes' if p95 < 0.050 else '**no**'} |
+
+| page ({args.repeats} loads each) | median | p95 | under 300 ms |
+| --- | ---: | ---: | --- |
+{chr(10).join(rows)}
+"""
+    print(body)
+    if not args.no_write:
+        write_section("workbench-speed", body)
+
+
+if __name__ == "__main__":
+    main()
