@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -11,6 +12,7 @@ from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
 
 from hitl.media import media_path
 from hitl.models import (
+    Alert,
     ArtifactKind,
     EvaluationSnapshot,
     GoldenSet,
@@ -20,6 +22,7 @@ from hitl.models import (
     ModelArtifact,
     ModelStage,
     ModelVersion,
+    MonitorWindow,
     Prediction,
     Project,
     ProjectMembership,
@@ -75,13 +78,13 @@ def memberships_list(project: Project) -> QuerySet[ProjectMembership]:
 
 # How each project-owned object reaches its project, for endpoints addressed by the object's id.
 _PROJECT_PATH = {Item: "items", RetrainingCycle: "cycles", ReviewBatch: "review_batches",
-                 ReviewTask: "review_batches__tasks"}
+                 ReviewTask: "review_batches__tasks", Alert: "alerts"}
 
 
 def project_owning(
-    model: type[Item | RetrainingCycle | ReviewBatch | ReviewTask], pk: int,
+    model: type[Item | RetrainingCycle | ReviewBatch | ReviewTask | Alert], pk: int,
 ) -> Project | None:
-    """The project an item, cycle, review batch or review task belongs to; None if there is none."""
+    """The project an item, cycle, review batch, review task or alert belongs to; None if there is none."""
     return Project.objects.filter(**{f"{_PROJECT_PATH[model]}__pk": pk}).first()
 
 
@@ -166,12 +169,14 @@ def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def audit_accuracy(project: Project) -> list[AccuracyEstimate]:
+def audit_accuracy(project: Project, *, until: datetime | None = None) -> list[AccuracyEstimate]:
     """Live accuracy per model version, from the human labels of the random audit slices: the
-    fraction of audited items where the human agreed with the model's prediction."""
+    fraction of audited items where the human agreed with the model's prediction. ``until``:
+    only labels given before then (the monitor's window end)."""
     agreed = Q(prediction__predicted_label=F("item__labels__value"))
+    before = {} if until is None else {"item__labels__created_at__lt": until}
     rows = (ReviewTask.objects.filter(batch__project=project, reason=ReviewReason.AUDIT, status=ReviewTaskStatus.DONE,
-                                      item__labels__status=LabelStatus.CURRENT)
+                                      item__labels__status=LabelStatus.CURRENT, **before)
             .values("prediction__model_version__name")
             .annotate(n=Count("item", distinct=True),  # an item audited twice for a version counts once
                       correct=Count("item", distinct=True, filter=agreed))
@@ -249,3 +254,17 @@ def rollback_choices(project: Project) -> QuerySet[ModelVersion]:
     """Earlier production models a project can roll back to, newest first."""
     return (ModelVersion.objects.filter(project=project, promoted_at__isnull=False)
             .exclude(stage=ModelStage.PRODUCTION).order_by("-promoted_at"))
+
+
+def alerts_list(project: Project, *, status: str | None = None) -> QuerySet[Alert]:
+    """The project's monitoring alerts, newest first (open ones only with ``status="open"``)."""
+    alerts = Alert.objects.filter(project=project).select_related(
+        "deployment", "model_version", "review_batch", "cycle")
+    return alerts.filter(status=status) if status else alerts
+
+
+def monitor_windows_list(project: Project) -> QuerySet[MonitorWindow]:
+    """The project's measured windows, newest first: per deployment (drift) and per model
+    version (live accuracy, agreement)."""
+    windows = MonitorWindow.objects.filter(project=project).select_related("deployment", "model_version")
+    return windows.order_by("-window_start", "deployment_id", "model_version_id")

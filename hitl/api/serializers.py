@@ -28,7 +28,7 @@ class ProjectSerializer(serializers.ModelSerializer):
         fields = ["slug", "name", "task_type", "labels", "architecture", "initial_weights", "holdout_fraction",
                   "selection_strategy", "batch_size", "audit_fraction", "mc_samples", "committee_size",
                   "class_balance", "selection_pool_limit", "train_config", "gate_rules",
-                  "created_at"]
+                  "monitoring", "created_at"]
 
 
 class ArtifactSerializer(serializers.ModelSerializer):

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from hitl.web import views
+from hitl.web import alerts, views
 
 app_name = "web"
 urlpatterns = [
@@ -11,4 +11,6 @@ urlpatterns = [
     path("cycles/<int:pk>/", views.cycle_detail, name="cycle"),
     path("cycles/<int:pk>/decide", views.cycle_decide, name="cycle-decide"),
     path("projects/<slug:slug>/rollback", views.rollback, name="rollback"),
+    path("projects/<slug:slug>/alerts/", alerts.alerts, name="alerts"),
+    path("alerts/<int:pk>/acknowledge", alerts.alert_acknowledge_view, name="alert-acknowledge"),
 ]

@@ -20,6 +20,7 @@
     hitl reject-cycle --project cats --cycle 3 --user otto --reason "..."
     hitl rollback --project cats --model-version v2 --user otto --reason "..."
     hitl explain --project cats --model v3
+    hitl monitor --project cats [--webhook-key]   (judge the last complete window now)
 """
 
 from __future__ import annotations
@@ -199,6 +200,11 @@ class Command(BaseCommand):
         explain = actions.add_parser("explain", help="why a model version is where it is")
         explain.add_argument("--project", required=True)
         explain.add_argument("--model", required=True)
+        monitor = actions.add_parser("monitor", help="judge the deployments' last complete window now (drift, "
+                                     "volume, live accuracy, agreement): alerts, action, notifications")
+        monitor.add_argument("--project", required=True)
+        monitor.add_argument("--webhook-key", action="store_true",
+                             help="print the key that signs this project's alert webhooks, and run nothing")
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"].replace("-", "_")
@@ -445,6 +451,23 @@ class Command(BaseCommand):
             raise CommandError(f"no model version {o['model']!r} in {project.slug}")
         for line in explain_lines(selectors.model_explain(version)):
             self.stdout.write(line)
+
+
+    def monitor(self, o: dict[str, Any]) -> None:
+        from hitl.services.alerts import alert_webhook_key
+        from hitl.services.monitoring import project_monitor
+
+        project = self._project(o["project"])
+        if o["webhook_key"]:
+            self.stdout.write(alert_webhook_key(project).decode())
+            return
+        run = project_monitor(project_id=project.id)
+        self.stdout.write(f"{project.slug}: window {run.window_start:%Y-%m-%d %H:%M}-{run.window_end:%H:%M} UTC, "
+                          f"{run.windows_measured} measured now, {len(run.alert_ids)} new alert(s)")
+        for alert in selectors.alerts_list(project).filter(pk__in=run.alert_ids):
+            self.stdout.write(f"  alert {alert.pk}: {alert.message}")
+        if run.action_detail:
+            self.stdout.write(f"  action: {run.action_detail}")
 
 
 def _json_object(text: str) -> dict:
