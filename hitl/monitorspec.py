@@ -134,3 +134,10 @@ def monitoring_rules_clean(rules: object, *, field: str = "monitoring") -> dict[
     if errors:
         raise InvalidInput(errors)
     return {name: rules.get(name, rule.default) for name, rule in MONITORING_RULES.items()}
+
+
+def monitoring_rules(stored: dict) -> dict[str, object]:
+    """A project's rules as stored (checked when they were set) with defaults for unset ones. Not
+    checked again: a setting that changed since (HITL_ALERT_WEBHOOK_ALLOW_PRIVATE) must not stop
+    the monitor; the webhook URL is checked again when it is called."""
+    return {name: stored.get(name, rule.default) for name, rule in MONITORING_RULES.items()}

@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from hitl.errors import InvalidInput
 from hitl.models import Alert, AlertStatus, Project
-from hitl.monitorspec import monitoring_rules_clean, webhook_url_problem
+from hitl.monitorspec import monitoring_rules, webhook_url_problem
 
 MAX_NOTE = 2000
 USER_AGENT = "hitl-alerts/1"
@@ -171,9 +171,9 @@ def alert_notify(*, alert_id: int) -> dict[str, str]:
     NotificationFailed so that Celery retries (a refused URL is recorded and not retried)."""
     problems: list[str] = []
     with transaction.atomic():  # the row lock: a parallel run waits, then finds it sent
-        alert = Alert.objects.select_for_update().select_related("project", "deployment", "model_version").get(
+        alert = Alert.objects.select_for_update(of=("self",)).select_related("project", "deployment", "model_version").get(
             pk=alert_id)
-        rules = monitoring_rules_clean(alert.project.monitoring)
+        rules = monitoring_rules(alert.project.monitoring)
         document = alert_document(alert)
         outcome = {"email": "not configured", "webhook": "not configured"}
         if alert.email_sent_at is not None:

@@ -46,7 +46,7 @@ from hitl.models import (
     RetrainingCycle,
     ReviewBatch,
 )
-from hitl.monitorspec import monitoring_rules_clean
+from hitl.monitorspec import monitoring_rules
 from hitl.selectors import audit_accuracy
 from hitl.services.cycles import cycle_request
 from hitl.services.queue import enqueue
@@ -263,7 +263,7 @@ def project_monitor(*, project_id: int, now: datetime | None = None) -> MonitorR
     run twice or in parallel: the project row is locked for the run, and a window already
     measured is not measured or alerted on again."""
     project = Project.objects.select_for_update().get(pk=project_id)
-    rules = monitoring_rules_clean(project.monitoring)
+    rules = monitoring_rules(project.monitoring)
     start, end = window_bounds(now=now or timezone.now(), minutes=rules["window_minutes"])
     run = MonitorRun(project=project.slug, window_start=start, window_end=end)
     if not rules["enabled"]:

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 from hitl import selectors
 from hitl.errors import InvalidInput
 from hitl.models import Alert, AlertStatus
-from hitl.monitorspec import monitoring_rules_clean
+from hitl.monitorspec import monitoring_rules
 from hitl.services.access import Action
 from hitl.services.alerts import alert_acknowledge
 from hitl.web.views import _allowed
@@ -27,7 +27,7 @@ def alerts(request: HttpRequest, slug: str) -> HttpResponse:
     page = Paginator(selectors.alerts_list(project).order_by("status", "-created_at", "-id"),
                      ALERTS_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "hitl/alerts.html", {
-        "project": project, "page": page, "can": can, "rules": monitoring_rules_clean(project.monitoring),
+        "project": project, "page": page, "can": can, "rules": monitoring_rules(project.monitoring),
         "open_count": selectors.alerts_list(project, status=AlertStatus.OPEN).count(),
         "windows": selectors.monitor_windows_list(project)[:20],
     })
