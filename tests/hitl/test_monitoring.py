@@ -397,8 +397,9 @@ def test_the_beat_task_raises_the_alert_and_its_batch_is_selected_in_the_worker(
 ) -> None:
     from workers.celery import app
 
-    now = datetime.now(UTC)
-    start, _ = window_bounds(now=now, minutes=60)
+    week = 7 * 24 * 60  # a window the test will not see end
+    project_update(project_id=project.id, changes={"monitoring": {**RULES, "window_minutes": week}})
+    start, _ = window_bounds(now=datetime.now(UTC), minutes=week)
     stream.send(100, at=start - timedelta(hours=2))
     stream.send(60, at=start + timedelta(minutes=1), classes=[3] * 60)
     app.send_task("workers.tasks.monitor_all")
