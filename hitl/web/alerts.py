@@ -24,7 +24,7 @@ ALERTS_PAGE_SIZE = 50
 def alerts(request: HttpRequest, slug: str) -> HttpResponse:
     project = selectors.project_find(slug)
     can = _allowed(request, project, Action.VIEW, f"no project {slug!r}")
-    page = Paginator(selectors.alerts_list(project).order_by("status", "-created_at", "-id"),
+    page = Paginator(selectors.alerts_list(project).order_by("-status", "-created_at", "-id"),  # open first
                      ALERTS_PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "hitl/alerts.html", {
         "project": project, "page": page, "can": can, "rules": monitoring_rules(project.monitoring),

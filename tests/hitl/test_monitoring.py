@@ -362,18 +362,24 @@ def test_alerts_api_page_and_acknowledging_by_role(project, version, stream) -> 
     assert 'class="acknowledge"' not in html and "Acknowledging needs the ML engineer role" in html
 
 
-def test_the_page_acknowledges(project, version, stream) -> None:
+def test_the_page_acknowledges_and_lists_open_alerts_first(project, version, stream) -> None:
     stream.send(100, at=REFERENCE_AT)
+    stream.send(60, at=QUIET_WINDOW, classes=[5] * 60)
     stream.send(60, at=DRIFT_WINDOW, classes=[3] * 60)
+    [older] = _run(project, QUIET_WINDOW).alert_ids
     [alert_id] = _run(project, DRIFT_WINDOW).alert_ids
     page = Client()
     page.force_login(member(project, "eve", ProjectRole.ML_ENGINEER))
     html = page.get(f"/projects/{project.slug}/alerts/").content.decode()
-    assert html.count('class="acknowledge"') == 1 and "scheduled review batch" in html
+    assert html.count('class="acknowledge"') == 2 and "scheduled review batch" in html
+    assert html.index(f'id="alert-{alert_id}"') < html.index(f'id="alert-{older}"')  # newest first
     response = page.post(f"/alerts/{alert_id}/acknowledge", {"note": "checked"})
     assert response.status_code == 302 and response["Location"] == f"/projects/{project.slug}/alerts/"
-    alert = Alert.objects.get()
+    alert = Alert.objects.get(pk=alert_id)
     assert alert.status == AlertStatus.ACKNOWLEDGED and alert.acknowledged_by_name == "eve"
+    html = page.get(f"/projects/{project.slug}/alerts/").content.decode()
+    assert html.index(f'id="alert-{older}"') < html.index(f'id="alert-{alert_id}"')  # open ones first
+    assert html.count('class="acknowledge"') == 1 and "2 open" not in html and "1 open" in html
 
 
 def test_the_monitor_command(project, version, stream) -> None:

@@ -49,9 +49,11 @@ from hitl.services.access import (
     membership_set,
     role_required,
 )
+from hitl.services.alerts import alert_webhook_key
 from hitl.services.cycles import cycle_approve, cycle_reject, cycle_request, model_version_rollback
 from hitl.services.golden import golden_set_freeze, golden_set_propose
 from hitl.services.ingestion import ImportedImage, items_import
+from hitl.services.monitoring import project_monitor
 from hitl.services.projects import (
     deployment_create,
     deployment_rotate_token,
@@ -454,9 +456,6 @@ class Command(BaseCommand):
 
 
     def monitor(self, o: dict[str, Any]) -> None:
-        from hitl.services.alerts import alert_webhook_key
-        from hitl.services.monitoring import project_monitor
-
         project = self._project(o["project"])
         if o["webhook_key"]:
             self.stdout.write(alert_webhook_key(project).decode())
