@@ -231,6 +231,28 @@ def test_the_cool_down_and_the_other_actions(project, version, stream) -> None:
     assert fourth.action == "none" and fourth.review_batch is None and fourth.cycle is None
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_monitor_is_idempotent_in_parallel(project, version, stream) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    stream.send(100, at=REFERENCE_AT)
+    stream.send(60, at=DRIFT_WINDOW, classes=[3] * 60)
+
+    def monitor(_: int) -> list[int]:
+        try:
+            return _run(project, DRIFT_WINDOW).alert_ids
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(4) as pool:
+        runs = list(pool.map(monitor, range(4)))
+    assert sorted(len(ids) for ids in runs) == [0, 0, 0, 1]
+    assert Alert.objects.count() == 1 and MonitorWindow.objects.count() == 2 and ReviewBatch.objects.count() == 1
+    assert MonitoringReference.objects.count() == 1
+
+
 def test_too_few_predictions_or_no_reference_are_not_judged(project, version, stream) -> None:
     stream.send(60, at=QUIET_WINDOW, classes=[3] * 60)  # no reference yet: 60 < 100 predictions
     assert _run(project, QUIET_WINDOW).alert_ids == []

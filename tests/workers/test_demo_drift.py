@@ -48,3 +48,6 @@ def test_demo_drift_raises_the_alert_and_selects_its_batch(project, version, dep
     assert alert.review_batch == batch and batch.status == ReviewBatchStatus.SELECTED
     assert f"review batch {batch.id} is selected" in text
     assert f", {sent} predictions: class PSI" in text  # the window held the drifted predictions alone
+    alerts, again = Alert.objects.count(), StringIO()
+    call_command("demo_drift", "--project", project.slug, "--images", "10", stdout=again)
+    assert "was judged before" in again.getvalue() and Alert.objects.count() == alerts

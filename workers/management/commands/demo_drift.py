@@ -113,17 +113,19 @@ class Command(BaseCommand):
         return result.created
 
     def _report(self, deployment: Deployment, run: Any, sent: int) -> None:
-        window = MonitorWindow.objects.filter(deployment=deployment, window_start=run.window_start).first()
-        metrics = window.metrics if window else {}
-        if metrics.get("judged"):
+        if run.windows_measured == 0:
+            self.stdout.write(f"the window {run.window_start:%H:%M}-{run.window_end:%H:%M} UTC was judged before "
+                              "(a window is judged once): run this again in the next window")
+            return
+        window = MonitorWindow.objects.get(deployment=deployment, window_start=run.window_start)
+        metrics = window.metrics
+        if metrics["judged"]:
             self.stdout.write(f"window {run.window_start:%H:%M}-{run.window_end:%H:%M} UTC, {window.n_predictions} "
                               f"predictions: class PSI {metrics['class_psi']:.3f}, confidence PSI "
                               f"{metrics['confidence_psi']:.3f}, KS {metrics['confidence_ks']:.3f} "
                               f"(p = {metrics['ks_p_value']:.2g})")
-        elif window:
-            self.stdout.write(f"window not judged: {metrics.get('not_judged')}")
         else:
-            self.stdout.write("this window was judged before; send more in the next window or wait for it")
+            self.stdout.write(f"window not judged: {metrics['not_judged']}")
         alerts = list(Alert.objects.filter(pk__in=run.alert_ids))
         for alert in alerts:
             self.stdout.write(f"ALERT {alert.pk}: {alert.message}")
