@@ -199,6 +199,8 @@ class Prediction(models.Model):
         ]
         indexes = [
             models.Index(fields=["model_version"], condition=Q(scored_at__isnull=True), name="prediction_unscored"),
+            # the monitor reads one deployment's predictions of one time window
+            models.Index(fields=["deployment", "received_at"], name="prediction_deployment_time"),
         ]
 
     @property

@@ -204,6 +204,7 @@ def _measure(project: Project, rules: dict, start: datetime, end: datetime) -> t
     targets: list[tuple[Deployment | None, ModelVersion]] = [(d, d.model_version) for d in deployments]
     versions = {d.model_version_id: d.model_version for d in deployments}
     targets += [(None, v) for _, v in sorted(versions.items())]
+    reported: dict[int, int] = {}  # predictions each version's deployments sent in the window
     for deployment, version in targets:
         if MonitorWindow.objects.filter(Q(deployment=deployment) if deployment else Q(deployment__isnull=True,
                                         model_version=version), window_start=start).exists():
@@ -212,10 +213,10 @@ def _measure(project: Project, rules: dict, start: datetime, end: datetime) -> t
             metrics = deployment_window_metrics(deployment=deployment, version=version, start=start, end=end,
                                                 rules=rules)
             crossings, n = deployment_crossings(metrics, rules), metrics["predictions"]
+            reported[version.id] = reported.get(version.id, 0) + n
         else:
             metrics = version_window_metrics(project=project, version=version, start=start, end=end)
-            crossings, n = version_crossings(metrics, rules), Prediction.objects.filter(
-                model_version=version, received_at__gte=start, received_at__lt=end).count()
+            crossings, n = version_crossings(metrics, rules), reported.get(version.id, 0)
         window = MonitorWindow.objects.create(project=project, deployment=deployment, model_version=version,
                                               window_start=start, window_end=end, n_predictions=n, metrics=metrics)
         measured += 1
