@@ -141,3 +141,28 @@ def monitoring_rules(stored: dict) -> dict[str, object]:
     checked again: a setting that changed since (HITL_ALERT_WEBHOOK_ALLOW_PRIVATE) must not stop
     the monitor; the webhook URL is checked again when it is called."""
     return {name: stored.get(name, rule.default) for name, rule in MONITORING_RULES.items()}
+
+
+REDACTED = "…"
+
+
+def webhook_url_shown(url: str) -> str:
+    """The webhook URL as the API shows it: scheme and host only, since many receivers put their
+    secret in the path or query (every member of the project may read its settings)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}/{REDACTED}"
+
+
+def monitoring_rules_shown(stored: dict) -> dict:
+    return {**stored, "webhook_url": webhook_url_shown(stored["webhook_url"])} if stored.get("webhook_url") else stored
+
+
+def monitoring_keep_webhook(changed: object, stored: dict) -> object:
+    """New monitoring rules, where a webhook URL sent back as shown (``webhook_url_shown``) keeps
+    the stored one: an admin may change other rules without typing the URL again."""
+    if (isinstance(changed, dict) and stored.get("webhook_url")
+            and changed.get("webhook_url") == webhook_url_shown(stored["webhook_url"])):
+        return {**changed, "webhook_url": stored["webhook_url"]}
+    return changed

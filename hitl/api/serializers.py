@@ -20,9 +20,15 @@ from hitl.models import (
     ReviewTask,
     TrustEvent,
 )
+from hitl.monitorspec import monitoring_rules_shown
 
 
 class ProjectSerializer(serializers.ModelSerializer):
+    def to_representation(self, instance: Project) -> dict:
+        data = super().to_representation(instance)
+        data["monitoring"] = monitoring_rules_shown(data["monitoring"])  # a webhook URL may hold a secret
+        return data
+
     class Meta:
         model = Project
         fields = ["slug", "name", "task_type", "labels", "architecture", "initial_weights", "holdout_fraction",

@@ -32,7 +32,7 @@ from hitl.models import (
     Project,
     TaskType,
 )
-from hitl.monitorspec import monitoring_rules_clean
+from hitl.monitorspec import monitoring_keep_webhook, monitoring_rules_clean
 from hitl.services.trust import trust_record
 
 SELECTION_STRATEGIES = mlspec.STRATEGIES
@@ -161,8 +161,10 @@ def project_update(*, project_id: int, changes: dict[str, object]) -> Project:
     fixed = sorted(FIXED_SETTINGS & set(changes))
     if fixed:
         raise InvalidInput([FieldError(name, "cannot change once the project exists") for name in fixed])
-    validate_project_settings(changes)
     project = Project.objects.select_for_update().get(pk=project_id)
+    if "monitoring" in changes:
+        changes = {**changes, "monitoring": monitoring_keep_webhook(changes["monitoring"], project.monitoring)}
+    validate_project_settings(changes)
     for name, value in changes.items():
         setattr(project, name, value)
     if changes:

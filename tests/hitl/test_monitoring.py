@@ -353,6 +353,20 @@ def test_monitoring_rules_are_validated(project, project_admin_client) -> None:
     assert project_admin_client.patch(url, {"monitoring": []}, format="json").status_code == 400
 
 
+def test_the_webhook_url_is_shown_without_its_path_and_kept_when_sent_back(project, project_admin_client) -> None:
+    url, secret_url = f"/api/v1/projects/{project.slug}/", "https://hooks.example.com/services/T0/B0/s3cr3t?x=1"
+    shown = project_admin_client.patch(url, {"monitoring": {"webhook_url": secret_url}}, format="json").json()
+    assert shown["monitoring"] == {"webhook_url": "https://hooks.example.com/…"} and "s3cr3t" not in str(shown)
+    changed = project_admin_client.patch(url, {"monitoring": {**shown["monitoring"], "max_class_psi": 0.3}},
+                                         format="json")
+    assert changed.status_code == 200
+    project.refresh_from_db()
+    assert project.monitoring == {"webhook_url": secret_url, "max_class_psi": 0.3}
+    project_admin_client.patch(url, {"monitoring": {"webhook_url": ""}}, format="json")
+    project.refresh_from_db()
+    assert project.monitoring == {"webhook_url": ""}
+
+
 def test_alerts_api_page_and_acknowledging_by_role(project, version, stream) -> None:
     stream.send(100, at=REFERENCE_AT)
     stream.send(60, at=DRIFT_WINDOW, classes=[3] * 60)
@@ -416,6 +430,12 @@ def test_the_monitor_command(project, version, stream) -> None:
     assert keys.getvalue().strip() == alert_webhook_key(project).decode()
     with pytest.raises(CommandError, match="no project 'nope'"):
         call_command("hitl", "monitor", "--project", "nope")
+    call_command("hitl", "configure-project", "--project", project.slug, "--monitoring",
+                 '{"window_minutes": 15, "action": "none"}', stdout=out)
+    project.refresh_from_db()
+    assert project.monitoring == {"window_minutes": 15, "action": "none"}
+    with pytest.raises(CommandError, match="monitoring.window_minutes: must be between 5 and 10080"):
+        call_command("hitl", "configure-project", "--project", project.slug, "--monitoring", '{"window_minutes": 1}')
 
 
 @pytest.mark.worker

@@ -1,7 +1,7 @@
 """Operator commands: ``python manage.py hitl <action> ...``.
 
     hitl create-project --slug cats --labels cat,dog [--architecture resnet18] [--strategy margin]
-    hitl configure-project --project cats [--strategy bald] [--batch-size 200] [--mc-samples 20] ...
+    hitl configure-project --project cats [--strategy bald] [--batch-size 200] [--mc-samples 20] [--monitoring '{...}'] ...
     hitl register-model --project cats --name v0 --weights model.safetensors [--promote]
     hitl import-images --project cats DIR      (DIR/*.jpg unlabeled, or DIR/<label>/*.jpg labeled)
     hitl create-deployment --project cats --name edge-1 --environment edge [--model-version v0] [--storage-prefix cats/edge-1]
@@ -114,6 +114,9 @@ class Command(BaseCommand):
         configure.add_argument("--gate-rules", type=_json_object,
                                help='the promotion gate\'s rules as JSON, e.g. \'{"min_golden_size": 200}\'')
         configure.add_argument("--epochs", type=int, help="training epochs per cycle")
+        configure.add_argument("--monitoring", type=_json_object,
+                               help='monitoring rules as JSON (replacing the old ones), e.g. \'{"max_class_psi": 0.2, '
+                                    '"notify_emails": ["ml@example.com"]}\'')
 
         register = actions.add_parser("register-model", help="import a hitl safetensors checkpoint, or (with "
                                       "--architecture and --labels) a torchvision state_dict .pt/.pth or .safetensors")
@@ -244,6 +247,8 @@ class Command(BaseCommand):
             changes["train_config"] = {**project.train_config, "epochs": o["epochs"]}
         if o["gate_rules"] is not None:
             changes["gate_rules"] = o["gate_rules"]
+        if o["monitoring"] is not None:
+            changes["monitoring"] = o["monitoring"]
         project = project_update(project_id=project.id, changes=changes)
         self.stdout.write(f"{project.slug}: " + (", ".join(f"{k}={getattr(project, k)}" for k in changes) or "no changes"))
 
