@@ -456,3 +456,49 @@ def test_the_beat_task_raises_the_alert_and_its_batch_is_selected_in_the_worker(
     assert alert.metric == "class_psi" and alert.window_start == start
     wait_until(lambda: ReviewBatch.objects.get(pk=alert.review_batch_id).status != "pending", "the batch")
     assert ReviewBatch.objects.get(pk=alert.review_batch_id).status == ReviewBatchStatus.SELECTED
+
+
+def _self_signed(folder) -> tuple[str, str]:
+    """A certificate for localhost and its key, as PEM files."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=1))
+            .not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_file), str(key_file)
+
+
+def test_an_https_webhook_checks_the_certificate_for_the_name_it_resolved(receiver, tmp_path, monkeypatch) -> None:
+    import ssl
+
+    from hitl.services.alerts import webhook_post
+
+    cert, key = _self_signed(tmp_path)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    receiver.server.socket = server_context.wrap_socket(receiver.server.socket, server_side=True)
+    port = receiver.server.server_address[1]
+    document = {"id": 1}
+    with override_settings(HITL_ALERT_WEBHOOK_ALLOW_PRIVATE=True, HITL_ALERT_WEBHOOK_TIMEOUT=2):
+        with pytest.raises(NotificationFailed, match="CERTIFICATE_VERIFY_FAILED"):  # not trusted yet
+            webhook_post(url=f"https://localhost:{port}/hook", key=b"k", document=document)
+        trusting = ssl.create_default_context(cafile=cert)
+        monkeypatch.setattr(ssl, "_create_default_https_context", lambda *a, **kw: trusting)
+        # the name is resolved once, the address checked and connected to, the certificate checked for the name
+        assert webhook_post(url=f"https://localhost:{port}/hook", key=b"k", document=document) == 200
+        with pytest.raises(NotificationFailed, match="IP address mismatch|doesn't match|CERTIFICATE_VERIFY_FAILED"):
+            webhook_post(url=f"https://127.0.0.1:{port}/hook", key=b"k", document=document)
+    assert [r["path"] for r in receiver.requests] == ["/hook"]
