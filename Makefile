@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/hitl
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo demo-transfer test install install-test data web worker beat label-studio label-studio-stop benchmark-ingest benchmark-label-studio benchmark-selection benchmark-strategies clean
+.PHONY: demo demo-transfer demo-drift test install install-test data web worker beat label-studio label-studio-stop benchmark-ingest benchmark-label-studio benchmark-selection benchmark-strategies clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: install data
 demo-transfer: install data
 	$(PY) manage.py migrate --verbosity 0
 	$(PY) manage.py demo_transfer $(DEMO_ARGS)
+
+## After `make demo`: the demo's deployment reports darker images; the monitor alerts and schedules a batch.
+demo-drift: install data
+	$(PY) manage.py migrate --verbosity 0
+	$(PY) manage.py demo_drift $(DRIFT_ARGS)
 
 ## The tests, against the PostgreSQL and Redis running on this machine.
 test: install-test

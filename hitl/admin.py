@@ -105,3 +105,19 @@ class TrustEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+@admin.register(models.Alert)
+class AlertAdmin(admin.ModelAdmin):
+    """For looking: alerts are raised by the monitor and acknowledged on the project's Alerts page or
+    through the API, where the project role is checked."""
+
+    list_display = ["project", "deployment", "model_version", "metric", "value", "threshold", "window_start",
+                    "status", "action"]
+    list_filter = ["status", "metric"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -48,6 +48,11 @@ class Project(models.Model):
         default=dict, blank=True,
         help_text="The promotion gate's rules (hitl.mlspec.GATE_RULES); unset ones take their defaults.",
     )
+    monitoring = models.JSONField(
+        default=dict, blank=True,
+        help_text="Monitoring thresholds, action and notifications (hitl.monitorspec.MONITORING_RULES); "
+                  "unset ones take their defaults.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
@@ -197,6 +202,8 @@ class Prediction(models.Model):
         ]
         indexes = [
             models.Index(fields=["model_version"], condition=Q(scored_at__isnull=True), name="prediction_unscored"),
+            # the monitor reads one deployment's predictions of one time window
+            models.Index(fields=["deployment", "received_at"], name="prediction_deployment_time"),
         ]
 
     @property
@@ -533,3 +540,109 @@ class ReviewAnswer(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["task", "reviewer"], name="one_answer_per_reviewer")]
         ordering = ["task_id", "created_at", "id"]
+class MonitoringReference(models.Model):
+    """What a deployed model version's predictions looked like when it started serving: recorded
+    once, on the first monitoring run that finds enough of its predictions (its earliest ones, by
+    arrival: hitl's own run over the pool at promotion, then its deployments' first reports), and
+    never recomputed, so every later window is compared with the same numbers."""
+
+    model_version = models.OneToOneField(ModelVersion, on_delete=models.CASCADE, related_name="monitoring_reference")
+    n_predictions = models.PositiveIntegerField()
+    class_counts = models.JSONField(help_text="Predictions per class, in the model's label order.")
+    confidence_counts = models.JSONField(help_text="Predictions per equal-width confidence bin of [0, 1].")
+    confidence_sample = models.JSONField(help_text="Sorted confidences (evenly spaced quantiles) for the KS test.")
+    first_received_at = models.DateTimeField()
+    last_received_at = models.DateTimeField()
+    recorded_at = models.DateTimeField(default=timezone.now)
+
+
+class MonitorWindow(models.Model):
+    """One time window, measured once (a repeated run finds the row and measures nothing again).
+    With a deployment: its prediction volume and drift against its model's reference. Without
+    (one row per model version): live accuracy from the audit slice and reviewer agreement,
+    which humans label per item, not per deployment."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="monitor_windows")
+    deployment = models.ForeignKey(
+        Deployment, null=True, blank=True, on_delete=models.CASCADE, related_name="monitor_windows"
+    )
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="monitor_windows")
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    n_predictions = models.PositiveIntegerField()
+    metrics = models.JSONField(help_text="PSI, KS, live accuracy and agreement with their inputs (null: not judged).")
+    computed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "window_start"], name="one_monitor_window_per_deployment"),
+            models.UniqueConstraint(fields=["model_version", "window_start"], condition=Q(deployment__isnull=True),
+                                    name="one_monitor_window_per_version"),
+        ]
+        ordering = ["project_id", "-window_start", "deployment_id"]
+
+
+class AlertMetric(models.TextChoices):
+    PREDICTION_VOLUME = "prediction_volume", "Prediction volume"
+    CLASS_PSI = "class_psi", "Predicted-class mix drift (PSI)"
+    CONFIDENCE_PSI = "confidence_psi", "Confidence drift (PSI)"
+    CONFIDENCE_KS = "confidence_ks", "Confidence drift (KS statistic)"
+    LIVE_ACCURACY = "live_accuracy", "Live accuracy (audit slice, upper 95% bound)"
+    REVIEWER_AGREEMENT = "reviewer_agreement", "Reviewer-model agreement"
+
+
+class AlertStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    ACKNOWLEDGED = "acknowledged", "Acknowledged"
+
+
+class AlertAction(models.TextChoices):
+    NONE = "none", "None"
+    REVIEW_BATCH = "review_batch", "Schedule a review batch"
+    RETRAINING_CYCLE = "retraining_cycle", "Start a retraining cycle"
+
+
+class Alert(models.Model):
+    """A monitored metric crossed its project's threshold in one window: shown until a person
+    acknowledges it. At most one per window row and metric (a deployment's, or a model version's
+    for live accuracy and reviewer agreement)."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="alerts")
+    deployment = models.ForeignKey(Deployment, null=True, blank=True, on_delete=models.CASCADE, related_name="alerts")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="alerts")
+    window = models.ForeignKey(MonitorWindow, on_delete=models.CASCADE, related_name="alerts")
+    window_start = models.DateTimeField()
+    window_end = models.DateTimeField()
+    metric = models.CharField(max_length=30, choices=AlertMetric.choices)
+    value = models.FloatField()
+    threshold = models.FloatField()
+    message = models.TextField()
+    status = models.CharField(max_length=20, choices=AlertStatus.choices, default=AlertStatus.OPEN)
+    acknowledged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    acknowledged_by_name = models.CharField(max_length=200, blank=True, help_text="Kept if the user is removed.")
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledge_note = models.TextField(blank=True)
+    action = models.CharField(max_length=20, choices=AlertAction.choices, default=AlertAction.NONE)
+    action_detail = models.TextField(blank=True, help_text="What the action did, or why it did nothing.")
+    review_batch = models.ForeignKey(ReviewBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    cycle = models.ForeignKey(RetrainingCycle, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    email_sent_at = models.DateTimeField(null=True, blank=True)
+    webhook_sent_at = models.DateTimeField(null=True, blank=True)
+    webhook_error = models.TextField(blank=True, help_text="The last delivery's failure, if any.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["window", "metric"], name="one_alert_per_window_metric"),
+            models.CheckConstraint(
+                condition=Q(status="open") | Q(acknowledged_at__isnull=False), name="acknowledged_alert_has_time"
+            ),
+        ]
+        indexes = [models.Index(fields=["project", "status", "-created_at"], name="alert_project_status")]
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        where = self.deployment.name if self.deployment_id else self.model_version.name
+        return f"{self.project.slug}:{where} {self.metric} {self.window_start:%Y-%m-%d %H:%M}"

@@ -6,7 +6,7 @@ import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from hitl.media import media_path
 from hitl.models import (
+    Alert,
     ArtifactKind,
     EvaluationSnapshot,
     GoldenItem,
@@ -25,6 +26,7 @@ from hitl.models import (
     ModelArtifact,
     ModelStage,
     ModelVersion,
+    MonitorWindow,
     Prediction,
     Project,
     ProjectMembership,
@@ -81,14 +83,14 @@ def memberships_list(project: Project) -> QuerySet[ProjectMembership]:
 
 # How each project-owned object reaches its project, for endpoints addressed by the object's id.
 _PROJECT_PATH = {Item: "items", RetrainingCycle: "cycles", ReviewBatch: "review_batches",
-                 ReviewTask: "review_batches__tasks", Label: "items__labels"}
+                 ReviewTask: "review_batches__tasks", Label: "items__labels", Alert: "alerts"}
 
 
 def project_owning(
-    model: type[Item | RetrainingCycle | ReviewBatch | ReviewTask | Label], pk: int,
+    model: type[Item | RetrainingCycle | ReviewBatch | ReviewTask | Label | Alert], pk: int,
 ) -> Project | None:
-    """The project an item, cycle, review batch, review task or label belongs to; None if there
-    is none."""
+    """The project an item, cycle, review batch, review task, label or alert belongs to; None if
+    there is none."""
     return Project.objects.filter(**{f"{_PROJECT_PATH[model]}__pk": pk}).first()
 
 
@@ -213,13 +215,15 @@ def pooled_accuracy(version: str, slices: list[AuditSlice], z: float = 1.96) -> 
                             slices=len(slices), weighted=True)
 
 
-def audit_accuracy(project: Project) -> list[AccuracyEstimate]:
+def audit_accuracy(project: Project, *, until: datetime | None = None) -> list[AccuracyEstimate]:
     """Live accuracy per model version, from the human labels of the random audit slices: the
     fraction of audited items where the human agreed with the model's prediction, each batch's
-    slice weighted by the size of the pool it was drawn from (``pooled_accuracy``)."""
+    slice weighted by the size of the pool it was drawn from (``pooled_accuracy``). ``until``:
+    only labels given before then (the monitor's window end)."""
     agreed = Q(prediction__predicted_label=F("item__labels__value"))
+    before = {} if until is None else {"item__labels__created_at__lt": until}
     rows = (ReviewTask.objects.filter(batch__project=project, reason=ReviewReason.AUDIT, status=ReviewTaskStatus.DONE,
-                                      item__labels__status=LabelStatus.CURRENT)
+                                      item__labels__status=LabelStatus.CURRENT, **before)
             .values("prediction__model_version__name", "batch_id", "batch__audit_pool_size")
             .annotate(n=Count("item", distinct=True),  # an item audited twice in a batch counts once
                       correct=Count("item", distinct=True, filter=agreed))
@@ -415,3 +419,15 @@ def reviewer_stats(project: Project) -> list[ReviewerStats]:
             with_model=row.get("with_model", 0), agreed_with_model=row.get("agreed_with_model", 0),
         ))
     return stats
+def alerts_list(project: Project, *, status: str | None = None) -> QuerySet[Alert]:
+    """The project's monitoring alerts, newest first (open ones only with ``status="open"``)."""
+    alerts = Alert.objects.filter(project=project).select_related(
+        "deployment", "model_version", "review_batch", "cycle")
+    return alerts.filter(status=status) if status else alerts
+
+
+def monitor_windows_list(project: Project) -> QuerySet[MonitorWindow]:
+    """The project's measured windows, newest first: per deployment (drift) and per model
+    version (live accuracy, agreement)."""
+    windows = MonitorWindow.objects.filter(project=project).select_related("deployment", "model_version")
+    return windows.order_by("-window_start", "deployment_id", "model_version_id")

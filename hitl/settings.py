@@ -284,6 +284,24 @@ HITL_STALLED_AFTER_SECONDS = int(env_number("HITL_STALLED_AFTER_SECONDS", 300))
 # A candidate's temperature is fitted on at least this many held-out human labels, else it stays 1.
 HITL_MIN_CALIBRATION_LABELS = max(2, int(env_number("HITL_MIN_CALIBRATION_LABELS", 50)))
 
+# --- Monitoring: drift alerts per deployment (hitl.services.monitoring) ---
+# How often Celery beat runs the monitor; each run judges every deployment's last complete window.
+HITL_MONITOR_INTERVAL_SECONDS = int(env_number("HITL_MONITOR_INTERVAL_SECONDS", 300))
+# Alert webhooks: the body is signed with a key per project derived from this (default: SECRET_KEY);
+# `manage.py hitl monitor --project P --webhook-key` prints a project's key for its receiver.
+HITL_ALERT_WEBHOOK_SECRET = env_str("HITL_ALERT_WEBHOOK_SECRET", "")
+HITL_ALERT_WEBHOOK_TIMEOUT = float(env_number("HITL_ALERT_WEBHOOK_TIMEOUT", 5.0, float))
+# Off: a project admin cannot point a webhook at loopback, private or link-local addresses (SSRF).
+HITL_ALERT_WEBHOOK_ALLOW_PRIVATE = env_bool("HITL_ALERT_WEBHOOK_ALLOW_PRIVATE", False)
+EMAIL_BACKEND = env_str("HITL_EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("HITL_EMAIL_HOST", "localhost")
+EMAIL_PORT = int(env_number("HITL_EMAIL_PORT", 25))
+EMAIL_HOST_USER = env_str("HITL_EMAIL_USER", "")
+EMAIL_HOST_PASSWORD = env_str("HITL_EMAIL_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("HITL_EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = int(env_number("HITL_EMAIL_TIMEOUT", 10))
+DEFAULT_FROM_EMAIL = env_str("HITL_EMAIL_FROM", "hitl@localhost")
+
 # --- Label Studio (labeling app); empty URL: not connected ---
 LABEL_STUDIO_URL = env_str("LABEL_STUDIO_URL", "").rstrip("/")
 LABEL_STUDIO_API_KEY = env_str("LABEL_STUDIO_API_KEY", "")

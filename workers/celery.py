@@ -80,6 +80,8 @@ app.conf.beat_schedule = {
                              "schedule": float(settings.HITL_STALLED_AFTER_SECONDS)},
     "label-studio-reconcile": {"task": "labeling.tasks.reconcile_all",
                                "schedule": float(settings.LABEL_STUDIO_RECONCILE_SECONDS)},
+    "monitor-deployments": {"task": "workers.tasks.monitor_all",
+                            "schedule": float(settings.HITL_MONITOR_INTERVAL_SECONDS)},
 }
 
 # Task policy: one decorator per kind of work. Both acknowledge a message only after the task
@@ -95,3 +97,7 @@ CPU_TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True, "soft_time
 GPU_TASK_OPTIONS = {**CPU_TASK_OPTIONS, "soft_time_limit": 3 * 3600, "time_limit": 3 * 3600 + 120}
 cpu_task = app.task(**CPU_TASK_OPTIONS)
 gpu_task = app.task(**GPU_TASK_OPTIONS)
+# Alert notifications are also retried when a receiver (mail server, webhook) fails: 12 retries,
+# the backoff doubling from 30 s up to an hour (with jitter).
+NOTIFY_TASK_OPTIONS = {**CPU_TASK_OPTIONS, "soft_time_limit": 120, "time_limit": 150, "max_retries": 12,
+                       "retry_backoff": 30, "retry_backoff_max": 3600}

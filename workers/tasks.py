@@ -19,9 +19,10 @@ from django.db.models import Q
 from django.utils import timezone
 
 from hitl.models import CycleStatus, Prediction, RetrainingCycle, ReviewBatch, ReviewBatchStatus
+from hitl.services.alerts import NotificationFailed
 from hitl.services.queue import enqueue
 from hitl.services.selection import selection_task
-from workers.celery import cpu_task, gpu_task
+from workers.celery import NOTIFY_TASK_OPTIONS, TRANSIENT_ERRORS, app, cpu_task, gpu_task
 
 log = logging.getLogger(__name__)
 PIPELINES = ("workers.pipelines.scoring", "workers.pipelines.selection", "workers.pipelines.cycles",
@@ -109,3 +110,30 @@ def requeue_stalled_work() -> dict[str, int]:
     if any(counts.values()):
         log.warning("re-sent stalled work: %s", counts)
     return counts
+
+
+@cpu_task
+def monitor_all() -> int:
+    """Beat task: one monitoring run per project that has deployments; returns how many."""
+    from hitl.services.monitoring import projects_to_monitor
+
+    project_ids = projects_to_monitor()
+    for project_id in project_ids:
+        enqueue("workers.tasks.monitor_project", project_id)
+    return len(project_ids)
+
+
+@cpu_task
+def monitor_project(project_id: int) -> list[int]:
+    """Judge the project's last complete window; returns the new alerts' ids (none when run again)."""
+    from hitl.services.monitoring import project_monitor
+
+    return project_monitor(project_id=project_id).alert_ids
+
+
+@app.task(**{**NOTIFY_TASK_OPTIONS, "autoretry_for": (*TRANSIENT_ERRORS, NotificationFailed)})
+def alert_notify(alert_id: int) -> dict[str, str]:
+    """Email and webhook for one alert, each sent once; a failed delivery is retried with backoff."""
+    from hitl.services.alerts import alert_notify as notify
+
+    return notify(alert_id=alert_id)

@@ -20,15 +20,21 @@ from hitl.models import (
     ReviewTask,
     TrustEvent,
 )
+from hitl.monitorspec import monitoring_rules_shown
 
 
 class ProjectSerializer(serializers.ModelSerializer):
+    def to_representation(self, instance: Project) -> dict:
+        data = super().to_representation(instance)
+        data["monitoring"] = monitoring_rules_shown(data["monitoring"])  # a webhook URL may hold a secret
+        return data
+
     class Meta:
         model = Project
         fields = ["slug", "name", "task_type", "labels", "architecture", "initial_weights", "holdout_fraction",
                   "selection_strategy", "batch_size", "audit_fraction", "mc_samples", "committee_size",
                   "class_balance", "selection_pool_limit", "train_config", "gate_rules",
-                  "double_label_fraction", "created_at"]
+                  "double_label_fraction", "monitoring", "created_at"]
 
 
 class ArtifactSerializer(serializers.ModelSerializer):

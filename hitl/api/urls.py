@@ -4,7 +4,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
-from hitl.api import artifacts, images, verdict_views, views
+from hitl.api import artifacts, images, monitoring_views, verdict_views, views
 from hitl.api.permissions import SchemaReader
 from hitl.selectors import is_person
 
@@ -67,5 +67,16 @@ urlpatterns = [
         "projects/<slug:slug>/model-versions/<str:name>/explain/",
         verdict_views.ExplainView.as_view(),
         name="model-version-explain",
+    ),
+    path("projects/<slug:slug>/alerts/", monitoring_views.AlertListView.as_view(), name="alerts"),
+    path(
+        "alerts/<int:pk>/acknowledge/",
+        monitoring_views.AlertAcknowledgeView.as_view(),
+        name="alert-acknowledge",
+    ),
+    path(
+        "projects/<slug:slug>/monitor-windows/",
+        monitoring_views.MonitorWindowListView.as_view(),
+        name="monitor-windows",
     ),
 ]

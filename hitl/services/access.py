@@ -38,6 +38,7 @@ class Action(StrEnum):
     CHANGE_SETTINGS = "change_settings"
     MANAGE_MEMBERS = "manage_members"
     IMPORT_ITEMS = "import_items"
+    ACKNOWLEDGE_ALERT = "acknowledge_alert"
 
 
 # The one map from what a person wants to do to the lowest role that may do it.
@@ -53,6 +54,9 @@ MINIMUM_ROLE: dict[Action, ProjectRole] = {
     Action.MANAGE_MEMBERS: ProjectRole.ADMIN,
     # imported labels skip review (held-out items included): a project admin's decision
     Action.IMPORT_ITEMS: ProjectRole.ADMIN,
+    # acknowledging closes a monitoring alert for everyone: for those who can act on it (select a
+    # review batch, start a cycle), not for every reviewer who happens to see it
+    Action.ACKNOWLEDGE_ALERT: ProjectRole.ML_ENGINEER,
 }
 
 

@@ -32,6 +32,7 @@ from hitl.models import (
     Project,
     TaskType,
 )
+from hitl.monitorspec import monitoring_keep_webhook, monitoring_rules_clean
 from hitl.services.trust import trust_record
 
 SELECTION_STRATEGIES = mlspec.STRATEGIES
@@ -108,7 +109,7 @@ SETTING_CHECKS: dict[str, Callable[[object], str | None]] = {
     "selection_pool_limit": _between(100, 1_000_000, int),
 }
 # Every setting validate_project_settings knows; training options are checked by mlspec.
-PROJECT_SETTINGS = frozenset(SETTING_CHECKS) | {"train_config", "gate_rules"}
+PROJECT_SETTINGS = frozenset(SETTING_CHECKS) | {"train_config", "gate_rules", "monitoring"}
 # Fixed once a project exists: models and splits depend on them.
 FIXED_SETTINGS = frozenset({"labels", "holdout_fraction"})
 
@@ -117,7 +118,7 @@ def validate_project_settings(values: dict[str, object]) -> None:
     """The one check of project settings: API, CLI and admin. Raises InvalidInput naming each
     bad field (a training option as ``train_config.<option>``)."""
     errors = [FieldError(name, problem) for name, value in values.items()
-              if name not in ("train_config", "gate_rules")
+              if name not in ("train_config", "gate_rules", "monitoring")
               and (problem := SETTING_CHECKS[name](value) if name in PROJECT_SETTINGS else "unknown setting")]
     if "train_config" in values:
         try:
@@ -127,6 +128,11 @@ def validate_project_settings(values: dict[str, object]) -> None:
     if "gate_rules" in values:
         try:
             mlspec.gate_rules_clean(values["gate_rules"], labels=values.get("labels"))
+        except InvalidInput as exc:
+            errors += exc.errors
+    if "monitoring" in values:
+        try:
+            monitoring_rules_clean(values["monitoring"])
         except InvalidInput as exc:
             errors += exc.errors
     if errors:
@@ -157,8 +163,10 @@ def project_update(*, project_id: int, changes: dict[str, object]) -> Project:
     fixed = sorted(FIXED_SETTINGS & set(changes))
     if fixed:
         raise InvalidInput([FieldError(name, "cannot change once the project exists") for name in fixed])
-    validate_project_settings(changes)
     project = Project.objects.select_for_update().get(pk=project_id)
+    if "monitoring" in changes:
+        changes = {**changes, "monitoring": monitoring_keep_webhook(changes["monitoring"], project.monitoring)}
+    validate_project_settings(changes)
     for name, value in changes.items():
         setattr(project, name, value)
     if changes:

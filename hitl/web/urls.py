@@ -1,6 +1,6 @@
 from django.urls import path
 
-from hitl.web import review, views
+from hitl.web import alerts, review, views
 
 app_name = "web"
 urlpatterns = [
@@ -20,4 +20,6 @@ urlpatterns = [
     path("projects/<slug:slug>/conflicts/", review.conflicts_page, name="conflicts"),
     path("review-tasks/<int:pk>/decide", review.conflict_decide, name="conflict-decide"),
     path("projects/<slug:slug>/reviewers/", review.reviewers_page, name="reviewers"),
+    path("projects/<slug:slug>/alerts/", alerts.alerts, name="alerts"),
+    path("alerts/<int:pk>/acknowledge", alerts.alert_acknowledge_view, name="alert-acknowledge"),
 ]

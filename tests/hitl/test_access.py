@@ -47,6 +47,7 @@ from hitl.services.access import (
 from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import predictions_ingest
 from hitl.services.labels import label_submit
+from hitl.services.monitoring import project_monitor
 from hitl.services.projects import deployment_create, project_create
 from hitl.services.selection import review_batch_request
 from tests.conftest import LABELS, make_version, member, token_client
@@ -124,6 +125,9 @@ RULES: dict[str, dict[str, Rule]] = {
     "rollback": {"POST": api(Action.ROLLBACK)},
     "golden-sets": {"GET": api(Action.VIEW), "POST": api(Action.APPROVE)},
     "model-version-explain": {"GET": api(Action.VIEW)},
+    "alerts": {"GET": api(Action.VIEW)},
+    "alert-acknowledge": {"POST": api(Action.ACKNOWLEDGE_ALERT)},
+    "monitor-windows": {"GET": api(Action.VIEW)},
     "login": {"GET": Rule("public")},
     "logout": {"POST": Rule("public")},
     "web:projects": {"GET": Rule("web_person")},
@@ -142,6 +146,8 @@ RULES: dict[str, dict[str, Rule]] = {
     "web:conflicts": {"GET": web(Action.VIEW)},
     "web:conflict-decide": {"POST": web(Action.LABEL)},
     "web:reviewers": {"GET": web(Action.VIEW)},
+    "web:alerts": {"GET": web(Action.VIEW)},
+    "web:alert-acknowledge": {"POST": web(Action.ACKNOWLEDGE_ALERT)},
     # Label Studio's side: a shared secret or a signed URL is the credential, not a login.
     "labeling:webhook": {"POST": Rule("capability")},
     "labeling:image": {"GET": Rule("capability")},
@@ -195,6 +201,9 @@ def world(project, version, deployment_and_token, ingest):
         Item.objects.filter(pk__in=result.item_ids, split=Split.TRAIN).order_by("pk").first()
     )
     unqueued = Item.objects.filter(pk__in=result.item_ids).exclude(review_tasks__batch=batch).first()
+    project.monitoring = {"min_predictions_per_window": 1, "action": "none"}  # an alert to address
+    project.save(update_fields=["monitoring"])
+    [alert_id] = project_monitor(project_id=project.id).alert_ids
     return {
         "project": project,
         "item": train_item,
@@ -207,6 +216,7 @@ def world(project, version, deployment_and_token, ingest):
                                               reviewer_name="admin", value="bag"),
         "users": users,
         "tokens": {"deployment": deployment_and_token[1], "other_deployment": other_token},
+        "alert": alert_id,
     }
 
 
@@ -231,6 +241,8 @@ def _kwargs(name: str, w: dict) -> dict:
         "labeling:image": {"item_id": w["item"].pk, "signature": "forged"},
         "labeling:webhook": {"link_id": 1},
         "deployment-model-file": {"name": "model.json"},
+        "alert-acknowledge": {"pk": w["alert"]},
+        "web:alert-acknowledge": {"pk": w["alert"]},
     }
     if name in by_route:
         return by_route[name]

@@ -318,6 +318,7 @@ def fault_worker(
         "HITL_SECRET_KEY": settings.SECRET_KEY,
         "HITL_STALLED_AFTER_SECONDS": str(STALLED_AFTER),
         "HITL_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+        "HITL_ALERT_WEBHOOK_ALLOW_PRIVATE": "true",  # the alert webhook case calls a loopback receiver
         **trust_files,
     }
     worker = FaultWorker(

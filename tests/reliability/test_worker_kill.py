@@ -10,22 +10,30 @@ later: the test first waits for the redelivery alone, then fires the beat as pro
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 import labeling.tasks  # noqa: F401 - registers the Label Studio tasks with the app
 import workers.tasks  # noqa: F401 - registers hitl's tasks with the app
 from hitl.models import (
+    Alert,
     CycleStatus,
+    Deployment,
     EvaluationSnapshot,
     Label,
     LabelStatus,
     ModelVersion,
+    MonitorWindow,
     Prediction,
     RetrainingCycle,
     ReviewBatch,
@@ -35,7 +43,8 @@ from hitl.models import (
     UncertaintyScore,
 )
 from hitl.services.cycles import cycle_request
-from hitl.services.ingestion import items_register
+from hitl.services.ingestion import items_register, predictions_ingest
+from hitl.services.monitoring import project_monitor, window_bounds
 from hitl.services.selection import review_batch_request
 from labeling.mapping import choice_result
 from labeling.models import (
@@ -59,6 +68,7 @@ POOL = 40
 BATCH_SIZE = 10
 REDELIVERY_GRACE = 25  # seconds the redelivered message alone gets before the beat fires
 RESULTS: dict[str, dict[str, Any]] = {}
+WEEK_MINUTES = 7 * 24 * 60  # monitoring windows no test run crosses the end of
 
 
 @dataclass
@@ -225,6 +235,70 @@ def _check_event(setup: Setup) -> None:
     assert LabelStudioAnnotation.objects.filter(ls_annotation_id=1).count() == 1
 
 
+def _drifted_deployment(setup: Setup) -> None:
+    """A deployment whose last complete (week-long) window holds a new class mix: a reference of
+    100 even predictions a day before it, then 60 of mostly one class in it."""
+    deployment = setup.project.deployments.get()
+    setup.project.monitoring = {"window_minutes": WEEK_MINUTES, "reference_size": 100, "min_window_predictions": 50}
+    setup.project.save(update_fields=["monitoring"])
+    start, _ = window_bounds(now=timezone.now(), minutes=WEEK_MINUTES)
+    for first, n, at, classes in ((500, 100, start - timedelta(days=1), [i % 10 for i in range(100)]),
+                                  (600, 60, start + timedelta(minutes=1), [3] * 60)):
+        paths = setup.write_images(range(first, first + n))
+        rows = [[0.9 if j == c else 0.1 / 9 for j in range(10)] for c in classes]
+        result = predictions_ingest(deployment=deployment, payload={"predictions": [
+            {"image_path": p, "probabilities": q} for p, q in zip(paths, rows)]})
+        Prediction.objects.filter(item_id__in=result.item_ids).update(received_at=at)
+    setup.state["window_start"], setup.state["project"] = start, setup.project.id
+
+
+def _monitor_alerted(setup: Setup) -> bool:
+    return Alert.objects.filter(project=setup.project).exists()
+
+
+def _check_monitor(setup: Setup) -> None:
+    alert = Alert.objects.get(project=setup.project)
+    assert alert.metric == "class_psi" and alert.window_start == setup.state["window_start"]
+    assert MonitorWindow.objects.filter(project=setup.project).count() == 2  # the deployment's, the version's
+    assert ReviewBatch.objects.filter(project=setup.project, requested_by="monitor").count() == 1
+    assert alert.review_batch is not None
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[bytes] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        _Receiver.received.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _alert_with_webhook(setup: Setup) -> None:
+    """An alert raised with nothing to notify; then a webhook (the fault worker may call loopback)."""
+    _drifted_deployment(setup)
+    setup.project.monitoring = {**setup.project.monitoring, "action": "none"}
+    setup.project.save(update_fields=["monitoring"])
+    setup.state["alert"] = project_monitor(project_id=setup.project.id).alert_ids[0]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Receiver.received = []
+    setup.project.monitoring = {**setup.project.monitoring,
+                                "webhook_url": f"http://127.0.0.1:{server.server_address[1]}/hook"}
+    setup.project.save(update_fields=["monitoring"])
+
+
+def _webhook_sent(setup: Setup) -> bool:
+    return Alert.objects.filter(pk=setup.state["alert"], webhook_sent_at__isnull=False).exists()
+
+
+def _check_webhook(setup: Setup) -> None:
+    assert len(_Receiver.received) == 1
+    assert json.loads(_Receiver.received[0])["alert"]["id"] == setup.state["alert"]
+
+
 CASES = [
     KillCase(
         "workers.tasks.score_predictions",
@@ -281,6 +355,30 @@ CASES = [
         _send("workers.tasks.requeue_stalled_work"),
         _batch_selected,
         _check_batch,
+    ),
+    KillCase(
+        "workers.tasks.monitor_project",
+        MonitorWindow._meta.db_table,
+        _drifted_deployment,
+        _send("workers.tasks.monitor_project", "project"),
+        _monitor_alerted,
+        _check_monitor,
+    ),
+    KillCase(
+        "workers.tasks.monitor_all",
+        Deployment._meta.db_table,
+        _drifted_deployment,
+        _send("workers.tasks.monitor_all"),
+        _monitor_alerted,
+        _check_monitor,
+    ),
+    KillCase(
+        "workers.tasks.alert_notify",
+        Alert._meta.db_table,
+        _alert_with_webhook,
+        _send("workers.tasks.alert_notify", "alert"),
+        _webhook_sent,
+        _check_webhook,
     ),
     KillCase(
         "labeling.tasks.process_webhook_event",

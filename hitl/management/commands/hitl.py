@@ -1,7 +1,7 @@
 """Operator commands: ``python manage.py hitl <action> ...``.
 
     hitl create-project --slug cats --labels cat,dog [--architecture resnet18] [--strategy margin]
-    hitl configure-project --project cats [--strategy bald] [--batch-size 200] [--mc-samples 20] ...
+    hitl configure-project --project cats [--strategy bald] [--batch-size 200] [--mc-samples 20] [--monitoring '{...}'] ...
     hitl register-model --project cats --name v0 --weights model.safetensors [--promote]
     hitl import-images --project cats DIR      (DIR/*.jpg unlabeled, or DIR/<label>/*.jpg labeled)
     hitl create-deployment --project cats --name edge-1 --environment edge [--model-version v0] [--storage-prefix cats/edge-1]
@@ -20,6 +20,7 @@
     hitl reject-cycle --project cats --cycle 3 --user otto --reason "..."
     hitl rollback --project cats --model-version v2 --user otto --reason "..."
     hitl explain --project cats --model v3
+    hitl monitor --project cats [--webhook-key]   (judge the last complete window now)
 """
 
 from __future__ import annotations
@@ -49,9 +50,11 @@ from hitl.services.access import (
     membership_set,
     role_required,
 )
+from hitl.services.alerts import alert_webhook_key
 from hitl.services.cycles import cycle_approve, cycle_reject, cycle_request, model_version_rollback
 from hitl.services.golden import golden_set_freeze, golden_set_propose
 from hitl.services.ingestion import ImportedImage, import_label_refusals, items_import
+from hitl.services.monitoring import project_monitor
 from hitl.services.projects import (
     deployment_create,
     deployment_rotate_token,
@@ -114,6 +117,9 @@ class Command(BaseCommand):
         configure.add_argument("--gate-rules", type=_json_object,
                                help='the promotion gate\'s rules as JSON, e.g. \'{"min_golden_size": 200}\'')
         configure.add_argument("--epochs", type=int, help="training epochs per cycle")
+        configure.add_argument("--monitoring", type=_json_object,
+                               help='monitoring rules as JSON (replacing the old ones), e.g. \'{"max_class_psi": 0.2, '
+                                    '"notify_emails": ["ml@example.com"]}\'')
 
         register = actions.add_parser("register-model", help="import a hitl safetensors checkpoint, or (with "
                                       "--architecture and --labels) a torchvision state_dict .pt/.pth or .safetensors")
@@ -202,6 +208,11 @@ class Command(BaseCommand):
         explain = actions.add_parser("explain", help="why a model version is where it is")
         explain.add_argument("--project", required=True)
         explain.add_argument("--model", required=True)
+        monitor = actions.add_parser("monitor", help="judge the deployments' last complete window now (drift, "
+                                     "volume, live accuracy, agreement): alerts, action, notifications")
+        monitor.add_argument("--project", required=True)
+        monitor.add_argument("--webhook-key", action="store_true",
+                             help="print the key that signs this project's alert webhooks, and run nothing")
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"].replace("-", "_")
@@ -239,6 +250,8 @@ class Command(BaseCommand):
             changes["train_config"] = {**project.train_config, "epochs": o["epochs"]}
         if o["gate_rules"] is not None:
             changes["gate_rules"] = o["gate_rules"]
+        if o["monitoring"] is not None:
+            changes["monitoring"] = o["monitoring"]
         project = project_update(project_id=project.id, changes=changes)
         self.stdout.write(f"{project.slug}: " + (", ".join(f"{k}={getattr(project, k)}" for k in changes) or "no changes"))
 
@@ -459,6 +472,20 @@ class Command(BaseCommand):
             raise CommandError(f"no model version {o['model']!r} in {project.slug}")
         for line in explain_lines(selectors.model_explain(version)):
             self.stdout.write(line)
+
+
+    def monitor(self, o: dict[str, Any]) -> None:
+        project = self._project(o["project"])
+        if o["webhook_key"]:
+            self.stdout.write(alert_webhook_key(project).decode())
+            return
+        run = project_monitor(project_id=project.id)
+        self.stdout.write(f"{project.slug}: window {run.window_start:%Y-%m-%d %H:%M}-{run.window_end:%H:%M} UTC, "
+                          f"{run.windows_measured} measured now, {len(run.alert_ids)} new alert(s)")
+        for alert in selectors.alerts_list(project).filter(pk__in=run.alert_ids):
+            self.stdout.write(f"  alert {alert.pk}: {alert.message}")
+        if run.action_detail:
+            self.stdout.write(f"  action: {run.action_detail}")
 
 
 def _json_object(text: str) -> dict:
