@@ -9,13 +9,14 @@
 #   scripts/label-studio.sh env       print the variables hitl needs to reach it
 #
 # Settings (environment): HITL_LS_VENV, HITL_LS_DATA_DIR, HITL_LS_PORT, HITL_LS_USERNAME,
-# HITL_LS_PASSWORD. The API token is made on the first start and kept in $HITL_LS_DATA_DIR/api-token.
+# HITL_LS_PASSWORD, HITL_LS_START_TIMEOUT (seconds to wait for it to answer, 600). The API token is made on the first start and kept in $HITL_LS_DATA_DIR/api-token.
 set -euo pipefail
 VERSION=1.23.2
 here=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${HITL_LS_VENV:-$HOME/.cache/hitl/label-studio-$VERSION}
 DATA=${HITL_LS_DATA_DIR:-$here/var/label-studio}
 PORT=${HITL_LS_PORT:-18080}
+START_TIMEOUT=${HITL_LS_START_TIMEOUT:-600}
 USERNAME=${HITL_LS_USERNAME:-admin@hitl.local}
 PIDFILE=$DATA/label-studio.pid
 URL=http://127.0.0.1:$PORT
@@ -61,12 +62,14 @@ start() {
     "$VENV/bin/label-studio" start --no-browser --internal-host 127.0.0.1 --port "$PORT" \
     >"$DATA/label-studio.log" 2>&1 &
   echo $! >"$PIDFILE"
-  for _ in $(seq 1 240); do
+  # its first start migrates a new SQLite database: a minute on an idle machine, several on a busy one
+  local deadline=$((SECONDS + START_TIMEOUT))
+  while [ "$SECONDS" -lt "$deadline" ]; do
     if running_pid >/dev/null && healthy; then echo "Label Studio $VERSION running at $URL (log: $DATA/label-studio.log)"; return; fi
     if ! running_pid >/dev/null; then echo "Label Studio exited; last lines of its log:" >&2; tail -20 "$DATA/label-studio.log" >&2; exit 1; fi
     sleep 0.5
   done
-  echo "Label Studio did not answer within 120 s; see $DATA/label-studio.log" >&2
+  echo "Label Studio did not answer within $START_TIMEOUT s (HITL_LS_START_TIMEOUT); see $DATA/label-studio.log" >&2
   exit 1
 }
 

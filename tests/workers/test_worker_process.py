@@ -62,7 +62,7 @@ def test_a_killed_worker_loses_no_cycle(labeled_project, operator_client, celery
     cycle_id = response.json()["id"]
     wait_until(lambda: RetrainingCycle.objects.get(pk=cycle_id).progress.get("epoch", 0) >= 2, "training to start")
     celery_worker.kill_pool()
-    wait_until(lambda: RetrainingCycle.objects.get(pk=cycle_id).is_finished, "the cycle after the crash", timeout=240)
+    wait_until(lambda: RetrainingCycle.objects.get(pk=cycle_id).is_finished, "the cycle after the crash", timeout=600)
     cycle = RetrainingCycle.objects.get(pk=cycle_id)
     assert cycle.status == CycleStatus.SUCCEEDED, cycle.error
     assert cycle.attempts == 2
