@@ -18,6 +18,21 @@ from workers.ml.images import normalize
 Images = torch.Tensor | Dataset  # decoded uint8 [n, c, h, w], or a dataset that decodes lazily
 
 
+# Images per forward pass. On a GPU a large batch keeps it busy; on the CPU a small one runs as
+# fast (2.4 vs 2.7 images/s for EfficientNet-Lite0 at 224 px, 2 threads) in a third of the memory
+# (1.7 vs 5.3 GB peak RSS): 256 activations of a 224 px network are gigabytes.
+INFERENCE_BATCH = {"cuda": 256, "cpu": 32}
+
+
+def inference_batch_size(device: torch.device, requested: int | None = None) -> int:
+    """``requested``, or the default for the device's kind."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"batch_size must be at least 1, got {requested}")
+        return requested
+    return INFERENCE_BATCH.get(device.type, INFERENCE_BATCH["cpu"])
+
+
 def accelerated(device: torch.device) -> AbstractContextManager:
     """bf16 autocast on CUDA; plain float32 elsewhere (CPU bf16 is slower and less exact)."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -37,10 +52,11 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
 @torch.inference_mode()
 def predict_logits(
     model: nn.Module, images: Images, spec: InputSpec,
-    *, batch_size: int = 256, device: torch.device | None = None, num_workers: int = 0,
+    *, batch_size: int | None = None, device: torch.device | None = None, num_workers: int = 0,
 ) -> torch.Tensor:
     """Logits ``[n, k]`` on the CPU, in eval mode, streamed batch by batch."""
     device = device or next(model.parameters()).device
+    batch_size = inference_batch_size(device, batch_size)
     prepare_model(model, device).eval()
     with accelerated(device):
         outputs = [model(model_input(batch, spec, device)).float().cpu()
@@ -52,7 +68,7 @@ def predict_logits(
 
 def predict_proba(
     model: nn.Module, images: Images, spec: InputSpec,
-    *, batch_size: int = 256, device: torch.device | None = None, temperature: float = 1.0,
+    *, batch_size: int | None = None, device: torch.device | None = None, temperature: float = 1.0,
     num_workers: int = 0,
 ) -> np.ndarray:
     """Class probabilities ``[n, k]`` (float32, rows sum to 1) of the logits divided by the
@@ -119,7 +135,7 @@ def _outputs_generic(model: nn.Module, x: torch.Tensor, embeddings: bool, mc_sam
 @torch.inference_mode()
 def model_outputs(
     model: nn.Module, images: Images, spec: InputSpec, *, embeddings: bool = False, mc_samples: int = 0,
-    batch_size: int = 256, device: torch.device | None = None, seed: int = 0, temperature: float = 1.0,
+    batch_size: int | None = None, device: torch.device | None = None, seed: int = 0, temperature: float = 1.0,
     num_workers: int = 0,
 ) -> ModelOutputs:
     """Probabilities, and on request embeddings and ``mc_samples`` MC-dropout passes; the
@@ -132,6 +148,7 @@ def model_outputs(
     if len(images) == 0:
         raise ValueError("no images to run the model on")
     device = device or next(model.parameters()).device
+    batch_size = inference_batch_size(device, batch_size)
     prepare_model(model, device).eval()
     torch.manual_seed(seed)
     run = _outputs_small_cnn if isinstance(model, SmallCNN) else _outputs_generic

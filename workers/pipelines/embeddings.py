@@ -16,8 +16,6 @@ from workers.ml.device import select_device
 from workers.ml.inference import model_outputs
 from workers.pipelines.versions import item_images, loader_workers
 
-EMBED_CHUNK = 256  # images per forward pass; the loader streams them, so memory follows this
-
 
 def backbone_name(architecture: str) -> str:
     """The project's architecture when it has offline ImageNet weights, else the default backbone."""
@@ -37,4 +35,4 @@ def backbone_embeddings(architecture: str, image_paths: Sequence[str]) -> np.nda
     name = backbone_name(architecture)
     spec = input_spec_for(name)
     return model_outputs(_backbone(name), item_images(image_paths, spec), spec, embeddings=True,
-                         batch_size=EMBED_CHUNK, num_workers=loader_workers()).embeddings
+                         num_workers=loader_workers()).embeddings
