@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -12,6 +13,7 @@ from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
 from hitl.media import media_path
 from hitl.models import (
     ArtifactKind,
+    EvaluationSet,
     EvaluationSnapshot,
     GoldenSet,
     Item,
@@ -25,6 +27,7 @@ from hitl.models import (
     ProjectMembership,
     RetrainingCycle,
     ReviewBatch,
+    ReviewBatchStatus,
     ReviewReason,
     ReviewTask,
     ReviewTaskStatus,
@@ -249,3 +252,123 @@ def rollback_choices(project: Project) -> QuerySet[ModelVersion]:
     """Earlier production models a project can roll back to, newest first."""
     return (ModelVersion.objects.filter(project=project, promoted_at__isnull=False)
             .exclude(stage=ModelStage.PRODUCTION).order_by("-promoted_at"))
+
+
+# --- The workbench pages (issue 11): dashboard, model registry, trust timeline, charts over time.
+
+def golden_snapshots_newest(project: Project) -> dict[int, EvaluationSnapshot]:
+    """Each model version's newest golden-set snapshot (the highest cycle number), by version id."""
+    snapshots = (EvaluationSnapshot.objects.filter(cycle__project=project, eval_set=EvaluationSet.GOLDEN)
+                 .select_related("golden_set", "cycle").order_by("model_version_id", "-cycle__number"))
+    newest: dict[int, EvaluationSnapshot] = {}
+    for snapshot in snapshots:
+        newest.setdefault(snapshot.model_version_id, snapshot)
+    return newest
+
+
+@dataclass(frozen=True)
+class RegistryRow:
+    """A model version in the registry, ``depth`` steps below the first model of its lineage."""
+
+    version: ModelVersion
+    depth: int
+    golden: EvaluationSnapshot | None
+    cycle: RetrainingCycle | None  # the cycle that produced it (none for a registered model)
+
+
+def model_registry(project: Project) -> list[RegistryRow]:
+    """Every model version as a lineage tree, parents before their children (newest first among
+    siblings), with its training-label count, newest golden-set snapshot and producing cycle."""
+    versions = list(model_versions_list(project).select_related("parent", "produced_by_cycle"))
+    golden = golden_snapshots_newest(project)
+    known = {v.pk for v in versions}
+    children: dict[int | None, list[ModelVersion]] = {}
+    for version in versions:  # newest first already
+        parent = version.parent_id if version.parent_id in known else None
+        children.setdefault(parent, []).append(version)
+    rows: list[RegistryRow] = []
+    stack = [(v, 0) for v in reversed(children.get(None, []))]
+    while stack:
+        version, depth = stack.pop()
+        cycle = getattr(version, "produced_by_cycle", None)
+        rows.append(RegistryRow(version, depth, golden.get(version.pk), cycle))
+        stack.extend((child, depth + 1) for child in reversed(children.get(version.pk, [])))
+    return rows
+
+
+def review_queue_sizes(project: Project) -> dict[str, int]:
+    """Open review tasks by why they were picked (strategy, audit, golden), their total, and the
+    batches still waiting to be selected."""
+    open_tasks = ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.OPEN)
+    by_reason = dict(open_tasks.order_by().values_list("reason").annotate(n=Count("id")))
+    sizes = {reason: by_reason.get(reason, 0) for reason in ReviewReason.values}
+    sizes["open"] = sum(by_reason.values())
+    sizes["batches_pending"] = ReviewBatch.objects.filter(project=project, status=ReviewBatchStatus.PENDING).count()
+    return sizes
+
+
+def cycle_newest(project: Project) -> RetrainingCycle | None:
+    return (RetrainingCycle.objects.filter(project=project).select_related("candidate_version", "base_version")
+            .order_by("-number").first())
+
+
+def live_accuracy(project: Project, version: ModelVersion | None) -> AccuracyEstimate | None:
+    """The audit-slice estimate of one version's live accuracy (None before any audit label)."""
+    if version is None:
+        return None
+    return next((e for e in audit_accuracy(project) if e.model_version == version.name), None)
+
+
+def trust_events_newest(project: Project, limit: int) -> list[TrustEvent]:
+    return list(TrustEvent.objects.filter(project=project).order_by("-sequence")[:limit])
+
+
+@dataclass(frozen=True)
+class AccuracyPoint:
+    """One accuracy estimate at one time, with its interval, for charts over time."""
+
+    at: datetime
+    model_version: str
+    accuracy: float
+    low: float
+    high: float
+    n: int
+    source: str  # e.g. "cycle 3, golden set v1" or "audit of batch 12"
+
+
+def golden_accuracy_history(project: Project) -> list[AccuracyPoint]:
+    """The production model's golden-set accuracy over time: each cycle's snapshot of the model
+    it compared against, and the candidate's when the cycle promoted it (at its promotion)."""
+    snapshots = (EvaluationSnapshot.objects.filter(cycle__project=project, eval_set=EvaluationSet.GOLDEN)
+                 .select_related("cycle", "golden_set", "model_version").order_by("created_at", "id"))
+    points = []
+    for s in snapshots:
+        promoted = s.role == "candidate" and s.cycle.decision == "promoted"
+        if s.role != "production" and not promoted:
+            continue
+        at = (s.model_version.promoted_at or s.cycle.finished_at or s.created_at) if promoted else s.created_at
+        interval = s.intervals.get("accuracy") or {}
+        points.append(AccuracyPoint(
+            at, s.model_version.name, s.accuracy, interval.get("lower", s.accuracy), interval.get("upper", s.accuracy),
+            s.n_items, f"cycle {s.cycle.number}, golden set v{s.golden_set.version if s.golden_set else '?'}"))
+    return sorted(points, key=lambda p: p.at)
+
+
+def audit_accuracy_history(project: Project) -> list[AccuracyPoint]:
+    """Live accuracy per audit slice (one point per review batch and model version), with its
+    95% Wilson interval: the fraction of audited items whose human label agreed with the model."""
+    agreed = Q(prediction__predicted_label=F("item__labels__value"))
+    rows = (ReviewTask.objects.filter(batch__project=project, reason=ReviewReason.AUDIT,
+                                      status=ReviewTaskStatus.DONE, item__labels__status=LabelStatus.CURRENT)
+            .values("batch_id", "batch__created_at", "prediction__model_version__name")
+            .annotate(n=Count("item", distinct=True), correct=Count("item", distinct=True, filter=agreed))
+            .order_by("batch__created_at", "batch_id"))
+    return [AccuracyPoint(r["batch__created_at"], r["prediction__model_version__name"], r["correct"] / r["n"],
+                          *wilson_interval(r["correct"], r["n"]), r["n"], f"audit of batch {r['batch_id']}")
+            for r in rows if r["n"]]
+
+
+def open_alerts(project: Project) -> list | None:
+    """The project's open monitoring alerts. None until monitoring lands: the `monitor` branch
+    (issue 11 item 7) adds the Alert model; this is where the dashboard reads it."""
+    return None
