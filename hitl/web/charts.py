@@ -92,18 +92,21 @@ def cycle_progress(cycle: RetrainingCycle) -> dict[str, Any]:
     """The cycle's state for the page's live view: stage, epoch, loss, the loss curve, and the
     estimated seconds left in training (None when unknown or not training)."""
     progress = cycle.progress
-    epoch, epochs = progress.get("epoch"), progress.get("epochs")
+    history = progress.get("history", [])
+    last = history[-1] if history else {}  # after training: where it ended
+    epoch = progress.get("epoch", last.get("epoch"))
+    epochs = progress.get("epochs", cycle.train_config.get("epochs") if history else None)
     eta = None
     per_epoch = seconds_per_epoch(cycle)
     if cycle.status == CycleStatus.TRAINING and per_epoch is not None and epoch and epochs:
         eta = round(per_epoch * (epochs - epoch), 1)
     return {
         "status": cycle.status, "active": cycle.status in ACTIVE_STATUSES, "stage": progress.get("stage", ""),
-        "epoch": epoch, "epochs": epochs, "train_loss": progress.get("train_loss"),
-        "train_accuracy": progress.get("train_accuracy"), "attempt": progress.get("attempt"),
+        "epoch": epoch, "epochs": epochs, "train_loss": progress.get("train_loss", last.get("train_loss")),
+        "train_accuracy": progress.get("train_accuracy", last.get("train_accuracy")), "attempt": progress.get("attempt"),
         "eta_seconds": eta, "decision": cycle.decision,
         "history": [{"epoch": r["epoch"], "train_loss": r["train_loss"], "train_accuracy": r["train_accuracy"]}
-                    for r in progress.get("history", [])],
+                    for r in history],
     }
 
 

@@ -5,13 +5,37 @@
   "use strict";
   const BLUE = "#2563eb", ORANGE = "#ea580c", GREEN = "#047857", RED = "#b91c1c", GRAY = "#9ca3af";
   const pct = (v) => (v === null || v === undefined ? "—" : (100 * v).toFixed(1) + "%");
-  const day = (ms) => new Date(ms).toISOString().slice(0, 16).replace("T", " ");
+  // a date for spans of days, the time of day (to the second) for a short span
+  function when(ms) {
+    const iso = new Date(ms).toISOString();
+    return this.max - this.min > 2 * 86400000 ? iso.slice(0, 10) : iso.slice(5, 19).replace("T", " ");
+  }
+
+  // Writes each cell's count on the heatmap (the matrix chart draws only the colours).
+  const cellCounts = {
+    id: "hitlCellCounts",
+    afterDatasetsDraw(chart) {
+      const { ctx } = chart;
+      ctx.save();
+      ctx.textAlign = "center";
+      ctx.textBaseline = "middle";
+      ctx.font = "11px system-ui, sans-serif";
+      chart.getDatasetMeta(0).data.forEach((cell, i) => {
+        const raw = chart.data.datasets[0].data[i];
+        if (!raw.v) return;
+        const { x, y, width, height } = cell.getProps(["x", "y", "width", "height"], true);
+        ctx.fillStyle = raw.share > 0.5 ? "#fff" : "#1d2430";
+        ctx.fillText(String(raw.v), x + width / 2, y + height / 2);
+      });
+      ctx.restore();
+    },
+  };
   const unitAxis = (title) => ({ min: 0, max: 1, title: { display: true, text: title }, ticks: { callback: pct } });
 
   function heatmap(d) {
     const n = d.labels.length;
     return {
-      type: "matrix",
+      type: "matrix", plugins: [cellCounts],
       data: { datasets: [{
         label: "items", data: d.cells,
         backgroundColor: (c) => `rgba(37, 99, 235, ${0.06 + 0.94 * (c.raw ? c.raw.share : 0)})`,
@@ -28,7 +52,7 @@
         scales: {
           x: { type: "category", labels: d.labels, offset: true, grid: { display: false },
                title: { display: true, text: "model's label" }, ticks: { autoSkip: false, maxRotation: 60 } },
-          y: { type: "category", labels: d.labels, offset: true, grid: { display: false },
+          y: { type: "category", labels: [...d.labels].reverse(), offset: true, grid: { display: false },
                title: { display: true, text: "human label" }, ticks: { autoSkip: false } },
         },
       },
@@ -87,7 +111,7 @@
       ...band(d.golden, "#047857", "golden-set accuracy of production"),
       ...band(d.audit, "#2563eb", "live accuracy (audit slices)"),
     ] }, options: { maintainAspectRatio: false, animation: false,
-      scales: { x: { type: "linear", ticks: { callback: day, maxTicksLimit: 6 } }, y: unitAxis("accuracy") },
+      scales: { x: { type: "linear", ticks: { callback: when, maxTicksLimit: 6 } }, y: unitAxis("accuracy") },
       plugins: {
         legend: { labels: { filter: (item) => !item.text.includes("(interval") } },
         tooltip: { filter: (c) => !c.dataset.label.includes("(interval"), callbacks: {

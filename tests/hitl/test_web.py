@@ -121,6 +121,8 @@ def test_cycle_page_hands_its_charts_the_snapshot(client, project, trained) -> N
         b["accuracy"] for b in candidate.metrics["reliability"]]
     progress = chart_data(page, "progress-data")
     assert [r["epoch"] for r in progress["history"]] == [1, 2] and progress["active"] is False
+    assert (progress["epoch"], progress["epochs"]) == (2, 2)  # where training ended
+    assert progress["train_loss"] == progress["history"][-1]["train_loss"] and progress["eta_seconds"] is None
     assert 'id="gate-rules"' in page and "non_inferiority" in page
     assert "Approve and promote" not in page and "Cancel this cycle" not in page  # a viewer may not
 
