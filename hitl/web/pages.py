@@ -64,10 +64,13 @@ def models(request: HttpRequest, slug: str) -> HttpResponse:
 def model_artifact(request: HttpRequest, slug: str, name: str, kind: str) -> FileResponse:
     """A model version's weights or ONNX graph, for a member who may see the project."""
     project, _ = _project(request, slug)
+    missing = Http404(f"{name[:64]!r} has no {kind[:16]!r} artifact")
+    if kind not in ARTIFACT_FILES or len(name) > 64 or "\x00" in name:  # no such name, and none to query
+        raise missing
     artifact = ModelArtifact.objects.filter(model_version__project=project, model_version__name=name,
                                             kind=kind).first()
-    if artifact is None or kind not in ARTIFACT_FILES or not media_path(artifact.path).is_file():
-        raise Http404(f"{name[:64]!r} has no {kind[:16]!r} artifact")
+    if artifact is None or not media_path(artifact.path).is_file():
+        raise missing
     response = FileResponse(open(media_path(artifact.path), "rb"), as_attachment=True,  # noqa: SIM115
                             filename=f"{project.slug}-{name}-{ARTIFACT_FILES[kind]}",
                             content_type="application/octet-stream")

@@ -269,3 +269,11 @@ def test_dashboard_shows_production_live_accuracy_queue_and_last_cycle(client, p
     assert 0 < low < 2 / 3 < high < 1
     nav = page.split("<nav>")[1].split("</nav>")[0]
     assert all(f"/projects/{project.slug}/{path}" in nav for path in ("", "review/", "cycles/", "models/", "trust/"))
+
+
+@pytest.mark.parametrize("path", ["/cycles/99999999999999999999/progress", "/cycles/9223372036854775808/",
+                                  "/projects/{slug}/models/{long}/weights", "/projects/{slug}/models/v1/%00",
+                                  "/projects/{slug}/models/v%001/weights"])
+def test_hostile_ids_and_names_on_the_pages_are_not_found(client, project, version, path) -> None:
+    client.force_login(member(project, "vic", ProjectRole.VIEWER))
+    assert client.get(path.format(slug=project.slug, long="v" * 5000)).status_code == 404
