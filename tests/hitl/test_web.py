@@ -119,6 +119,12 @@ def test_cycle_page_hands_its_charts_the_snapshot(client, project, trained) -> N
     reliability = chart_data(page, "reliability-data")
     assert reliability["golden"] and [b["y"] for b in reliability["golden"]] == [
         b["accuracy"] for b in candidate.metrics["reliability"]]
+    calibration = second.candidate_version.calibration
+    assert calibration["fitted"] and reliability["temperature"] == calibration["temperature"]
+    assert [(b["x"], b["count"]) for b in reliability["before"]] == [
+        (b["confidence"], b["count"]) for b in calibration["reliability_before"]]
+    assert [b["y"] for b in reliability["after"]] == [b["accuracy"] for b in calibration["reliability_after"]]
+    assert f"after temperature {calibration['temperature']:.2f}" in page
     progress = chart_data(page, "progress-data")
     assert [r["epoch"] for r in progress["history"]] == [1, 2] and progress["active"] is False
     assert (progress["epoch"], progress["epochs"]) == (2, 2)  # where training ended
