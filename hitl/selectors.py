@@ -296,6 +296,10 @@ def model_registry(project: Project) -> list[RegistryRow]:
     return rows
 
 
+def model_artifact_find(project: Project, *, name: str, kind: str) -> ModelArtifact | None:
+    return ModelArtifact.objects.filter(model_version__project=project, model_version__name=name, kind=kind).first()
+
+
 def review_queue_sizes(project: Project) -> dict[str, int]:
     """Open review tasks by why they were picked (strategy, audit, golden), their total, and the
     batches still waiting to be selected."""

@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST
 from hitl import selectors
 from hitl.errors import Conflict
 from hitl.media import media_path
-from hitl.models import EvaluationSet, EvaluationSnapshot, ModelArtifact, Project, RetrainingCycle
+from hitl.models import EvaluationSet, EvaluationSnapshot, Project, RetrainingCycle
 from hitl.services.access import Action
 from hitl.services.cycles import cycle_cancel
 from hitl.services.trust import trust_export, trust_verify
@@ -67,8 +67,7 @@ def model_artifact(request: HttpRequest, slug: str, name: str, kind: str) -> Fil
     missing = Http404(f"{name[:64]!r} has no {kind[:16]!r} artifact")
     if kind not in ARTIFACT_FILES or len(name) > 64 or "\x00" in name:  # no such name, and none to query
         raise missing
-    artifact = ModelArtifact.objects.filter(model_version__project=project, model_version__name=name,
-                                            kind=kind).first()
+    artifact = selectors.model_artifact_find(project, name=name, kind=kind)
     if artifact is None or not media_path(artifact.path).is_file():
         raise missing
     response = FileResponse(open(media_path(artifact.path), "rb"), as_attachment=True,  # noqa: SIM115

@@ -74,9 +74,9 @@
   }
 
   function reliability(d) {
-    const sets = [{ label: "perfect calibration", data: [{ x: 0, y: 0 }, { x: 1, y: 1 }], borderColor: GRAY,
+    const sets = [{ label: "perfect calibration", clip: false, data: [{ x: 0, y: 0 }, { x: 1, y: 1 }], borderColor: GRAY,
                     borderDash: [4, 4], pointRadius: 0, showLine: true }];
-    const add = (key, label, color) => d[key] && sets.push({ label, data: d[key], borderColor: color,
+    const add = (key, label, color) => d[key] && sets.push({ label, data: d[key], borderColor: color, clip: 8,
       backgroundColor: color, showLine: true, pointRadius: (c) => 3 + Math.min(6, Math.sqrt((c.raw || {}).count || 0) / 2) });
     add("before", "before temperature (calibration labels)", ORANGE);
     add("after", `after T = ${d.temperature ? d.temperature.toFixed(2) : "1"} (calibration labels)`, BLUE);
@@ -101,7 +101,7 @@
 
   function overTime(d) {
     const band = (points, color, label) => [
-      { label, data: points, borderColor: color, backgroundColor: color, showLine: true, pointRadius: 4 },
+      { label, data: points, borderColor: color, backgroundColor: color, showLine: true, pointRadius: 4, clip: 8 },
       { label: label + " (interval)", data: points.map((p) => ({ x: p.x, y: p.high })), borderColor: "transparent",
         pointRadius: 0, showLine: true, fill: false },
       { label: label + " (interval low)", data: points.map((p) => ({ x: p.x, y: p.low })), borderColor: "transparent",
