@@ -341,20 +341,26 @@ class AccuracyPoint:
 
 
 def golden_accuracy_history(project: Project) -> list[AccuracyPoint]:
-    """The production model's golden-set accuracy over time: each cycle's snapshot of the model
-    it compared against, and the candidate's when the cycle promoted it (at its promotion)."""
-    snapshots = (EvaluationSnapshot.objects.filter(cycle__project=project, eval_set=EvaluationSet.GOLDEN)
-                 .select_related("cycle", "golden_set", "model_version").order_by("created_at", "id"))
-    points = []
-    for s in snapshots:
-        promoted = s.role == "candidate" and s.cycle.decision == "promoted"
-        if s.role != "production" and not promoted:
-            continue
-        at = (s.model_version.promoted_at or s.cycle.finished_at or s.created_at) if promoted else s.created_at
+    """The production model's golden-set accuracy over time: each time a version entered
+    production (a ``model_promoted`` trust event: the gate, an approval or a rollback), its newest
+    golden-set snapshot by then; and each cycle's measurement of the production model it compared
+    against."""
+    snapshots = list(EvaluationSnapshot.objects.filter(cycle__project=project, eval_set=EvaluationSet.GOLDEN)
+                     .select_related("cycle", "golden_set", "model_version").order_by("created_at", "id"))
+
+    def point(s: EvaluationSnapshot, at: datetime, how: str) -> AccuracyPoint:
         interval = s.intervals.get("accuracy") or {}
-        points.append(AccuracyPoint(
-            at, s.model_version.name, s.accuracy, interval.get("lower", s.accuracy), interval.get("upper", s.accuracy),
-            s.n_items, f"cycle {s.cycle.number}, golden set v{s.golden_set.version if s.golden_set else '?'}"))
+        version = s.golden_set.version if s.golden_set else "?"
+        return AccuracyPoint(at, s.model_version.name, s.accuracy, interval.get("lower", s.accuracy),
+                             interval.get("upper", s.accuracy), s.n_items,
+                             f"{how}; cycle {s.cycle.number}, golden set v{version}")
+
+    points = [point(s, s.created_at, "measured as production") for s in snapshots if s.role == "production"]
+    for event in TrustEvent.objects.filter(project=project, kind="model_promoted").order_by("sequence"):
+        name = event.payload.get("model_version")
+        known = [s for s in snapshots if s.model_version.name == name and s.created_at <= event.created_at]
+        if known:
+            points.append(point(known[-1], event.created_at, f"entered production ({event.actor})"))
     return sorted(points, key=lambda p: p.at)
 
 

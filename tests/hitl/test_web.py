@@ -23,6 +23,7 @@ from hitl.models import (
     ReviewTaskStatus,
     TrustEvent,
 )
+from hitl.selectors import golden_accuracy_history
 from hitl.services.cycles import cycle_progress_record, cycle_training_start
 from hitl.services.labels import label_submit
 from hitl.services.selection import review_batch_request
@@ -212,6 +213,13 @@ def test_models_page_lineage_downloads_approval_and_rollback(client, project, tr
     assert response["Location"] == f"/projects/{project.slug}/cycles/"  # only a path on this site
     assert ModelVersion.objects.get(pk=v1.pk).stage == ModelStage.PRODUCTION
     assert TrustEvent.objects.filter(project=project, kind="model_rolled_back", actor="otto").exists()
+    # production over time: v1 by the gate, v1 measured by cycle 2, v2 approved, v1 rolled back to
+    history = golden_accuracy_history(project)
+    assert [(p.model_version, p.source.split(";")[0]) for p in history] == [
+        ("v1", "entered production (promotion gate (cycle 1))"), ("v1", "measured as production"),
+        ("v2", "entered production (otto)"), ("v1", "entered production (otto)")]
+    rolled_back = TrustEvent.objects.filter(project=project, kind="model_promoted").order_by("sequence").last()
+    assert history[-1].at == rolled_back.created_at and history[-1].accuracy == history[1].accuracy
 
 
 def test_trust_page_verifies_the_chain_charts_accuracy_and_exports(client, project, trained) -> None:
