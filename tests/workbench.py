@@ -7,9 +7,18 @@ from __future__ import annotations
 
 from django.test import override_settings
 
-from hitl.models import CycleStatus, GoldenItem, Project, RetrainingCycle
+from hitl.models import (
+    CycleStatus,
+    GoldenItem,
+    Label,
+    LabelSource,
+    LabelStatus,
+    Project,
+    RetrainingCycle,
+)
 from hitl.services.cycles import cycle_request
 from hitl.services.golden import golden_set_freeze
+from hitl.services.labels import label_submit
 from workers.pipelines.cycles import cycle_evaluate, cycle_train
 
 
@@ -25,7 +34,10 @@ def run_cycle(project: Project, rules: dict, epochs: int) -> RetrainingCycle:
 
 def trained_cycles(project: Project, labeled_items) -> tuple[RetrainingCycle, RetrainingCycle]:
     ids = labeled_items(range(150))
-    GoldenItem.objects.bulk_create([GoldenItem(project=project, item_id=i, source="golden") for i in ids[::3][:45]])
+    golden = ids[::3][:45]
+    GoldenItem.objects.bulk_create([GoldenItem(project=project, item_id=i, source="golden") for i in golden])
+    for label in Label.objects.filter(item_id__in=golden, status=LabelStatus.CURRENT):  # reviewed, as golden labels are
+        label_submit(item_id=label.item_id, value=label.value, source=LabelSource.SIMULATED, reviewer_name="reviewer")
     golden_set_freeze(project=project, actor="test", reason="fixture")
     with override_settings(HITL_MIN_CALIBRATION_LABELS=20):
         first = run_cycle(project, {"min_golden_size": 40}, epochs=2)
