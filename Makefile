@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/hitl
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo demo-transfer demo-drift test install install-test data web worker beat label-studio label-studio-stop benchmark-ingest benchmark-label-studio benchmark-selection benchmark-strategies clean
+.PHONY: demo demo-transfer demo-drift test install install-test assets data web worker beat label-studio label-studio-stop benchmark-ingest benchmark-label-studio benchmark-selection benchmark-strategies clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,15 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e '.[test]'
 	@touch $@
 
-install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+## The pages' script libraries, exactly as package-lock.json pins them (served as static files).
+node_modules/.installed: package.json package-lock.json
+	@command -v npm >/dev/null || scripts/system-packages.sh --npm
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+assets: node_modules/.installed
+install: $(VENV)/.installed assets
+install-test: $(VENV)/.installed-test assets
 
 data:
 	@scripts/system-packages.sh

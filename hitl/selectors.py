@@ -17,6 +17,7 @@ from hitl.media import media_path
 from hitl.models import (
     Alert,
     ArtifactKind,
+    EvaluationSet,
     EvaluationSnapshot,
     GoldenItem,
     GoldenSet,
@@ -33,6 +34,7 @@ from hitl.models import (
     RetrainingCycle,
     ReviewAnswer,
     ReviewBatch,
+    ReviewBatchStatus,
     ReviewReason,
     ReviewTask,
     ReviewTaskStatus,
@@ -431,3 +433,131 @@ def monitor_windows_list(project: Project) -> QuerySet[MonitorWindow]:
     version (live accuracy, agreement)."""
     windows = MonitorWindow.objects.filter(project=project).select_related("deployment", "model_version")
     return windows.order_by("-window_start", "deployment_id", "model_version_id")
+# --- The workbench pages (issue 11): dashboard, model registry, trust timeline, charts over time.
+
+def golden_snapshots_newest(project: Project) -> dict[int, EvaluationSnapshot]:
+    """Each model version's newest golden-set snapshot (the highest cycle number), by version id."""
+    snapshots = (EvaluationSnapshot.objects.filter(cycle__project=project, eval_set=EvaluationSet.GOLDEN)
+                 .select_related("golden_set", "cycle").order_by("model_version_id", "-cycle__number"))
+    newest: dict[int, EvaluationSnapshot] = {}
+    for snapshot in snapshots:
+        newest.setdefault(snapshot.model_version_id, snapshot)
+    return newest
+
+
+@dataclass(frozen=True)
+class RegistryRow:
+    """A model version in the registry, ``depth`` steps below the first model of its lineage."""
+
+    version: ModelVersion
+    depth: int
+    golden: EvaluationSnapshot | None
+    cycle: RetrainingCycle | None  # the cycle that produced it (none for a registered model)
+
+
+def model_registry(project: Project) -> list[RegistryRow]:
+    """Every model version as a lineage tree, parents before their children (newest first among
+    siblings), with its training-label count, newest golden-set snapshot and producing cycle."""
+    versions = list(model_versions_list(project).select_related("parent", "produced_by_cycle"))
+    golden = golden_snapshots_newest(project)
+    known = {v.pk for v in versions}
+    children: dict[int | None, list[ModelVersion]] = {}
+    for version in versions:  # newest first already
+        parent = version.parent_id if version.parent_id in known else None
+        children.setdefault(parent, []).append(version)
+    rows: list[RegistryRow] = []
+    stack = [(v, 0) for v in reversed(children.get(None, []))]
+    while stack:
+        version, depth = stack.pop()
+        cycle = getattr(version, "produced_by_cycle", None)
+        rows.append(RegistryRow(version, depth, golden.get(version.pk), cycle))
+        stack.extend((child, depth + 1) for child in reversed(children.get(version.pk, [])))
+    return rows
+
+
+def model_artifact_find(project: Project, *, name: str, kind: str) -> ModelArtifact | None:
+    return ModelArtifact.objects.filter(model_version__project=project, model_version__name=name, kind=kind).first()
+
+
+def review_queue_sizes(project: Project) -> dict[str, int]:
+    """Open review tasks by why they were picked (strategy, audit, golden), their total, and the
+    batches still waiting to be selected."""
+    open_tasks = ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.OPEN)
+    by_reason = dict(open_tasks.order_by().values_list("reason").annotate(n=Count("id")))
+    sizes = {reason: by_reason.get(reason, 0) for reason in ReviewReason.values}
+    sizes["open"] = sum(by_reason.values())
+    sizes["batches_pending"] = ReviewBatch.objects.filter(project=project, status=ReviewBatchStatus.PENDING).count()
+    return sizes
+
+
+def cycle_newest(project: Project) -> RetrainingCycle | None:
+    return (RetrainingCycle.objects.filter(project=project).select_related("candidate_version", "base_version")
+            .order_by("-number").first())
+
+
+def live_accuracy(project: Project, version: ModelVersion | None) -> AccuracyEstimate | None:
+    """The audit-slice estimate of one version's live accuracy (None before any audit label)."""
+    if version is None:
+        return None
+    return next((e for e in audit_accuracy(project) if e.model_version == version.name), None)
+
+
+def trust_events_newest(project: Project, limit: int) -> list[TrustEvent]:
+    return list(TrustEvent.objects.filter(project=project).order_by("-sequence")[:limit])
+
+
+@dataclass(frozen=True)
+class AccuracyPoint:
+    """One accuracy estimate at one time, with its interval, for charts over time."""
+
+    at: datetime
+    model_version: str
+    accuracy: float
+    low: float
+    high: float
+    n: int
+    source: str  # e.g. "cycle 3, golden set v1" or "audit of batch 12"
+
+
+def golden_accuracy_history(project: Project) -> list[AccuracyPoint]:
+    """The production model's golden-set accuracy over time: each time a version entered
+    production (a ``model_promoted`` trust event: the gate, an approval or a rollback), its newest
+    golden-set snapshot by then; and each cycle's measurement of the production model it compared
+    against."""
+    snapshots = list(EvaluationSnapshot.objects.filter(cycle__project=project, eval_set=EvaluationSet.GOLDEN)
+                     .select_related("cycle", "golden_set", "model_version").order_by("created_at", "id"))
+
+    def point(s: EvaluationSnapshot, at: datetime, how: str) -> AccuracyPoint:
+        interval = s.intervals.get("accuracy") or {}
+        version = s.golden_set.version if s.golden_set else "?"
+        return AccuracyPoint(at, s.model_version.name, s.accuracy, interval.get("lower", s.accuracy),
+                             interval.get("upper", s.accuracy), s.n_items,
+                             f"{how}; cycle {s.cycle.number}, golden set v{version}")
+
+    points = [point(s, s.created_at, "measured as production") for s in snapshots if s.role == "production"]
+    for event in TrustEvent.objects.filter(project=project, kind="model_promoted").order_by("sequence"):
+        name = event.payload.get("model_version")
+        known = [s for s in snapshots if s.model_version.name == name and s.created_at <= event.created_at]
+        if known:
+            points.append(point(known[-1], event.created_at, f"entered production ({event.actor})"))
+    return sorted(points, key=lambda p: p.at)
+
+
+def audit_accuracy_history(project: Project) -> list[AccuracyPoint]:
+    """Live accuracy per audit slice (one point per review batch and model version), with its
+    95% Wilson interval: the fraction of audited items whose human label agreed with the model."""
+    agreed = Q(prediction__predicted_label=F("item__labels__value"))
+    rows = (ReviewTask.objects.filter(batch__project=project, reason=ReviewReason.AUDIT,
+                                      status=ReviewTaskStatus.DONE, item__labels__status=LabelStatus.CURRENT)
+            .values("batch_id", "batch__created_at", "prediction__model_version__name")
+            .annotate(n=Count("item", distinct=True), correct=Count("item", distinct=True, filter=agreed))
+            .order_by("batch__created_at", "batch_id"))
+    return [AccuracyPoint(r["batch__created_at"], r["prediction__model_version__name"], r["correct"] / r["n"],
+                          *wilson_interval(r["correct"], r["n"]), r["n"], f"audit of batch {r['batch_id']}")
+            for r in rows if r["n"]]
+
+
+def open_alerts(project: Project) -> list | None:
+    """The project's open monitoring alerts. None until monitoring lands: the `monitor` branch
+    (issue 11 item 7) adds the Alert model; this is where the dashboard reads it."""
+    return None

@@ -222,6 +222,14 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 WHITENOISE_USE_FINDERS = True
+# The pages' own scripts, and the chart library from the pinned npm packages (package.json,
+# package-lock.json; `make install` runs `npm ci`): served from here, never from a CDN.
+NODE_MODULES = BASE_DIR / "node_modules"
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    ("vendor/chart.js", NODE_MODULES / "chart.js" / "dist"),
+    ("vendor/chartjs-chart-matrix", NODE_MODULES / "chartjs-chart-matrix" / "dist"),
+]
 
 # One body limit for every endpoint, multipart included (hitl.middleware).
 HITL_MAX_REQUEST_BYTES = int(env_number("HITL_MAX_REQUEST_BYTES", 128 * 1024 * 1024))

@@ -64,6 +64,8 @@ def _transition(cycle: RetrainingCycle, status: str, **fields: object) -> None:
     if status not in TRANSITIONS.get(cycle.status, set()):
         raise Conflict(f"cycle {cycle.number} cannot go from {cycle.status} to {status}")
     cycle.status = status
+    if "progress" in fields:  # the per-epoch history outlives the stage (a resumed attempt goes on after it)
+        fields["progress"] = {"history": cycle.progress.get("history", []), **fields["progress"]}
     for name, value in fields.items():
         setattr(cycle, name, value)
     cycle.heartbeat_at = timezone.now()
@@ -199,11 +201,18 @@ def cycle_training_start(*, cycle_id: int) -> TrainingPlan | None:
 
 def cycle_progress_record(*, cycle_id: int, epoch: int, epochs: int, train_loss: float,
                           train_accuracy: float, attempt: int = 1, resumed_from_epoch: int = 0) -> bool:
-    """Record an epoch; returns False when the cycle was cancelled meanwhile (stops training)."""
-    RetrainingCycle.objects.filter(pk=cycle_id).update(heartbeat_at=timezone.now(), progress={
+    """Record an epoch, and append it to the per-epoch history the cycle page draws (an attempt
+    that starts over replaces the epochs from its own on); returns False when the cycle was
+    cancelled meanwhile (stops training). Only the training worker writes progress."""
+    now = timezone.now()
+    previous = RetrainingCycle.objects.filter(pk=cycle_id).values_list("progress", flat=True).first() or {}
+    history = [row for row in previous.get("history", []) if row["epoch"] < epoch]
+    history.append({"epoch": epoch, "train_loss": round(train_loss, 4), "train_accuracy": round(train_accuracy, 4),
+                    "attempt": attempt, "at": now.isoformat()})
+    RetrainingCycle.objects.filter(pk=cycle_id).update(heartbeat_at=now, progress={
         "stage": "training", "epoch": epoch, "epochs": epochs,
         "train_loss": round(train_loss, 4), "train_accuracy": round(train_accuracy, 4),
-        "attempt": attempt, "resumed_from_epoch": resumed_from_epoch,
+        "attempt": attempt, "resumed_from_epoch": resumed_from_epoch, "history": history,
     })
     return RetrainingCycle.objects.filter(pk=cycle_id, status=CycleStatus.TRAINING).exists()
 

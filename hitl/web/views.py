@@ -11,6 +11,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from hitl import selectors
@@ -120,25 +121,6 @@ def cycles(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 @login_required
-def cycle_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    can = _allowed(request, selectors.project_owning(RetrainingCycle, pk), Action.VIEW, f"no cycle {pk}")
-    cycle = get_object_or_404(RetrainingCycle.objects.select_related("project", "base_version", "candidate_version"), pk=pk)
-    snapshots = []
-    for snapshot in cycle.snapshots.select_related("model_version", "golden_set").order_by("eval_set", "role"):
-        metrics = snapshot.metrics
-        snapshots.append({
-            "snapshot": snapshot,
-            "per_class": [{"label": label, **values} for label, values in metrics["per_class"].items()],
-            "confusion": list(zip(metrics["labels"], metrics["confusion_matrix"])),
-            "labels": metrics["labels"],
-        })
-    return render(request, "hitl/cycle_detail.html", {
-        "cycle": cycle, "project": cycle.project, "snapshots": snapshots, "can": can,
-        "rollback_choices": selectors.rollback_choices(cycle.project),
-    })
-
-
-@login_required
 @require_POST
 def cycle_decide(request: HttpRequest, pk: int) -> HttpResponse:
     """Approve or reject a candidate that waits, from the cycle page."""
@@ -149,7 +131,7 @@ def cycle_decide(request: HttpRequest, pk: int) -> HttpResponse:
         messages.success(request, f"Cycle {cycle.number}: {cycle.decision_reason}")
     except (InvalidInput, Conflict) as exc:
         messages.error(request, str(exc))
-    return redirect("web:cycle", pk=pk)
+    return _back(request, reverse("web:cycle", kwargs={"pk": pk}))
 
 
 @login_required
@@ -163,4 +145,11 @@ def rollback(request: HttpRequest, slug: str) -> HttpResponse:
         messages.success(request, f"{version.name} is production again.")
     except (InvalidInput, Conflict) as exc:
         messages.error(request, str(exc))
-    return redirect("web:cycles", slug=slug)
+    return _back(request, reverse("web:cycles", kwargs={"slug": slug}))
+
+
+def _back(request: HttpRequest, default: str) -> HttpResponse:
+    """Back to the page the form was on (``next``, a path on this site), else ``default``."""
+    wanted = request.POST.get("next", "")
+    safe = wanted.startswith("/") and url_has_allowed_host_and_scheme(wanted, allowed_hosts={request.get_host()})
+    return redirect(wanted if safe else default)
