@@ -4,6 +4,8 @@ a cycle's live progress and snapshot pictures. Thin views: access check, selecto
 
 from __future__ import annotations
 
+import logging
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import (
@@ -19,7 +21,7 @@ from django.views.decorators.http import require_POST
 
 from hitl import selectors
 from hitl.errors import Conflict
-from hitl.media import media_path
+from hitl.media import ImageRejected, model_artifact_file
 from hitl.models import EvaluationSet, EvaluationSnapshot, Project, RetrainingCycle
 from hitl.services.access import Action
 from hitl.services.cycles import cycle_cancel
@@ -27,6 +29,7 @@ from hitl.services.trust import trust_export, trust_verify
 from hitl.web import charts
 from hitl.web.views import _allowed
 
+log = logging.getLogger(__name__)
 TRUST_EVENTS_SHOWN = 200
 ARTIFACT_FILES = {"weights": "model.safetensors", "onnx": "model.onnx"}
 
@@ -68,9 +71,14 @@ def model_artifact(request: HttpRequest, slug: str, name: str, kind: str) -> Fil
     if kind not in ARTIFACT_FILES or len(name) > 64 or "\x00" in name:  # no such name, and none to query
         raise missing
     artifact = selectors.model_artifact_find(project, name=name, kind=kind)
-    if artifact is None or not media_path(artifact.path).is_file():
+    if artifact is None:
         raise missing
-    response = FileResponse(open(media_path(artifact.path), "rb"), as_attachment=True,  # noqa: SIM115
+    try:
+        handle = model_artifact_file(artifact.path)  # FileResponse closes it
+    except (ImageRejected, FileNotFoundError) as exc:
+        log.warning("model artifact %s of %s refused: %s", artifact.path, name, exc)
+        raise missing from None
+    response = FileResponse(handle, as_attachment=True,
                             filename=f"{project.slug}-{name}-{ARTIFACT_FILES[kind]}",
                             content_type="application/octet-stream")
     response["X-Content-SHA256"] = artifact.sha256

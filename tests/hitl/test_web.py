@@ -196,6 +196,12 @@ def test_models_page_lineage_downloads_approval_and_rollback(client, project, tr
     assert response.status_code == 200 and hashlib.sha256(body).hexdigest() == artifact.sha256
     assert media_path(artifact.path).read_bytes() == body and response["X-Content-SHA256"] == artifact.sha256
     assert client.get(f"/projects/{project.slug}/models/v2/config").status_code == 404
+    onnx = media_path(v2.artifacts.get(kind="onnx").path)  # swapped for a link to a file outside: refused
+    outside = onnx.parent.parent.parent.parent / "secret.bin"
+    outside.write_bytes(b"secret")
+    onnx.unlink()
+    onnx.symlink_to(outside)
+    assert client.get(f"/projects/{project.slug}/models/v2/onnx").status_code == 404
     assert client.get(f"/projects/{project.slug}/models/v9/weights").status_code == 404
     assert client.post(f"/cycles/{second.pk}/decide", {"decision": "approve", "reason": "x", "next": url}).status_code == 403
 
