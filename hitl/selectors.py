@@ -557,7 +557,18 @@ def audit_accuracy_history(project: Project) -> list[AccuracyPoint]:
             for r in rows if r["n"]]
 
 
-def open_alerts(project: Project) -> list | None:
-    """The project's open monitoring alerts. None until monitoring lands: the `monitor` branch
-    (issue 11 item 7) adds the Alert model; this is where the dashboard reads it."""
-    return None
+DASHBOARD_ALERTS = 10
+DRIFT_WINDOWS = 48
+
+
+def open_alerts(project: Project) -> list[Alert]:
+    """The newest open monitoring alerts, for the dashboard (the alerts page has them all)."""
+    return list(alerts_list(project, status="open")[:DASHBOARD_ALERTS])
+
+
+def drift_history(project: Project) -> list[MonitorWindow]:
+    """The newest judged drift windows of the project's deployments, oldest first, for the
+    dashboard's sparkline."""
+    windows = (monitor_windows_list(project).filter(deployment__isnull=False, metrics__judged=True)
+               [:DRIFT_WINDOWS])
+    return sorted(windows, key=lambda w: (w.window_start, w.deployment_id))

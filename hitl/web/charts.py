@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from hitl.models import CycleStatus, EvaluationSnapshot, RetrainingCycle
+from hitl.models import CycleStatus, EvaluationSnapshot, MonitorWindow, RetrainingCycle
 from hitl.selectors import AccuracyPoint
 
 ACTIVE_STATUSES = (CycleStatus.PENDING, CycleStatus.TRAINING, CycleStatus.EVALUATING)
@@ -116,3 +116,14 @@ def accuracy_over_time(golden: Sequence[AccuracyPoint], audit: Sequence[Accuracy
         return [{"x": int(p.at.timestamp() * 1000), "y": p.accuracy, "low": p.low, "high": p.high, "n": p.n,
                  "version": p.model_version, "source": p.source} for p in points]
     return {"golden": series(golden), "audit": series(audit)}
+
+
+def drift_sparkline(windows: Sequence[MonitorWindow]) -> dict[str, Any]:
+    """Per deployment, the class-mix and confidence PSI of each judged window (x: the window's
+    end in epoch milliseconds)."""
+    series: dict[str, list[dict[str, Any]]] = {}
+    for w in windows:
+        series.setdefault(w.deployment.name, []).append({
+            "x": int(w.window_end.timestamp() * 1000), "class_psi": w.metrics["class_psi"],
+            "confidence_psi": w.metrics["confidence_psi"], "n": w.n_predictions})
+    return {"deployments": [{"name": name, "points": points} for name, points in series.items()]}

@@ -50,6 +50,7 @@ def dashboard(request: HttpRequest, slug: str) -> HttpResponse:
         "live": selectors.live_accuracy(project, production), "queue": selectors.review_queue_sizes(project),
         "summary": selectors.project_summary(project), "cycle": selectors.cycle_newest(project),
         "alerts": selectors.open_alerts(project),
+        "drift_chart": charts.drift_sparkline(selectors.drift_history(project)),
         "accuracy_chart": charts.accuracy_over_time(selectors.golden_accuracy_history(project),
                                                     selectors.audit_accuracy_history(project)),
     })

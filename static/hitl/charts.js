@@ -129,7 +129,23 @@
       y1: { ...unitAxis("accuracy"), position: "right", grid: { drawOnChartArea: false } } } } };
   }
 
-  const BUILDERS = { heatmap, recall, reliability, deltas, overTime, loss };
+  function sparkline(d) {
+    const colors = [BLUE, ORANGE, GREEN, RED, "#7c3aed", "#0891b2"];
+    const sets = d.deployments.flatMap((dep, i) => [
+      { label: `${dep.name}: class mix`, data: dep.points.map((p) => ({ x: p.x, y: p.class_psi, n: p.n })),
+        borderColor: colors[i % colors.length], backgroundColor: colors[i % colors.length], showLine: true,
+        pointRadius: 2 },
+      { label: `${dep.name}: confidence`, data: dep.points.map((p) => ({ x: p.x, y: p.confidence_psi, n: p.n })),
+        borderColor: colors[i % colors.length], borderDash: [4, 3], showLine: true, pointRadius: 2 },
+    ]);
+    return { type: "scatter", data: { datasets: sets }, options: { maintainAspectRatio: false, animation: false,
+      scales: { x: { type: "linear", ticks: { callback: when, maxTicksLimit: 6 } },
+                y: { beginAtZero: true, title: { display: true, text: "PSI" } } },
+      plugins: { tooltip: { callbacks: { label: (c) => `${c.dataset.label}: PSI ${c.raw.y.toFixed(3)} ` +
+        `(${c.raw.n} predictions)` } } } } };
+  }
+
+  const BUILDERS = { heatmap, recall, reliability, deltas, overTime, loss, sparkline };
 
   function draw(canvas) {
     const source = document.getElementById(canvas.dataset.chart);

@@ -5,15 +5,25 @@ sideways scrolling; a screenshot of each page is saved under var/browser-artifac
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 from django.db import connections
+from django.utils import timezone
 from playwright.sync_api import Page, expect, sync_playwright
 
-from hitl.models import CycleStatus, ModelStage, ModelVersion, ProjectRole, RetrainingCycle
+from hitl.models import (
+    CycleStatus,
+    ModelStage,
+    ModelVersion,
+    MonitorWindow,
+    ProjectRole,
+    RetrainingCycle,
+)
 from hitl.services.cycles import cycle_progress_record, cycle_training_start
+from hitl.services.projects import deployment_create
 from tests.browser.test_review_page import CHROMIUM_ARGS, login
 from tests.conftest import member
 from tests.workbench import trained_cycles
@@ -74,6 +84,14 @@ def check_charts(page: Page, url: str, name: str, viewport: str, expected: set[s
 def test_workbench_pages_draw_their_charts(browser, live_server, project, labeled_items) -> None:
     first, second = trained_cycles(project, labeled_items)
     member(project, "otto", ProjectRole.ML_ENGINEER)
+    deployment, _ = deployment_create(project=project, name="line-3", environment="edge",
+                                      model_version=first.candidate_version, storage_prefix="line-3")
+    start = timezone.now() - timedelta(hours=4)
+    for hour, psi in enumerate([0.02, 0.03, 0.41, 0.55]):  # the class mix drifts in the last two windows
+        MonitorWindow.objects.create(project=project, deployment=deployment, model_version=first.candidate_version,
+                                     window_start=start + timedelta(hours=hour),
+                                     window_end=start + timedelta(hours=hour + 1), n_predictions=200,
+                                     metrics={"judged": True, "class_psi": psi, "confidence_psi": psi / 3})
     base = live_server.url
     for viewport in VIEWPORTS:
         page = open_page(browser, viewport)
@@ -88,7 +106,7 @@ def test_workbench_pages_draw_their_charts(browser, live_server, project, labele
         expect(page.locator("#gate-rules")).to_contain_text("non_inferiority")
         check_charts(page, f"{base}/projects/{project.slug}/trust/", "trust", viewport, {"overTime"})
         expect(page.locator("#chain-check")).to_contain_text("verified")
-        check_charts(page, f"{base}/projects/{project.slug}/", "dashboard", viewport, {"overTime"})
+        check_charts(page, f"{base}/projects/{project.slug}/", "dashboard", viewport, {"overTime", "sparkline"})
         expect(page.locator("#last-cycle")).to_contain_text("awaiting_approval")
         check_charts(page, f"{base}/projects/{project.slug}/models/", "models", viewport, set())
 

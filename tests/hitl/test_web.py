@@ -11,11 +11,13 @@ from django.utils import timezone
 
 from hitl.media import media_path
 from hitl.models import (
+    Alert,
     CycleStatus,
     EvaluationSet,
     Label,
     ModelStage,
     ModelVersion,
+    MonitorWindow,
     ProjectRole,
     RetrainingCycle,
     ReviewReason,
@@ -282,7 +284,7 @@ def test_dashboard_shows_production_live_accuracy_queue_and_last_cycle(client, p
     assert ">3</a> open" in queue and "3 by strategy · 0 audit · 0 golden" in queue
     last = page.split('id="last-cycle"')[1]
     assert f"/cycles/{cycle.pk}/" in last and "Cycle 7" in last and "failed" in last
-    assert "Monitoring is not installed yet" in page
+    assert "No open alert." in page and "No drift data yet" in page
     chart = chart_data(page, "accuracy-data")
     assert [(p["version"], round(p["y"], 3), p["n"]) for p in chart["audit"]] == [("v1", 0.667, 3)]
     low, high = chart["audit"][0]["low"], chart["audit"][0]["high"]
@@ -297,3 +299,27 @@ def test_dashboard_shows_production_live_accuracy_queue_and_last_cycle(client, p
 def test_hostile_ids_and_names_on_the_pages_are_not_found(client, project, version, path) -> None:
     client.force_login(member(project, "vic", ProjectRole.VIEWER))
     assert client.get(path.format(slug=project.slug, long="v" * 5000)).status_code == 404
+
+
+def test_dashboard_shows_open_alerts_and_a_drift_sparkline(client, project, version, deployment_and_token) -> None:
+    deployment = deployment_and_token[0]
+    start = timezone.now() - timedelta(hours=3)
+    windows = [MonitorWindow.objects.create(
+        project=project, deployment=deployment, model_version=version, window_start=start + timedelta(hours=h),
+        window_end=start + timedelta(hours=h + 1), n_predictions=100,
+        metrics={"judged": True, "class_psi": psi, "confidence_psi": psi / 2}) for h, psi in enumerate([0.01, 0.02, 0.6])]
+    MonitorWindow.objects.create(project=project, deployment=deployment, model_version=version,
+                                 window_start=start + timedelta(hours=3), window_end=start + timedelta(hours=4),
+                                 n_predictions=3, metrics={"judged": False, "not_judged": "3 predictions"})
+    common = {"project": project, "deployment": deployment, "model_version": version, "window": windows[2],
+              "window_start": windows[2].window_start, "window_end": windows[2].window_end}
+    Alert.objects.create(**common, metric="class_psi", value=0.6, threshold=0.25, message="class mix PSI 0.600")
+    Alert.objects.create(**common, metric="confidence_psi", value=0.3, threshold=0.25, message="confidence PSI 0.300",
+                         status="acknowledged", acknowledged_at=timezone.now())
+    client.force_login(member(project, "vic", ProjectRole.VIEWER))
+    page = client.get(f"/projects/{project.slug}/").content.decode()
+    alerts = page.split('id="alerts"')[1].split("</div>\n</div>")[0]
+    assert alerts.count('class="alert"') == 1 and "class mix PSI 0.600" in alerts and "confidence PSI 0.300" not in alerts
+    chart = chart_data(page, "drift-data")
+    assert [d["name"] for d in chart["deployments"]] == [deployment.name]
+    assert [p["class_psi"] for p in chart["deployments"][0]["points"]] == [0.01, 0.02, 0.6]  # the unjudged one left out
