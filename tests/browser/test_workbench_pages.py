@@ -24,7 +24,8 @@ from hitl.models import (
 )
 from hitl.services.cycles import cycle_progress_record, cycle_training_start
 from hitl.services.projects import deployment_create
-from tests.browser.test_review_page import CHROMIUM_ARGS, login
+from tests.browser.conftest import CHROMIUM_ARGS
+from tests.browser.test_review_page import login
 from tests.conftest import member
 from tests.workbench import trained_cycles
 
