@@ -71,7 +71,7 @@ def setup_project(args: argparse.Namespace, work: Path):
     users = []
     for name in REVIEWERS:
         user = get_user_model().objects.create_user(username=name, password="bench-password-1")
-        membership_set(project=project, user=user, role=ProjectRole.PROJECT_ADMIN, actor="bench")
+        membership_set(project=project, user=user, role=ProjectRole.ADMIN, actor="bench")
         users.append(user)
     batch = review_batch_request(project=project, requested_by="bench", size=args.answers * 3, strategy="entropy",
                                  audit_fraction=0.1, seed=0)
