@@ -45,11 +45,17 @@ def test_demo_runs_the_whole_loop_without_redis_or_postgres(tmp_path: Path) -> N
         statuses = db.execute("SELECT status FROM hitl_retrainingcycle ORDER BY number").fetchall()
         sources = dict(db.execute("SELECT source, count(*) FROM hitl_label GROUP BY source").fetchall())
         open_tasks = db.execute("SELECT count(*) FROM hitl_reviewtask WHERE status = 'open'").fetchone()[0]
+        conflicts = db.execute("SELECT t.id, count(a.id), count(DISTINCT a.value) FROM hitl_reviewtask t JOIN "
+                               "hitl_reviewanswer a ON a.task_id = t.id WHERE t.status = 'conflict' GROUP BY t.id").fetchall()
+        double_label_fraction = db.execute("SELECT double_label_fraction FROM hitl_project").fetchone()[0]
         demo_roles = db.execute("SELECT m.role FROM hitl_projectmembership m JOIN auth_user u "
                                 "ON u.id = m.user_id WHERE u.username = 'demo'").fetchall()
         kinds = [k for (k,) in db.execute("SELECT kind FROM hitl_trustevent ORDER BY sequence").fetchall()]
     assert statuses == [("succeeded",)] * 3
     assert sources["import"] == 150 and sources["simulated"] == 160 + 60  # two batches and the golden set
     assert {"golden_set_frozen", "gate_evaluated", "cycle_approved", "model_rolled_back"} <= set(kinds)
-    assert open_tasks == 80  # a batch left for a person in the web UI
+    assert open_tasks == 79  # a batch left for a person in the web UI, less the item in conflict
+    assert [(n, values) for _, n, values in conflicts] == [(2, 2)]  # two blind answers that differ: decide it
+    assert double_label_fraction == 0  # the demo user labels the rest of the batch alone
+    assert re.search(r"and a conflict: item \d+, ana said '[^']+', ben said '[^']+' \(conflict\)", out), out
     assert demo_roles == [("admin",)]  # user demo is the demo project's admin: it sees the project

@@ -48,6 +48,7 @@ from hitl.models import (
 )
 from hitl.selectors import production_version
 from hitl.services.access import membership_set
+from hitl.services.agreement import review_answer_submit, review_task_needs_two
 from hitl.services.cycles import cycle_request
 from hitl.services.golden import golden_set_freeze, golden_set_propose
 from hitl.services.ingestion import items_register, predictions_ingest
@@ -391,9 +392,32 @@ class Demo:
         for e in selectors.audit_accuracy(project):
             self.say(f"    {e.model_version}: {e.accuracy:.3f} on {e.n} audit labels (95% interval "
                      f"{e.low:.2f}-{e.high:.2f})")
-        self.say(f"\nLeft {batch.tasks.count()} items in the review queue for you. Browse the results:")
+        conflict = self.leave_conflict(project, batch)
+        self.say(f"\nLeft {batch.tasks.count()} items in the review queue for you, and a conflict: "
+                 f"{conflict}. Browse the results:")
         self.say("    make web          then open http://127.0.0.1:8000/  (user 'demo', password 'demo')")
+        self.say(f"    review with the keyboard at /projects/{project.slug}/label/, decide the conflict at "
+                 f"/projects/{project.slug}/conflicts/; `make demo-drift` then injects drift")
         self.say(f"Demo finished in {time.monotonic() - started:.0f}s.")
+
+    def leave_conflict(self, project: Project, batch: ReviewBatch) -> str:
+        """Two colleagues of the demo user answer one item of the waiting batch blind and disagree:
+        the demo user, a third person, decides. The project labels a share of items twice only
+        while they answer, so the demo user can label the rest of the batch alone."""
+        fraction = 0.1
+        open_tasks = batch.tasks.filter(status=ReviewTaskStatus.OPEN, prediction__isnull=False).select_related("prediction")
+        task = next((t for t in open_tasks.order_by("-rank") if review_task_needs_two(t, fraction=fraction)), None)
+        if task is None:
+            return "none (no open item was drawn for double labeling)"
+        project_update(project_id=project.id, changes={"double_label_fraction": fraction})
+        model_label = task.prediction.predicted_label
+        other = next(label for label in project.labels if label != model_label)
+        for name, value in (("ana", model_label), ("ben", other)):
+            user, _ = get_user_model().objects.get_or_create(username=name)
+            membership_set(project=project, user=user, role=ProjectRole.REVIEWER, actor="demo")
+            outcome = review_answer_submit(review_task_id=task.id, reviewer=user, value=value)
+        project_update(project_id=project.id, changes={"double_label_fraction": 0.0})
+        return f"item {task.item_id}, ana said {model_label!r}, ben said {other!r} ({outcome.outcome})"
 
     def table_row(self, cycle: RetrainingCycle, project: Project, test: ArrayDataset) -> dict[str, Any]:
         golden = {s.role: s for s in cycle.snapshots.filter(eval_set="golden")}
