@@ -18,9 +18,10 @@ from rest_framework.views import APIView
 
 from hitl import selectors
 from hitl.api import serializers as s
-from hitl.api.parsers import StrictJSONParser, json_document, query_id
+from hitl.api.parsers import StrictJSONParser
 from hitl.api.permissions import IsDeployment, IsPerson, ProjectAccess
 from hitl.errors import InvalidInput
+from hitl.jsonpolicy import json_document, query_id
 from hitl.media import image_response
 from hitl.models import Item, LabelSource, Project, RetrainingCycle, ReviewBatch
 from hitl.services.access import Action, membership_remove, membership_set

@@ -4,7 +4,6 @@ checking the caller's role in the item's project and CSRF like every form. And t
 
 from __future__ import annotations
 
-import json
 import math
 
 from django.conf import settings
@@ -18,6 +17,7 @@ from django.views.decorators.http import require_GET, require_POST
 from hitl import selectors
 from hitl.api.errors import json_error
 from hitl.errors import Conflict, InvalidInput
+from hitl.jsonpolicy import json_document
 from hitl.models import (
     Item,
     Label,
@@ -60,10 +60,7 @@ def _body(request: HttpRequest) -> dict:
     """A JSON object body (what the page's script sends), or the form fields."""
     if request.content_type != "application/json":
         return request.POST.dict()
-    try:
-        body = json.loads(request.body or b"{}")
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidInput.single("body", "send a JSON object") from None
+    body = json_document(request.body or b"{}")
     if not isinstance(body, dict):
         raise InvalidInput.single("body", "send a JSON object")
     return body

@@ -18,8 +18,8 @@ from django.conf import settings
 from django.urls import reverse
 from django.utils import timezone
 
-from hitl.api.parsers import json_document
 from hitl.errors import InvalidInput
+from hitl.jsonpolicy import json_document
 from labeling.models import LabelStudioProject, RejectionSource, WebhookEvent
 from labeling.services.pull import webhook_event_record
 from labeling.services.scope import (

@@ -191,7 +191,11 @@ def test_bad_answers_are_400s_that_write_nothing(client, project, open_tasks, re
         response = _post(client, task["answer_url"], body)
         assert response.status_code == 400 and response.json()["errors"][0]["field"] == field
     response = client.post(task["answer_url"], "{not json", content_type="application/json")
-    assert response.status_code == 400 and "JSON object" in response.json()["detail"]
+    assert response.status_code == 400 and "malformed JSON" in response.json()["detail"]
+    for raw, what in [('["bag"]', "JSON object"), ('{"value": "bag\\u0000"}', "NUL"),
+                      ('{"value": "bag", "value": "coat"}', "more than once")]:  # hitl's one JSON policy
+        response = client.post(task["answer_url"], raw, content_type="application/json")
+        assert response.status_code == 400 and what in response.json()["detail"], response.json()
     assert not Label.objects.exists() and ReviewTask.objects.get(pk=task["id"]).status == ReviewTaskStatus.OPEN
 
 
