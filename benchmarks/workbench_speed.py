@@ -40,14 +40,17 @@ REVIEWERS = ("reviewer-a", "reviewer-b")
 
 
 def label_many(project_id: int, count: int) -> None:
-    """``count`` current human labels on train items, written with SQL (the benchmark's data)."""
+    """``count`` current human labels on train items, each given against the item's prediction
+    (as the review page records them), written with SQL (the benchmark's data)."""
     from django.db import connection
 
     with connection.cursor() as cursor:
         cursor.execute(
-            """INSERT INTO hitl_label (item_id, value, status, reviewer_name, source, external_id, created_at)
-               SELECT id, 'c' || (id %% 10), 'current', 'bench', 'web', '', now()
-               FROM hitl_item WHERE project_id = %s AND split = 'train' ORDER BY id LIMIT %s""",
+            """INSERT INTO hitl_label (item_id, value, status, reviewer_name, source, external_id, created_at,
+                                       prediction_id)
+               SELECT i.id, 'c' || (i.id %% 10), 'current', 'bench', 'web', '', now(), p.id
+               FROM hitl_item i JOIN hitl_prediction p ON p.item_id = i.id
+               WHERE i.project_id = %s AND i.split = 'train' ORDER BY i.id LIMIT %s""",
             [project_id, count])
     with connection.cursor() as cursor:  # outside a transaction: VACUUM, as autovacuum would after a bulk load
         cursor.execute("VACUUM ANALYZE")

@@ -393,11 +393,14 @@ def reviewer_stats(project: Project) -> list[ReviewerStats]:
     since = timezone.now() - timedelta(hours=24)
     labels = Label.objects.filter(item__project=project).exclude(status=LabelStatus.RETRACTED).exclude(
         source__in=["import", "simulated"])
-    rows = (labels.values("reviewer_name").annotate(
+    rows = {r["reviewer_name"]: r for r in labels.values("reviewer_name").annotate(
         n=Count("id"), n24=Count("id", filter=Q(created_at__gte=since)),
         with_model=Count("id", filter=Q(prediction__isnull=False)),
-        agreed_with_model=Count("id", filter=Q(prediction__predicted_label=F("value"))),
-    ).order_by("reviewer_name"))
+    ).order_by()}
+    # only labels given against a pre-annotation join the predictions (an outer join of every
+    # label to a million predictions cost 0.3 s)
+    agreed = dict(labels.filter(prediction__isnull=False, prediction__predicted_label=F("value"))
+                  .values("reviewer_name").annotate(n=Count("id")).order_by().values_list("reviewer_name", "n"))
     times: dict[str, list[float]] = {}
     for name, seconds in labels.filter(lead_time_seconds__isnull=False).values_list("reviewer_name", "lead_time_seconds"):
         times.setdefault(name, []).append(seconds)
@@ -411,7 +414,7 @@ def reviewer_stats(project: Project) -> list[ReviewerStats]:
             a, b = pair
             pairs.setdefault(a.reviewer_name, []).append((a.value, b.value))
             pairs.setdefault(b.reviewer_name, []).append((b.value, a.value))
-    counted = {r["reviewer_name"]: r for r in rows}
+    counted = rows
     stats = []
     for name in sorted(set(counted) | set(pairs)):
         row, mine = counted.get(name, {}), pairs.get(name, [])
@@ -419,7 +422,7 @@ def reviewer_stats(project: Project) -> list[ReviewerStats]:
             reviewer=name, labels=row.get("n", 0), labels_24h=row.get("n24", 0),
             median_seconds=statistics.median(times[name]) if times.get(name) else None,
             paired=len(mine), agreed=sum(a == b for a, b in mine), kappa=cohen_kappa(mine),
-            with_model=row.get("with_model", 0), agreed_with_model=row.get("agreed_with_model", 0),
+            with_model=row.get("with_model", 0), agreed_with_model=agreed.get(name, 0),
         ))
     return stats
 
