@@ -193,6 +193,11 @@ def label_undo_view(request: HttpRequest, pk: int) -> JsonResponse:
         return json_error(409, "", str(exc))
     if task is None:
         return JsonResponse({"task": None, "message": f"Label {pk} withdrawn; its item waits elsewhere."})
+    return _back_in_front(task)
+
+
+def _back_in_front(task: ReviewTask) -> JsonResponse:
+    """The page's view of a task an undo put back in front of the reviewer."""
     task = ReviewTask.objects.select_related("item", "batch__project", "prediction__model_version").get(pk=task.pk)
     return JsonResponse({
         "task": task_view(task, selectors.golden_item_ids([task.item_id])),
@@ -214,11 +219,7 @@ def answer_undo_view(request: HttpRequest, pk: int) -> JsonResponse:
         return json_error(400, exc.errors[0].field, exc.errors[0].message)
     except Conflict as exc:
         return json_error(409, "", str(exc))
-    task = ReviewTask.objects.select_related("item", "batch__project", "prediction__model_version").get(pk=task.pk)
-    return JsonResponse({
-        "task": task_view(task, selectors.golden_item_ids([task.item_id])),
-        "message": f"Undone: item {task.item_id} is back in front of you.",
-    })
+    return _back_in_front(task)
 
 
 @login_required
