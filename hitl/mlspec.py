@@ -22,6 +22,7 @@ PRETRAINED_BY_DEFAULT = ("efficientnet_lite0",)
 
 STRATEGIES = ("random", "least_confidence", "margin", "entropy", "bald", "committee", "coreset", "badge",
               "hybrid", "typiclust")
+DEFAULT_STRATEGY = "margin"  # a new project's (benchmarks/sample_efficiency.py and label_efficiency.py)
 # Scored once when predictions arrive (workers.ml.uncertainty.SCORERS): selection reads stored scores.
 STORED_SCORE_STRATEGIES = ("least_confidence", "margin", "entropy")
 # Strategies that need the model's own outputs (MC dropout, other versions, embeddings): GPU work.
