@@ -44,9 +44,12 @@ RESULTS = {
 
 
 def test_the_compute_ratio_sums_training_time_over_budgets_both_arms_trained() -> None:
-    total, per_budget = compute_ratio(RESULTS)
-    assert total == (2 + 4 + 2 + 6 + 9) / (1 + 2 + 1 + 2 + 3)
+    total, per_budget, clock = compute_ratio(RESULTS)
+    assert total == (2 + 4 + 2 + 6 + 9) / (1 + 2 + 1 + 2 + 3) and clock == "wall-clock time"
     assert per_budget == {100: 2.0, 200: 2.5, 300: 3.0}
+    with_cpu = {arm: {s: {n: {**p, "train_cpu_seconds": 1.0 if arm == "baseline" else 4.0} for n, p in pts.items()}
+                      for s, pts in RESULTS[arm].items()} for arm in ("baseline", "hitl")}
+    assert compute_ratio(with_cpu)[0] == 4.0 and compute_ratio(with_cpu)[2] == "process CPU time"
 
 
 def test_the_report_gives_labels_to_reach_per_seed_and_flags_budgets_below_the_baseline() -> None:
