@@ -193,15 +193,17 @@ def report(results: dict, args: argparse.Namespace, data: Data, options: dict, p
         plot(base, hitl, target, f"{data.name}: accuracy vs human labels ({len(hitl_seeds)} seed{'s' if spread else ''})",
              label, plot_path)
     mode = "quick" if args.quick else "full"
+    pipeline = "hitl's default pipeline" if args.semi is None else f"hitl with semi_supervised={args.semi}"
+    hitl_budget = f" --hitl-budget {args.hitl_budget}" if args.quick and args.hitl_budget != 500 else ""
     seeds = sorted(int(s) for s in hitl_seeds)
     semi = ("off" if options["semi_supervised"] == "off" else
             f"{options['semi_supervised']}, confidence threshold {options['confidence_threshold']}, "
             f"{options['unlabeled_ratio']} unlabeled images per labeled one, unlabeled weight {options['unlabeled_weight']}")
     pseudo = [p.get("pseudo_labeled", 0) for pts in results["hitl"].values() for p in pts.values()]
     return f"""
-## Label efficiency: hitl's default pipeline against random labels + supervised training ({data.name}, {mode} run)
+## Label efficiency: {pipeline} against random labels + supervised training ({data.name}, {mode} run)
 
-`python benchmarks/label_efficiency.py{' --quick' if args.quick else ''}{f' --semi {args.semi}' if args.semi else ''}`, measured {results['_measured']} on
+`python benchmarks/label_efficiency.py{' --quick' if args.quick else ''}{f' --semi {args.semi}' if args.semi else ''}{hitl_budget}`, measured {results['_measured']} on
 {machine() if args.device in ('cpu', 'auto') else args.device}, torch {torch.__version__}, device `{args.device}`; the run took {results['_seconds'] / 60:.0f} minutes
 (summed when resumed). Pool: {min(args.pool, len(data.pool_targets)):,} training images; test: {len(data.test_targets):,} held-out
 images; random seed{'s' if spread else ''} {', '.join(map(str, seeds))}; both arms start from the same {args.seed_labels} random labels.
