@@ -7,7 +7,7 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/hitl
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo demo-transfer demo-drift test install install-test assets data web worker beat label-studio label-studio-stop benchmark-ingest benchmark-label-studio benchmark-selection benchmark-strategies clean
+.PHONY: demo demo-transfer demo-drift test install install-test assets data web worker beat label-studio label-studio-stop benchmark-ingest benchmark-label-studio benchmark-selection benchmark-strategies benchmark-labels clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,11 @@ benchmark-selection: install-test
 ## Sample efficiency of the query strategies (add QUICK=1 for the 15-minute version).
 benchmark-strategies: install-test data
 	$(PY) benchmarks/sample_efficiency.py $(if $(QUICK),--quick)
+
+## hitl's default pipeline against random labels + supervised training (QUICK=1: the 15-minute
+## version; DEVICE=cuda for the full run on a GPU).
+benchmark-labels: install-test data
+	$(PY) benchmarks/label_efficiency.py $(if $(QUICK),--quick) $(if $(DEVICE),--device $(DEVICE))
 
 benchmark-ingest: install-test
 	DATABASE_URL=$(TEST_DATABASE_URL) $(PY) benchmarks/ingest.py

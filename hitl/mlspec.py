@@ -21,11 +21,12 @@ ARCHITECTURES = ("small_cnn", "resnet18", "mobilenet_v3_small", "efficientnet_li
 PRETRAINED_BY_DEFAULT = ("efficientnet_lite0",)
 
 STRATEGIES = ("random", "least_confidence", "margin", "entropy", "bald", "committee", "coreset", "badge",
-              "hybrid")
+              "hybrid", "typiclust")
+DEFAULT_STRATEGY = "margin"  # a new project's (benchmarks/sample_efficiency.py and label_efficiency.py)
 # Scored once when predictions arrive (workers.ml.uncertainty.SCORERS): selection reads stored scores.
 STORED_SCORE_STRATEGIES = ("least_confidence", "margin", "entropy")
 # Strategies that need the model's own outputs (MC dropout, other versions, embeddings): GPU work.
-MODEL_STRATEGIES = frozenset({"bald", "committee", "coreset", "badge", "hybrid"})
+MODEL_STRATEGIES = frozenset({"bald", "committee", "coreset", "badge", "hybrid", "typiclust"})
 
 WEIGHTS_FILE = "model.safetensors"
 ONNX_FILE = "model.onnx"
@@ -39,6 +40,11 @@ class TrainOption:
     default: int | float | bool | str
     low: float | None = None
     high: float | None = None
+    choices: tuple[str, ...] = ()  # a str option other than the device: one of these
+
+
+# workers.ml.semi.SEMI_SUPERVISED_METHODS: how a cycle's training uses the project's unlabeled pool
+SEMI_SUPERVISED_METHODS = ("off", "pseudo_label", "fixmatch")
 
 
 # The order and defaults are workers.ml.training.TrainConfig's. The upper bounds keep one cycle
@@ -53,6 +59,10 @@ TRAIN_OPTIONS: dict[str, TrainOption] = {
     "augment": TrainOption(bool, False),
     "seed": TrainOption(int, 0, 0, 2**32 - 1),
     "device": TrainOption(str, "auto"),
+    "semi_supervised": TrainOption(str, "off", choices=SEMI_SUPERVISED_METHODS),
+    "confidence_threshold": TrainOption(float, 0.95, 0.5, 1.0),
+    "unlabeled_ratio": TrainOption(int, 3, 1, 16),
+    "unlabeled_weight": TrainOption(float, 1.0, 0.0, 10.0),
 }
 MAX_CUDA_INDEX = 63
 DEVICE_SYNTAX = re.compile(r"auto|cpu|cuda(?::(0|[1-9][0-9]?))?")
@@ -68,6 +78,8 @@ def device_problem(value: object) -> str | None:
 
 
 def _option_problem(option: TrainOption, value: object) -> str | None:
+    if option.choices:
+        return None if value in option.choices else f"must be one of {', '.join(option.choices)}"
     if option.kind is str:
         return device_problem(value)
     if option.kind is bool:

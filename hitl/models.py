@@ -10,6 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from hitl.media import validate_storage_prefix
+from hitl.mlspec import DEFAULT_STRATEGY
 
 
 class TaskType(models.TextChoices):
@@ -29,7 +30,7 @@ class Project(models.Model):
         max_length=500, blank=True, help_text="Local weights file the first model starts from."
     )
     holdout_fraction = models.FloatField(default=0.2)
-    selection_strategy = models.CharField(max_length=32, default="margin")
+    selection_strategy = models.CharField(max_length=32, default=DEFAULT_STRATEGY)
     batch_size = models.PositiveIntegerField(default=100)
     audit_fraction = models.FloatField(default=0.1)
     double_label_fraction = models.FloatField(

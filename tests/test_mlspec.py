@@ -81,3 +81,16 @@ def test_the_header_reader_refuses_what_is_not_a_hitl_checkpoint(tmp_path: Path)
               metadata={"hitl": '{"format_version": 1, "architecture": "vgg", "labels": ["a", "b"]}'})
     with pytest.raises(ValueError, match="unknown architecture 'vgg'"):
         checkpoint_meta_read(tmp_path / "odd.safetensors")
+
+
+def test_semi_supervised_methods_agree_and_the_web_refuses_others() -> None:
+    from workers.ml import semi
+
+    assert mlspec.SEMI_SUPERVISED_METHODS == semi.SEMI_SUPERVISED_METHODS
+    assert mlspec.train_config_clean({"semi_supervised": "fixmatch"})["semi_supervised"] == "fixmatch"
+    for bad in ("mixmatch", "", 1, None):
+        with pytest.raises(mlspec.InvalidInput) as refused:
+            mlspec.train_config_clean({"semi_supervised": bad})
+        assert [e.field for e in refused.value.errors] == ["train_config.semi_supervised"]
+    with pytest.raises(mlspec.InvalidInput):
+        mlspec.train_config_clean({"confidence_threshold": 0.3})

@@ -14,6 +14,7 @@ This module records and decides; the model work (training, evaluation) is done b
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from hitl.models import (
     EvaluationSet,
     EvaluationSnapshot,
     GoldenSet,
+    Item,
     Label,
     LabelStatus,
     ModelStage,
@@ -152,6 +154,30 @@ def labeled_set(project: Project, split: str) -> LabeledSet:
 
 
 @dataclass(frozen=True)
+class UnlabeledSet:
+    image_paths: list[str]
+    digest: str  # of the items' sha256s: names the exact pool
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+
+def unlabeled_train_set(project: Project, *, limit: int, seed: int) -> UnlabeledSet:
+    """The train-split items no human has labeled (no current label), golden-set items left out:
+    what semi-supervised training may learn from. Held-out items never are. At most ``limit``
+    items, a ``seed``ed random sample when there are more. Their pseudo-labels stay inside the
+    training run: nothing here or there writes a Label."""
+    rows = list(
+        Item.objects.filter(project=project, split=Split.TRAIN, golden__isnull=True)
+        .exclude(labels__status=LabelStatus.CURRENT).order_by("id").values_list("sha256", "image")
+    )
+    if len(rows) > limit:
+        rows = sorted(random.Random(seed).sample(rows, limit))
+    digest = hashlib.sha256("".join(f"{sha}\n" for sha, _ in rows).encode()).hexdigest()
+    return UnlabeledSet(image_paths=[image for _, image in rows], digest=digest)
+
+
+@dataclass(frozen=True)
 class TrainingPlan:
     cycle_id: int
     project: Project
@@ -220,9 +246,11 @@ def cycle_progress_record(*, cycle_id: int, epoch: int, epochs: int, train_loss:
 @transaction.atomic
 def cycle_candidate_record(*, plan: TrainingPlan, directory: str, files: Sequence[ArtifactFile],
                            epochs_run: int, train_loss: float, temperature: float = 1.0,
-                           calibration: dict | None = None, resumed_from_epoch: int = 0) -> None:
+                           calibration: dict | None = None, resumed_from_epoch: int = 0,
+                           semi_supervised: dict | None = None) -> None:
     """Record the trained candidate with its temperature and hand the cycle to evaluation
-    (unless it was cancelled)."""
+    (unless it was cancelled). ``semi_supervised``: the method, threshold, unlabeled pool size and
+    how many pool images got a pseudo-label, when training used the unlabeled pool."""
     cycle = RetrainingCycle.objects.select_for_update().get(pk=plan.cycle_id)
     if cycle.status != CycleStatus.TRAINING:
         return  # cancelled while training: the candidate is not recorded
@@ -235,6 +263,7 @@ def cycle_candidate_record(*, plan: TrainingPlan, directory: str, files: Sequenc
     version.training_labels.set(plan.data.label_ids)
     _transition(cycle, CycleStatus.EVALUATING, candidate_version=version, progress={
         "stage": "evaluating", "epochs_run": epochs_run, "train_loss": round(train_loss, 4),
+        **({"semi_supervised": semi_supervised} if semi_supervised else {}),
     })
     trust_record(project_id=plan.project.id, kind="model_trained", actor=f"cycle {cycle.number}", payload={
         "model_version": version.name, "parent": plan.base.name if plan.base else None,
@@ -242,7 +271,7 @@ def cycle_candidate_record(*, plan: TrainingPlan, directory: str, files: Sequenc
         "artifacts": {f.name: f.sha256 for f in files}, "train_config": plan.config,
         "temperature": temperature, "calibration_labels": (calibration or {}).get("n", 0),
         "calibration_set_sha256": plan.calibration.digest, "attempt": plan.attempt,
-        "resumed_from_epoch": resumed_from_epoch,
+        "resumed_from_epoch": resumed_from_epoch, "semi_supervised": semi_supervised,
     })
     enqueue("workers.tasks.evaluate", cycle.id)
 

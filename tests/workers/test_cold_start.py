@@ -70,6 +70,15 @@ def test_a_diversity_first_batch_covers_both_kinds_of_image(rgb_project) -> None
     assert len(picked & set(red)) == 1 and len(picked & set(blue)) == 1
 
 
+def test_a_typiclust_first_batch_takes_the_typical_image_of_each_kind(rgb_project) -> None:
+    # two clusters (red, blue), the larger first; random picks would both be red 66% of the time
+    project, red, blue = rgb_project
+    batch = _select(project, "typiclust", 2)
+    assert batch.status == ReviewBatchStatus.SELECTED, batch.error
+    tasks = list(ReviewTask.objects.filter(batch=batch).order_by("id"))
+    assert [t.item_id in red for t in tasks] == [True, False]
+
+
 def test_labeled_items_count_as_covered(rgb_project) -> None:
     project, red, blue = rgb_project
     label_submit(item_id=blue[0], value="blue", source=LabelSource.IMPORT, reviewer_name="rita")

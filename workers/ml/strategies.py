@@ -15,6 +15,8 @@ pool indices in pick order with the score each had when it was picked.
 | badge | probs, embeddings | k-means++ seeding on gradient embeddings (Ash et al. 2020) |
 | hybrid | probs, embeddings | ranked batch mode: uncertainty traded against similarity to what is
   labeled or already picked, so a batch is not near-duplicates (Cardoso et al. 2017) |
+| typiclust | embeddings | the most typical item of each k-means cluster that holds no labeled
+  item yet, largest first: representative picks for a cold start (Hacohen et al. 2022) |
 
 Items in ``exclude`` (e.g. already under review) are never picked; the diversity strategies treat
 them as covered, like labeled items.
@@ -40,10 +42,11 @@ STRATEGY_INPUTS: dict[str, frozenset[str]] = {
     "coreset": frozenset({"embeddings"}),
     "badge": frozenset({"probs", "embeddings"}),
     "hybrid": frozenset({"probs", "embeddings"}),
+    "typiclust": frozenset({"embeddings"}),
 }
 SCORE_STRATEGIES = ("least_confidence", "margin", "entropy", "bald", "committee")
 # Strategies that measure distance to PoolView.labeled_embeddings (what is already covered).
-COVERAGE_STRATEGIES = frozenset({"coreset", "hybrid"})
+COVERAGE_STRATEGIES = frozenset({"coreset", "hybrid", "typiclust"})
 
 
 @dataclass(frozen=True)
@@ -285,6 +288,79 @@ def ranked_batch(uncertainty: np.ndarray, embeddings: np.ndarray, covered: np.nd
     return Selection(np.array(picked, dtype=np.int64), np.array(scores, dtype=np.float64))
 
 
+# --- representativeness ----------------------------------------------------------------------------
+
+TYPICALITY_NEIGHBOURS = 20  # TypiClust's K: typicality is the inverse mean distance to K neighbours
+MAX_TYPICLUST_CLUSTERS = 500  # TypiClust's cap on k, which keeps k-means affordable on a big pool
+TYPICALITY_SAMPLE = 2000  # a bigger cluster's typicality is measured against this many of its points
+KMEANS_ITERATIONS = 30
+
+
+def _nearest_centre(points: torch.Tensor, centres: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    norms = (centres ** 2).sum(dim=1)
+    return torch.cat([(norms[None] - 2 * part @ centres.T).argmin(dim=1) for part in points.split(chunk)])
+
+
+def kmeans(points_np: np.ndarray, k: int, rng: np.random.Generator, device: str = "cpu") -> np.ndarray:
+    """Lloyd's k-means from k-means++ seeds; the cluster index of each point. An emptied cluster
+    keeps its centre (it may win points back)."""
+    seeds = kmeans_plus_plus(points_np, np.ones(len(points_np), dtype=bool), k, rng, device).indices
+    points = torch.from_numpy(points_np).to(device)
+    centres = points[torch.from_numpy(seeds).to(device)].clone()
+    assignment = _nearest_centre(points, centres)
+    for _ in range(KMEANS_ITERATIONS):
+        sums = torch.zeros_like(centres).index_add_(0, assignment, points)
+        counts = torch.bincount(assignment, minlength=len(centres)).to(points.dtype)
+        moved = counts > 0
+        centres[moved] = sums[moved] / counts[moved, None]
+        update = _nearest_centre(points, centres)
+        if torch.equal(update, assignment):
+            break
+        assignment = update
+    return assignment.cpu().numpy()
+
+
+def typicality(points: np.ndarray, candidates: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """1 / mean euclidean distance of each candidate to its K nearest other points of the cluster
+    (a sample of TYPICALITY_SAMPLE of them in a bigger cluster): high in the dense middle."""
+    reference = points if len(points) <= TYPICALITY_SAMPLE else points[rng.choice(len(points), TYPICALITY_SAMPLE,
+                                                                                   replace=False)]
+    d = torch.cdist(torch.from_numpy(points[candidates]), torch.from_numpy(reference))
+    k = min(TYPICALITY_NEIGHBOURS, len(reference) - 1)
+    if k < 1:
+        return np.ones(len(candidates))
+    nearest = d.topk(k + 1, dim=1, largest=False).values[:, 1:]  # the first is the point itself
+    return (1.0 / (nearest.mean(dim=1) + 1e-12)).double().numpy()
+
+
+def typiclust(embeddings: np.ndarray, covered: np.ndarray, eligible: np.ndarray, b: int,
+              rng: np.random.Generator, device: str = "cpu") -> Selection:
+    """TypiClust (Hacohen, Dekel & Weinshall 2022): cluster pool and covered items into
+    min(covered + b, MAX_TYPICLUST_CLUSTERS) groups; then b times take the cluster with the fewest
+    covered or picked items (the largest among equals) and pick its most typical eligible item.
+    The score is that item's typicality."""
+    points = np.concatenate([embeddings, covered]) if len(covered) else embeddings
+    k = max(1, min(len(covered) + b, MAX_TYPICLUST_CLUSTERS, len(points)))
+    cluster = kmeans(points, k, rng, device)
+    sizes = np.bincount(cluster, minlength=k)
+    taken = np.bincount(cluster[len(embeddings):], minlength=k)
+    open_items = eligible.copy()
+    picked, scores = [], []
+    for _ in range(min(b, int(eligible.sum()))):
+        has_open = np.bincount(cluster[:len(embeddings)][open_items], minlength=k) > 0
+        order = np.lexsort((-sizes, taken))  # fewest covered first, then the largest
+        c = int(next(c for c in order if has_open[c]))
+        members = np.flatnonzero(cluster == c)
+        candidates = np.flatnonzero((cluster[:len(embeddings)] == c) & open_items)
+        typical = typicality(points[members], np.searchsorted(members, candidates), rng)
+        best = int(typical.argmax())
+        picked.append(int(candidates[best]))
+        scores.append(float(typical[best]))
+        open_items[candidates[best]] = False
+        taken[c] += 1
+    return Selection(np.array(picked, dtype=np.int64), np.array(scores, dtype=np.float64))
+
+
 # --- entry ---------------------------------------------------------------------------------------------
 
 def select_batch(strategy: str, pool: PoolView, batch_size: int, *, rng: np.random.Generator,
@@ -307,6 +383,8 @@ def select_batch(strategy: str, pool: PoolView, batch_size: int, *, rng: np.rand
     embeddings = _check_embeddings("embeddings", pool.embeddings)
     if strategy == "coreset":
         return k_center_greedy(embeddings, _covered(pool, embeddings, eligible), eligible, b, rng, options.device)
+    if strategy == "typiclust":
+        return typiclust(embeddings, _covered(pool, embeddings, eligible), eligible, b, rng, options.device)
     probs = validate_probabilities(pool.probs)
     if strategy == "badge":
         return kmeans_plus_plus(gradient_embeddings(probs, embeddings), eligible, b, rng, options.device)

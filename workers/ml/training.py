@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,6 +25,16 @@ from workers.ml.data import (
 )
 from workers.ml.device import is_device_name, select_device
 from workers.ml.inference import Images, accelerated, model_input, predict_logits, prepare_model
+from workers.ml.semi import (
+    SEMI_SUPERVISED_METHODS,
+    UnlabeledLoss,
+    cutout,
+    strong_distort,
+    unlabeled_batches,
+    unlabeled_draws,
+    unlabeled_loss,
+    weak_augment,
+)
 
 DECODED_CACHE_BYTES = 256 * 2**20  # decoded images a training run may hold to skip re-decoding
 
@@ -51,12 +61,18 @@ class TrainConfig:
     augment: bool = False
     seed: int = 0
     device: str = "auto"
+    semi_supervised: str = "off"  # off, pseudo_label or fixmatch (workers.ml.semi)
+    confidence_threshold: float = 0.95  # an unlabeled image's pseudo-label counts from this confidence
+    unlabeled_ratio: int = 3  # unlabeled images per labeled image in a step (FixMatch's mu)
+    unlabeled_weight: float = 1.0  # the unlabeled loss's weight against the labeled one
 
     def __post_init__(self) -> None:
         problems = [f"{name} must be {kind.__name__ if kind is not float else 'a number'}, got {value!r}"
                     for name, kind in (("epochs", int), ("batch_size", int), ("seed", int), ("augment", bool),
                                        ("learning_rate", float), ("weight_decay", float),
-                                       ("label_smoothing", float), ("device", str))
+                                       ("label_smoothing", float), ("device", str),
+                                       ("semi_supervised", str), ("confidence_threshold", float),
+                                       ("unlabeled_ratio", int), ("unlabeled_weight", float))
                     if not _is(value := getattr(self, name), kind)]
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
@@ -74,6 +90,15 @@ class TrainConfig:
             problems.append(f"seed must be >= 0, got {self.seed}")
         if not (0 <= self.label_smoothing < 1):
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.semi_supervised not in SEMI_SUPERVISED_METHODS:
+            problems.append(f"semi_supervised must be one of {', '.join(SEMI_SUPERVISED_METHODS)}, "
+                            f"got {self.semi_supervised!r}")
+        if not (0 < self.confidence_threshold <= 1):
+            problems.append(f"confidence_threshold must be in (0, 1], got {self.confidence_threshold}")
+        if self.unlabeled_ratio < 1:
+            problems.append(f"unlabeled_ratio must be >= 1, got {self.unlabeled_ratio}")
+        if not (0 <= self.unlabeled_weight < math.inf):
+            problems.append(f"unlabeled_weight must be a finite number >= 0, got {self.unlabeled_weight}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 
@@ -95,6 +120,10 @@ class EpochStats:
     epochs: int
     train_loss: float
     train_accuracy: float
+    # semi-supervised training: distinct unlabeled images pseudo-labeled at least once so far
+    # (their weak view reached the confidence threshold), and the share of this epoch's draws that did
+    pseudo_labeled: int = 0
+    confident_share: float = 0.0
 
 
 EpochCallback = Callable[[EpochStats], bool | None]
@@ -108,17 +137,74 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips and translations of up to 1/8 of the side, per image."""
-    n = batch.shape[0]
-    flip = torch.rand(n, generator=generator) < 0.5
-    shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * 0.25  # grid units: 2 = full side
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0)
-    theta[:, 1, 1] = 1.0
-    theta[:, :, 2] = shift
-    grid = F.affine_grid(theta.to(batch.device), list(batch.shape), align_corners=False)
-    return F.grid_sample(batch, grid, padding_mode="border", align_corners=False)
+@dataclass
+class UnlabeledPool:
+    """The unlabeled images a semi-supervised run learns from, the random stream that draws them
+    and which of them have had a pseudo-label (kept in the training state, so a resumed run
+    counts the same)."""
+
+    data: Dataset
+    generator: torch.Generator
+    pseudo_labeled: torch.Tensor  # bool [n]
+    num_workers: int = 0
+
+    @classmethod
+    def of(cls, images: Images, spec: InputSpec, seed: int, num_workers: int) -> UnlabeledPool:
+        data = decoded_once(as_dataset(images), spec, augment=False)
+        return cls(data, torch.Generator().manual_seed(seed + 1), torch.zeros(len(data), dtype=torch.bool),  # type: ignore[arg-type]
+                   num_workers)
+
+    def __len__(self) -> int:
+        return len(self.pseudo_labeled)
+
+
+@dataclass(frozen=True)
+class EpochFigures:
+    loss: float
+    accuracy: float
+    confident_share: float = 0.0
+
+
+def _weak_labeled(config: TrainConfig, spec: InputSpec) -> bool:
+    """Gray labeled batches are flipped and shifted on the batch when asked to augment (RGB ones
+    are cropped and flipped by the loader). Semi-supervised training does not add it: on the short
+    schedules of a few hundred labels it cost accuracy (docs/benchmarks.md, label efficiency)."""
+    return config.augment and spec.channels == 1
+
+
+def _step_loss(model: nn.Module, batch: torch.Tensor, target: torch.Tensor, unlabeled: torch.Tensor | None,
+               config: TrainConfig, spec: InputSpec, generator: torch.Generator,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, UnlabeledLoss | None]:
+    """The step's loss, the labeled images' logits and, with unlabeled images, their part: one
+    forward pass over labeled, weak and (FixMatch) strong views together, as FixMatch does, so
+    BatchNorm sees them all."""
+    views = [batch]
+    if unlabeled is not None:
+        views.append(weak_augment(model_input(unlabeled, spec, device), generator))
+        if config.semi_supervised == "fixmatch":
+            strong = weak_augment(model_input(strong_distort(unlabeled), spec, device), generator)
+            views.append(cutout(strong, generator))
+    with accelerated(device):
+        logits = model(torch.cat(views)).float()
+    labeled_logits = logits[:len(batch)]
+    loss = F.cross_entropy(labeled_logits, target, label_smoothing=config.label_smoothing)
+    if unlabeled is None:
+        return loss, labeled_logits, None
+    weak_logits, *strong_logits = logits[len(batch):].split(len(unlabeled))
+    part = unlabeled_loss(weak_logits, strong_logits[0] if strong_logits else weak_logits,
+                          config.confidence_threshold)
+    return loss + config.unlabeled_weight * part.loss, labeled_logits, part
+
+
+def _unlabeled_stream(pool: UnlabeledPool | None, steps: int, config: TrainConfig, spec: InputSpec,
+                      device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor] | None]:
+    if pool is None:
+        while True:
+            yield None
+    size = config.unlabeled_ratio * config.batch_size
+    draws = unlabeled_draws(len(pool), steps * size, pool.generator)
+    yield from unlabeled_batches(pool.data, spec, draws, size, num_workers=pool.num_workers,
+                                 pin_memory=device.type == "cuda")
 
 
 def train_one_epoch(
@@ -130,19 +216,22 @@ def train_one_epoch(
     config: TrainConfig,
     generator: torch.Generator,
     device: torch.device,
-) -> tuple[float, float]:
+    pool: UnlabeledPool | None = None,
+) -> EpochFigures:
+    """One pass over the labeled images; with a ``pool``, each step also learns from
+    ``unlabeled_ratio`` times as many unlabeled images (config.semi_supervised says how)."""
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    for images, target in loader:
+    total_loss, correct, seen, confident, drawn = 0.0, 0, 0, 0, 0
+    unlabeled = _unlabeled_stream(pool, len(loader), config, spec, device)
+    for (images, target), drawn_batch in zip(loader, unlabeled):
         if len(images) < 2 and len(loader.dataset) >= 2:  # type: ignore[arg-type]
             continue  # BatchNorm cannot train on a batch of one
         batch = model_input(images, spec, device)
-        if config.augment and spec.channels == 1:
-            batch = augment(batch, generator)
+        if _weak_labeled(config, spec):
+            batch = weak_augment(batch, generator)
         target = target.to(device, non_blocking=True)
-        with accelerated(device):
-            logits = model(batch)
-            loss = F.cross_entropy(logits.float(), target, label_smoothing=config.label_smoothing)
+        u_images, u_index = drawn_batch if drawn_batch is not None else (None, None)
+        loss, logits, part = _step_loss(model, batch, target, u_images, config, spec, generator, device)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -150,7 +239,11 @@ def train_one_epoch(
         total_loss += float(loss.detach()) * len(target)
         correct += int((logits.argmax(1) == target).sum())
         seen += len(target)
-    return total_loss / max(1, seen), correct / max(1, seen)
+        if part is not None and pool is not None:
+            pool.pseudo_labeled[u_index[part.confident.cpu()]] = True
+            confident += int(part.confident.sum())
+            drawn += len(u_index)
+    return EpochFigures(total_loss / max(1, seen), correct / max(1, seen), confident / max(1, drawn))
 
 
 @torch.inference_mode()
@@ -191,12 +284,15 @@ def decoded_once(data: Dataset, spec: InputSpec, augment: bool) -> Dataset:
 def training_state(
     epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator,
-    config: TrainConfig, history: list[EpochStats],
+    config: TrainConfig, history: list[EpochStats], pool: UnlabeledPool | None = None,
 ) -> dict[str, Any]:
     """Everything ``fit`` needs to go on after ``epoch`` exactly as if it had never stopped:
     weights, optimizer and schedule, and every random stream the loop draws from (the batch order
-    and augmentation generator, the global CPU stream dropout uses, the CUDA streams)."""
+    and augmentation generator, the global CPU stream dropout and RandAugment use, the CUDA
+    streams, the unlabeled pool's draws and which of its images were pseudo-labeled)."""
     return {
+        "unlabeled": None if pool is None else {"generator": pool.generator.get_state(),
+                                                "pseudo_labeled": pool.pseudo_labeled.clone()},
         "epoch": epoch,
         "config": config.to_dict(),
         "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
@@ -212,6 +308,7 @@ def training_state(
 def _restore(
     state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler, generator: torch.Generator, config: TrainConfig,
+    pool: UnlabeledPool | None,
 ) -> list[EpochStats]:
     if state.get("config") != config.to_dict():
         raise ValueError("the training state was saved under another training config: start over")
@@ -219,6 +316,12 @@ def _restore(
         raise ValueError(f"the training state is at epoch {state['epoch']}, outside 1..{config.epochs}")
     if len(state["history"]) != state["epoch"]:
         raise ValueError("the training state's history does not match its epoch")
+    unlabeled = state.get("unlabeled")
+    if (unlabeled is None) != (pool is None) or (pool is not None and len(unlabeled["pseudo_labeled"]) != len(pool)):
+        raise ValueError("the training state was saved with another unlabeled pool: start over")
+    if pool is not None:
+        pool.generator.set_state(unlabeled["generator"])
+        pool.pseudo_labeled.copy_(unlabeled["pseudo_labeled"])
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -240,6 +343,7 @@ def fit(
     resume: dict[str, Any] | None = None,
     on_state: StateCallback | None = None,
     num_workers: int = 0,
+    unlabeled: Images | None = None,
 ) -> list[EpochStats]:
     """Train ``model`` in place on uint8 ``images`` [n, c, h, w] and int ``targets`` [n], or on a
     dataset of (uint8 image, target) that decodes lazily (``targets=None``), streamed through a
@@ -249,6 +353,9 @@ def fit(
     ``on_state`` receives ``training_state`` after each epoch (before ``on_epoch``), to be saved;
     ``resume`` is such a state: training goes on after its epoch, giving the same weights as a run
     that never stopped. The returned history covers all epochs, resumed ones included.
+
+    ``unlabeled`` (uint8 images or a dataset; targets ignored) is the pool a semi-supervised
+    config learns from; with ``semi_supervised="off"`` or an empty pool it is not read.
     """
     data = as_dataset(images, targets)
     if len(data) == 0:  # type: ignore[arg-type]
@@ -257,6 +364,9 @@ def fit(
     device = select_device(config.device)
     generator = seed_everything(config.seed)
     prepare_model(model, device)
+    pool = None
+    if config.semi_supervised != "off" and unlabeled is not None and len(as_dataset(unlabeled)):  # type: ignore[arg-type]
+        pool = UnlabeledPool.of(unlabeled, spec, config.seed, num_workers)
     loader = make_loader(data, train_transform(spec, config.augment), batch_size=config.batch_size,
                          num_workers=num_workers, shuffle=True, generator=generator,
                          pin_memory=device.type == "cuda")
@@ -269,15 +379,14 @@ def fit(
     )
     history: list[EpochStats] = []
     if resume is not None:
-        history = _restore(resume, model, optimizer, scheduler, generator, config)
+        history = _restore(resume, model, optimizer, scheduler, generator, config, pool)
     for epoch in range(len(history) + 1, config.epochs + 1):
-        loss, accuracy = train_one_epoch(
-            model, loader, spec, optimizer, scheduler, config, generator, device
-        )
-        stats = EpochStats(epoch, config.epochs, loss, accuracy)
+        figures = train_one_epoch(model, loader, spec, optimizer, scheduler, config, generator, device, pool)
+        stats = EpochStats(epoch, config.epochs, figures.loss, figures.accuracy,
+                           int(pool.pseudo_labeled.sum()) if pool is not None else 0, figures.confident_share)
         history.append(stats)
         if on_state is not None:
-            on_state(training_state(epoch, model, optimizer, scheduler, generator, config, history))
+            on_state(training_state(epoch, model, optimizer, scheduler, generator, config, history, pool))
         if on_epoch is not None and on_epoch(stats) is False:
             break
     model.eval()

@@ -27,12 +27,14 @@ from hitl.services.cycles import (
     LabeledSet,
     SnapshotRecord,
     TrainingPlan,
+    UnlabeledSet,
     cycle_candidate_record,
     cycle_decide,
     cycle_fail,
     cycle_progress_record,
     cycle_training_start,
     labeled_set,
+    unlabeled_train_set,
 )
 from hitl.services.golden import golden_eval_set
 from hitl.services.projects import initial_weights_file
@@ -71,6 +73,7 @@ class TrainedCandidate:
     history: list[EpochStats]
     calibration: dict[str, Any]
     resumed_from_epoch: int
+    semi_supervised: dict[str, Any] | None = None  # what the unlabeled pool gave, when used
 
     @property
     def temperature(self) -> float:
@@ -82,19 +85,20 @@ def resume_state_path(project_slug: str, cycle_number: int) -> Path:
     return media_path(f"models/{project_slug}/cycles/{cycle_number}/resume") / "state.pt"
 
 
-def _resume_key(plan: TrainingPlan) -> dict[str, Any]:
+def _resume_key(plan: TrainingPlan, pool: UnlabeledSet | None) -> dict[str, Any]:
     """What a saved state must have been trained from to be resumed: the same base, architecture,
-    config and exact label manifest (a label added or changed since makes the attempt start over)."""
+    config, exact label manifest and unlabeled pool (a label added or changed since, or a new
+    image, makes the attempt start over)."""
     return {"architecture": plan.architecture, "base": plan.base.pk if plan.base else None,
             "initial_weights": plan.initial_weights, "config": plan.config,
-            "labels_sha256": plan.data.digest}
+            "labels_sha256": plan.data.digest, "unlabeled_sha256": pool.digest if pool is not None else None}
 
 
-def _resumable_state(plan: TrainingPlan, path: Path) -> dict[str, Any] | None:
+def _resumable_state(plan: TrainingPlan, pool: UnlabeledSet | None, path: Path) -> dict[str, Any] | None:
     state = load_training_state(path)
     if state is None:
         return None
-    if json.loads(state.get("resume_key", "null")) != _resume_key(plan):
+    if json.loads(state.get("resume_key", "null")) != _resume_key(plan, pool):
         log.info("cycle %s: the saved training state is for other labels or settings; starting over",
                  plan.cycle_id)
         return None
@@ -122,12 +126,13 @@ def _train(plan: TrainingPlan) -> TrainedCandidate:
     pretrained = start_from is None and plan.architecture in PRETRAINED_BY_DEFAULT
     model = build_model(plan.architecture, len(labels), weights_path=start_from, pretrained=pretrained)
     data = item_images(plan.data.image_paths, spec, targets=plan.data.targets)
+    pool = _unlabeled_pool(plan, config)
     state_path = resume_state_path(plan.project.slug, plan.cycle_number)
-    resume = _resumable_state(plan, state_path)
+    resume = _resumable_state(plan, pool, state_path)
     resumed_from = resume["epoch"] if resume else 0
     # which attempt ran each epoch: a resumed attempt runs only the epochs after the saved one
     epoch_attempts: list[int] = list(resume["epoch_attempts"]) if resume else []
-    key = json.dumps(_resume_key(plan))
+    key = json.dumps(_resume_key(plan, pool))
 
     def save(state: dict[str, Any]) -> None:
         epoch_attempts.append(plan.attempt)
@@ -140,16 +145,30 @@ def _train(plan: TrainingPlan) -> TrainedCandidate:
             train_accuracy=stats.train_accuracy, attempt=plan.attempt, resumed_from_epoch=resumed_from)
 
     history = fit(model, data, None, spec, config, on_epoch=progress, resume=resume, on_state=save,
-                  num_workers=loader_workers())
+                  num_workers=loader_workers(), unlabeled=item_images(pool.image_paths, spec) if pool else None)
     del data
+    semi = None if pool is None else {
+        "method": config.semi_supervised, "confidence_threshold": config.confidence_threshold,
+        "unlabeled_pool": len(pool), "unlabeled_sha256": pool.digest, "pseudo_labeled": history[-1].pseudo_labeled,
+    }
     calibration = _fit_temperature(model, spec, plan.calibration)
     directory = model_directory(plan.project.slug, plan.version_name)
     metrics = {"train_loss": history[-1].train_loss, "train_accuracy": history[-1].train_accuracy,
-               "epochs_run": len(history), "epoch_attempts": epoch_attempts, "resumed_from_epoch": resumed_from}
+               "epochs_run": len(history), "epoch_attempts": epoch_attempts, "resumed_from_epoch": resumed_from,
+               "semi_supervised": semi}
     meta = CheckpointMeta(plan.architecture, labels, spec, config.to_dict(), metrics,
                           temperature=calibration["temperature"])
     files = save_checkpoint(model, meta, media_path(directory))
-    return TrainedCandidate(directory, files, history, calibration, resumed_from)
+    return TrainedCandidate(directory, files, history, calibration, resumed_from, semi)
+
+
+def _unlabeled_pool(plan: TrainingPlan, config: TrainConfig) -> UnlabeledSet | None:
+    """The unlabeled train-split images a semi-supervised config learns from (at most the
+    project's selection_pool_limit, drawn per cycle), or None: off, or no such image."""
+    if config.semi_supervised == "off":
+        return None
+    pool = unlabeled_train_set(plan.project, limit=plan.project.selection_pool_limit, seed=plan.cycle_number)
+    return pool if len(pool) else None
 
 
 def cycle_train(*, cycle_id: int) -> None:
@@ -174,7 +193,8 @@ def cycle_train(*, cycle_id: int) -> None:
             cycle_candidate_record(plan=plan, directory=trained.directory, files=trained.files,
                                    epochs_run=len(trained.history), train_loss=trained.history[-1].train_loss,
                                    temperature=trained.temperature, calibration=trained.calibration,
-                                   resumed_from_epoch=trained.resumed_from_epoch)
+                                   resumed_from_epoch=trained.resumed_from_epoch,
+                                   semi_supervised=trained.semi_supervised)
         # recorded, cancelled or failed: the cycle trains no more, its training state can go
         shutil.rmtree(resume_state_path(plan.project.slug, plan.cycle_number).parent, ignore_errors=True)
 

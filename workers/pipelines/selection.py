@@ -226,7 +226,7 @@ def _strategy_picks(batch: ReviewBatch, project: Project, version: ModelVersion,
     return _model_picks(batch, project, version, n, rng, busy)
 
 
-COLD_START_STRATEGIES = ("random", "coreset")
+COLD_START_STRATEGIES = ("random", "coreset", "typiclust")
 
 
 def _sample_items(project_id: int, n: int, rng: np.random.Generator, skip_items: set[int]) -> list[int]:
@@ -237,8 +237,8 @@ def _sample_items(project_id: int, n: int, rng: np.random.Generator, skip_items:
 
 
 def _cold_start_picks(batch: ReviewBatch, n: int, rng: np.random.Generator, busy: set[int]) -> list[Pick]:
-    """Random items, or k-center (core-set) picks on a pretrained backbone's embeddings of a
-    random sample of the pool, counting the items humans labeled as covered."""
+    """Random items, or k-center (core-set) or TypiClust picks on a pretrained backbone's
+    embeddings of a random sample of the pool, counting the items humans labeled as covered."""
     project = batch.project
     if batch.strategy == "random":
         return [Pick(None, item, ReviewReason.STRATEGY, None) for item in _sample_items(project.id, n, rng, busy)]
@@ -249,7 +249,7 @@ def _cold_start_picks(batch: ReviewBatch, n: int, rng: np.random.Generator, busy
     labeled = list(Label.objects.filter(item__project=project, status=LabelStatus.CURRENT)
                    .order_by("-id").values_list("item__image", flat=True)[:MAX_COVERED_EMBEDDINGS])
     embeddings = backbone_embeddings(project.architecture, [paths[i] for i in pool] + labeled)
-    selection = select_batch("coreset", PoolView(embeddings=embeddings[:len(pool)],
+    selection = select_batch(batch.strategy, PoolView(embeddings=embeddings[:len(pool)],
                                                  labeled_embeddings=embeddings[len(pool):] if labeled else None),
                              n, rng=rng, options=SelectOptions(device=str(select_device(settings.HITL_DEVICE))))
     return [Pick(None, pool[i], ReviewReason.STRATEGY, float(s))
