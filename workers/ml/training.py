@@ -249,7 +249,7 @@ def train_one_epoch(
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, images: Images, targets: torch.Tensor | None, spec: InputSpec,
-    *, batch_size: int = 256, device: torch.device | None = None, num_workers: int = 0,
+    *, batch_size: int | None = None, device: torch.device | None = None, num_workers: int = 0,
 ) -> dict[str, float]:
     """Loss and accuracy on a held-out set (no augmentation, dropout off). ``images`` is a uint8
     tensor with its ``targets``, or a dataset of (image, target) with ``targets=None``."""
