@@ -219,7 +219,7 @@ def test_a_reviewer_labels_in_label_studios_web_ui(connected, label_studio, monk
     pre-annotation preselected; accept, correct, skip; the labels arrive in hitl."""
     from playwright.sync_api import expect, sync_playwright
 
-    from tests.browser.test_review_page import CHROMIUM_ARGS
+    from tests.browser.conftest import CHROMIUM_ARGS
 
     project, link = connected
     ls_push(project_id=project.id)
