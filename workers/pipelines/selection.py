@@ -7,7 +7,7 @@ import logging
 
 import numpy as np
 from django.conf import settings
-from django.db.models import Max, Min, Q
+from django.db.models import Exists, Max, Min, OuterRef, Q
 
 from hitl.errors import TRANSIENT_DB_ERRORS, Busy, InvalidInput
 from hitl.locks import exclusive
@@ -57,12 +57,16 @@ def _busy_items(project_id: int) -> set[int]:
     return set(labeled) | set(reviewing) | set(golden)
 
 
-def _pool_size(version_id: int, skip_items: set[int]) -> int:
-    """How many of the version's predictions the audit draw chose from (those of items not in
-    ``skip_items``): the weight of its slice when slices from pools of different sizes are pooled."""
-    predictions = Prediction.objects.filter(model_version_id=version_id)
-    skipped = predictions.filter(item_id__in=sorted(skip_items)).count() if skip_items else 0
-    return predictions.count() - skipped
+def _pool_size(version_id: int) -> int:
+    """How many of the version's predictions the audit draw chose from: those of items that are
+    not busy (``_busy_items``, counted here in SQL rather than sent as a list of ids): the weight
+    of its slice when slices from pools of different sizes are pooled."""
+    item = OuterRef("item_id")
+    return (Prediction.objects.filter(model_version_id=version_id)
+            .exclude(Exists(Label.objects.filter(item_id=item, status=LabelStatus.CURRENT)))
+            .exclude(Exists(ReviewTask.objects.filter(item_id=item, status=ReviewTaskStatus.OPEN)))
+            .exclude(Exists(GoldenItem.objects.filter(item_id=item)))
+            .count())
 
 
 def _sample_pool(version_id: int, n: int, rng: np.random.Generator, skip_items: set[int]) -> list[tuple[int, int]]:
@@ -297,7 +301,7 @@ def review_batch_select(*, batch_id: int) -> ReviewBatch:
         # cannot bias it: its labels estimate the live model's accuracy (selectors.audit_accuracy).
         audit_size = round(batch.size * batch.audit_fraction)
         audit = _sample_pool(version.id, audit_size, rng, busy)
-        pool_size = _pool_size(version.id, busy) if audit_size else None
+        pool_size = _pool_size(version.id) if audit_size else None
         try:
             picks = _strategy_picks(batch, batch.project, version, batch.size - len(audit), rng,
                                     busy | {item for _, item in audit})
