@@ -4,7 +4,10 @@ checking the caller's role in the item's project and CSRF like every form. And t
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -54,6 +57,20 @@ def _refusal(request: HttpRequest, project: Project | None, action: Action, miss
     except RoleTooLow as exc:
         return json_error(403, "", str(exc))
     return None
+
+
+def json_refusals(view: Callable[..., JsonResponse]) -> Callable[..., JsonResponse]:
+    """The page's JSON calls answer a bad request with a 400 naming the field, and a state that
+    forbids it (already reviewed, leased to someone else) with a 409."""
+    @functools.wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        try:
+            return view(request, *args, **kwargs)
+        except InvalidInput as exc:
+            return json_error(400, exc.errors[0].field, exc.errors[0].message)
+        except Conflict as exc:
+            return json_error(409, "", str(exc))
+    return wrapped
 
 
 def _body(request: HttpRequest) -> dict:
@@ -132,29 +149,25 @@ def _lead_time(body: dict) -> float | None:
 
 @login_required
 @require_POST
+@json_refusals
 def review_task_answer(request: HttpRequest, pk: int) -> JsonResponse:
     """Label the leased task (``{"value": ...}``) or skip it (``{"skip": true}``)."""
     refusal = _refusal(request, selectors.project_owning(ReviewTask, pk), Action.LABEL, f"no review task {pk}")
     if refusal is not None:
         return refusal
     task = ReviewTask.objects.select_related("prediction").get(pk=pk)
-    try:
-        body = _body(request)
-        if task.status != ReviewTaskStatus.OPEN:
-            raise Conflict(f"item {task.item_id} was already reviewed ({task.status})")
-        if body.get("skip") is True:
-            review_task_skip(review_task_id=task.id, reviewer=request.user)
-            return JsonResponse({"task": task.id, "outcome": "skipped", "undo": None,
-                                 "message": f"Skipped item {task.item_id}."})
-        value = body.get("value")
-        if not isinstance(value, str):
-            raise InvalidInput.single("value", "send the label's name as a string, or skip: true")
-        result = review_answer_submit(review_task_id=task.id, reviewer=request.user, value=value,
-                                      lead_time_seconds=_lead_time(body))
-    except InvalidInput as exc:
-        return json_error(400, exc.errors[0].field, exc.errors[0].message)
-    except Conflict as exc:
-        return json_error(409, "", str(exc))
+    body = _body(request)
+    if task.status != ReviewTaskStatus.OPEN:
+        raise Conflict(f"item {task.item_id} was already reviewed ({task.status})")
+    if body.get("skip") is True:
+        review_task_skip(review_task_id=task.id, reviewer=request.user)
+        return JsonResponse({"task": task.id, "outcome": "skipped", "undo": None,
+                             "message": f"Skipped item {task.item_id}."})
+    value = body.get("value")
+    if not isinstance(value, str):
+        raise InvalidInput.single("value", "send the label's name as a string, or skip: true")
+    result = review_answer_submit(review_task_id=task.id, reviewer=request.user, value=value,
+                                  lead_time_seconds=_lead_time(body))
     return JsonResponse({"task": task.id, **_outcome_view(task, value, result)})
 
 
@@ -180,17 +193,13 @@ def _outcome_view(task: ReviewTask, value: str, result: AnswerOutcome) -> dict:
 
 @login_required
 @require_POST
+@json_refusals
 def label_undo_view(request: HttpRequest, pk: int) -> JsonResponse:
     """Take back one's own current label: the item comes back, leased to the reviewer."""
     refusal = _refusal(request, selectors.project_owning(Label, pk), Action.LABEL, f"no label {pk}")
     if refusal is not None:
         return refusal
-    try:
-        task = label_undo(label_id=pk, reviewer=request.user)
-    except InvalidInput as exc:
-        return json_error(400, exc.errors[0].field, exc.errors[0].message)
-    except Conflict as exc:
-        return json_error(409, "", str(exc))
+    task = label_undo(label_id=pk, reviewer=request.user)
     if task is None:
         return JsonResponse({"task": None, "message": f"Label {pk} withdrawn; its item waits elsewhere."})
     return _back_in_front(task)
@@ -207,18 +216,14 @@ def _back_in_front(task: ReviewTask) -> JsonResponse:
 
 @login_required
 @require_POST
+@json_refusals
 def answer_undo_view(request: HttpRequest, pk: int) -> JsonResponse:
     """Take back one's blind first answer while its task still waits for the second."""
     project = Project.objects.filter(items__review_tasks__answers__pk=pk).first()
     refusal = _refusal(request, project, Action.LABEL, f"no answer {pk}")
     if refusal is not None:
         return refusal
-    try:
-        task = review_answer_withdraw(answer_id=pk, reviewer=request.user)
-    except InvalidInput as exc:
-        return json_error(400, exc.errors[0].field, exc.errors[0].message)
-    except Conflict as exc:
-        return json_error(409, "", str(exc))
+    task = review_answer_withdraw(answer_id=pk, reviewer=request.user)
     return _back_in_front(task)
 
 
