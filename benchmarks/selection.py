@@ -65,7 +65,8 @@ def label_some(project, count: int) -> None:
     from hitl.models import Item, Label, LabelSource
 
     items = Item.objects.filter(project=project).order_by("?").values_list("id", flat=True)[:count]
-    Label.objects.bulk_create([Label(item_id=i, value="c0", reviewer_name="bench", source=LabelSource.IMPORT)
+    Label.objects.bulk_create([Label(item_id=i, project=project, value="c0", reviewer_name="bench",
+                                     source=LabelSource.IMPORT)
                                for i in items], batch_size=5000)
 
 

@@ -40,18 +40,38 @@ REVIEWERS = ("reviewer-a", "reviewer-b")
 
 
 def label_many(project_id: int, count: int) -> None:
-    """``count`` current human labels on train items, each given against the item's prediction
-    (as the review page records them), written with SQL (the benchmark's data)."""
+    """``count`` current human labels on train items, written with SQL as the review page records
+    them: by eight reviewers over the last 30 days, each against the item's prediction (the
+    model's label kept on the label), with a time spent on it; and one item in ten answered blind
+    by two reviewers first (a done review task with two answers, one in three of them disagreeing),
+    as a project with double labeling switched on has them."""
     from django.db import connection
 
+    from hitl.models import ReviewBatch, ReviewBatchStatus
+
+    batch = ReviewBatch.objects.create(project_id=project_id, strategy="entropy", size=count // 10, audit_fraction=0,
+                                       seed=0, status=ReviewBatchStatus.SELECTED)
     with connection.cursor() as cursor:
         cursor.execute(
-            """INSERT INTO hitl_label (item_id, value, status, reviewer_name, source, external_id, created_at,
-                                       prediction_id)
-               SELECT i.id, 'c' || (i.id %% 10), 'current', 'bench', 'web', '', now(), p.id
+            """INSERT INTO hitl_label (item_id, project_id, value, status, reviewer_name, source, external_id, created_at,
+                                       prediction_id, model_value, lead_time_seconds)
+               SELECT i.id, i.project_id, 'c' || (i.id %% 10), 'current', 'reviewer-' || (i.id %% 8), 'web', '',
+                      now() - (i.id %% 720) * interval '1 hour', p.id, p.predicted_label, 1 + (i.id * 7919 %% 600) / 10.0
                FROM hitl_item i JOIN hitl_prediction p ON p.item_id = i.id
                WHERE i.project_id = %s AND i.split = 'train' ORDER BY i.id LIMIT %s""",
             [project_id, count])
+        cursor.execute(
+            """INSERT INTO hitl_reviewtask (batch_id, item_id, prediction_id, reason, strategy, rank, status, created_at,
+                                          completed_at)
+               SELECT %s, item_id, prediction_id, 'strategy', 'entropy', row_number() OVER (ORDER BY id), 'done',
+                      created_at, created_at
+               FROM hitl_label WHERE project_id = %s AND id %% 10 = 0""", [batch.id, project_id])
+        cursor.execute(
+            """INSERT INTO hitl_reviewanswer (task_id, reviewer_name, value, lead_time_seconds, created_at)
+               SELECT t.id, 'reviewer-' || ((t.item_id + k) %% 8),
+                      CASE WHEN k = 1 AND t.id %% 3 = 0 THEN 'c' || ((t.item_id + 1) %% 10) ELSE 'c' || (t.item_id %% 10) END,
+                      5.0, t.created_at
+               FROM hitl_reviewtask t CROSS JOIN (VALUES (0), (1)) AS answer(k) WHERE t.batch_id = %s""", [batch.id])
     with connection.cursor() as cursor:  # outside a transaction: VACUUM, as autovacuum would after a bulk load
         cursor.execute("VACUUM ANALYZE")
 

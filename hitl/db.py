@@ -1,8 +1,10 @@
-"""Set-based SQL that Django's ORM does slowly: one statement for many rows, on PostgreSQL and
-SQLite alike (both accept ``WITH v(...) AS (VALUES ...) UPDATE ... FROM v``)."""
+"""SQL that Django's ORM does slowly or not at all, on PostgreSQL and SQLite alike: one
+statement for many rows (both accept ``WITH v(...) AS (VALUES ...) UPDATE ... FROM v``), and a
+median computed in the database."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,3 +33,34 @@ def update_rows(model: type[models.Model], columns: Sequence[str], rows: Sequenc
                 f"UPDATE {table} SET {', '.join(assignments)} FROM v WHERE {table}.{pk} = v.{connection.ops.quote_name('pk')}",
                 [value for row in part for value in row] + list(constants.values()),
             )
+
+
+class Median(models.Aggregate):
+    """The median of a numeric expression, NULLs ignored (None when there is none): PostgreSQL's
+    ``percentile_cont(0.5)``; on SQLite, the ``MEDIAN`` aggregate `register_sqlite_functions` adds."""
+
+    function = "MEDIAN"
+    name = "Median"
+    output_field = models.FloatField()
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        return self.as_sql(compiler, connection, template="percentile_cont(0.5) WITHIN GROUP (ORDER BY %(expressions)s)",
+                           **extra_context)
+
+
+class _SqliteMedian:
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def step(self, value: float | None) -> None:
+        if value is not None:
+            self.values.append(value)
+
+    def finalize(self) -> float | None:
+        return statistics.median(self.values) if self.values else None
+
+
+def register_sqlite_functions(sender, connection, **kwargs) -> None:
+    """On each new SQLite connection (``connection_created``), the aggregates hitl's queries use."""
+    if connection.vendor == "sqlite":
+        connection.connection.create_aggregate("MEDIAN", 1, _SqliteMedian)

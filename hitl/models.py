@@ -245,6 +245,10 @@ class Label(models.Model):
     """A human's label for an item. Corrections add a row and supersede the old one."""
 
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="labels")
+    project = models.ForeignKey(
+        Project, on_delete=models.CASCADE, related_name="+",
+        help_text="The item's project, kept on the label so per-project counts read labels alone.",
+    )
     value = models.CharField(max_length=200)
     status = models.CharField(max_length=20, choices=LabelStatus.choices, default=LabelStatus.CURRENT)
     reviewer = models.ForeignKey(
@@ -262,6 +266,11 @@ class Label(models.Model):
         Prediction, null=True, blank=True, on_delete=models.SET_NULL, related_name="labels",
         help_text="The pre-annotation the reviewer started from.",
     )
+    model_value = models.CharField(
+        max_length=200, blank=True,
+        help_text="The model's label in that pre-annotation (blank: none was shown), copied when the "
+                  "label is written so agreement with the model needs no join to predictions.",
+    )
     lead_time_seconds = models.FloatField(null=True, blank=True)
     external_id = models.CharField(max_length=200, blank=True, help_text="E.g. a Label Studio annotation id.")
     created_at = models.DateTimeField(default=timezone.now)
@@ -271,7 +280,10 @@ class Label(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["item"], condition=Q(status="current"), name="one_current_label")
         ]
-        indexes = [models.Index(fields=["source", "external_id"], name="label_external")]
+        indexes = [
+            models.Index(fields=["source", "external_id"], name="label_external"),
+            models.Index(fields=["project", "reviewer_name"], name="label_project_reviewer"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.value} for item {self.item_id} ({self.status})"
@@ -541,6 +553,8 @@ class ReviewAnswer(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["task", "reviewer"], name="one_answer_per_reviewer")]
         ordering = ["task_id", "created_at", "id"]
+
+
 class MonitoringReference(models.Model):
     """What a deployed model version's predictions looked like when it started serving: recorded
     once, on the first monitoring run that finds enough of its predictions (its earliest ones, by

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import statistics
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,6 +12,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
+from hitl.db import Median
 from hitl.media import media_path
 from hitl.models import (
     Alert,
@@ -153,7 +153,7 @@ def project_summary(project: Project) -> dict[str, int]:
     items joined to labels (about 0.9 s at 1,000,000 predictions, benchmarks/workbench_speed.py)."""
     return {
         "items": Item.objects.filter(project=project).count(),
-        "labeled": Label.objects.filter(item__project=project, status=LabelStatus.CURRENT).count(),
+        "labeled": Label.objects.filter(project=project, status=LabelStatus.CURRENT).count(),
         "open_review_tasks": ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.OPEN).count(),
         "predictions": Prediction.objects.filter(model_version__project=project).count(),
     }
@@ -391,38 +391,30 @@ def reviewer_stats(project: Project) -> list[ReviewerStats]:
     """Per reviewer: throughput, agreement with other reviewers (blind double answers, Cohen's
     kappa) and agreement with the model's prediction they were shown."""
     since = timezone.now() - timedelta(hours=24)
-    labels = Label.objects.filter(item__project=project).exclude(status=LabelStatus.RETRACTED).exclude(
+    labels = Label.objects.filter(project=project).exclude(status=LabelStatus.RETRACTED).exclude(
         source__in=["import", "simulated"])
     rows = {r["reviewer_name"]: r for r in labels.values("reviewer_name").annotate(
         n=Count("id"), n24=Count("id", filter=Q(created_at__gte=since)),
-        with_model=Count("id", filter=Q(prediction__isnull=False)),
+        with_model=Count("id", filter=~Q(model_value="")), agreed=Count("id", filter=Q(model_value=F("value"))),
+        median_seconds=Median("lead_time_seconds"),
     ).order_by()}
-    # only labels given against a pre-annotation join the predictions (an outer join of every
-    # label to a million predictions cost 0.3 s)
-    agreed = dict(labels.filter(prediction__isnull=False, prediction__predicted_label=F("value"))
-                  .values("reviewer_name").annotate(n=Count("id")).order_by().values_list("reviewer_name", "n"))
-    times: dict[str, list[float]] = {}
-    for name, seconds in labels.filter(lead_time_seconds__isnull=False).values_list("reviewer_name", "lead_time_seconds"):
-        times.setdefault(name, []).append(seconds)
     pairs: dict[str, list[tuple[str, str]]] = {}
     answers = ReviewAnswer.objects.filter(task__batch__project=project).order_by("task_id", "id")
-    by_task: dict[int, list[ReviewAnswer]] = {}
-    for answer in answers:
-        by_task.setdefault(answer.task_id, []).append(answer)
+    by_task: dict[int, list[tuple[str, str]]] = {}
+    for task_id, name, value in answers.values_list("task_id", "reviewer_name", "value"):
+        by_task.setdefault(task_id, []).append((name, value))
     for pair in by_task.values():
         if len(pair) == 2:
-            a, b = pair
-            pairs.setdefault(a.reviewer_name, []).append((a.value, b.value))
-            pairs.setdefault(b.reviewer_name, []).append((b.value, a.value))
-    counted = rows
+            (a, a_value), (b, b_value) = pair
+            pairs.setdefault(a, []).append((a_value, b_value))
+            pairs.setdefault(b, []).append((b_value, a_value))
     stats = []
-    for name in sorted(set(counted) | set(pairs)):
-        row, mine = counted.get(name, {}), pairs.get(name, [])
+    for name in sorted(set(rows) | set(pairs)):
+        row, mine = rows.get(name, {}), pairs.get(name, [])
         stats.append(ReviewerStats(
-            reviewer=name, labels=row.get("n", 0), labels_24h=row.get("n24", 0),
-            median_seconds=statistics.median(times[name]) if times.get(name) else None,
+            reviewer=name, labels=row.get("n", 0), labels_24h=row.get("n24", 0), median_seconds=row.get("median_seconds"),
             paired=len(mine), agreed=sum(a == b for a, b in mine), kappa=cohen_kappa(mine),
-            with_model=row.get("with_model", 0), agreed_with_model=agreed.get(name, 0),
+            with_model=row.get("with_model", 0), agreed_with_model=row.get("agreed", 0),
         ))
     return stats
 

@@ -142,7 +142,7 @@ def labeled_set(project: Project, split: str) -> LabeledSet:
     """Current human labels on the project's items of one split, in label-id order. Golden-set
     items are never in it: they are neither trained on nor counted as hard cases."""
     rows = list(
-        Label.objects.filter(item__project=project, item__split=split, status=LabelStatus.CURRENT)
+        Label.objects.filter(project=project, item__split=split, status=LabelStatus.CURRENT)
         .exclude(item__golden__isnull=False).order_by("id").values_list("id", "item__image", "value", "item__sha256")
     )
     index = project.label_index

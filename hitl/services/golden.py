@@ -87,13 +87,13 @@ def review_only_items(*, project_id: int, item_ids: Collection[int]) -> dict[int
 
 def _reviewed_labels(project: Project) -> QuerySet[Label]:
     """Current labels that came through review: an import's label is nobody's review."""
-    return Label.objects.filter(item__project=project, status=LabelStatus.CURRENT).exclude(source=LabelSource.IMPORT)
+    return Label.objects.filter(project=project, status=LabelStatus.CURRENT).exclude(source=LabelSource.IMPORT)
 
 
 def _untrained_audit_items(project: Project) -> list[int]:
     """Reviewed audit-slice items no model was trained on and not reserved yet."""
     audited = ReviewTask.objects.filter(batch__project=project, reason=ReviewReason.AUDIT).values("item_id")
-    trained = Label.objects.filter(item__project=project, trained_models__isnull=False).values("item_id")
+    trained = Label.objects.filter(project=project, trained_models__isnull=False).values("item_id")
     return list(
         _reviewed_labels(project).filter(item_id__in=audited)
         .exclude(item_id__in=trained).exclude(item__golden__isnull=False)

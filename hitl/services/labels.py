@@ -21,6 +21,7 @@ from hitl.models import (
     Label,
     LabelSource,
     LabelStatus,
+    Prediction,
     ReviewAnswer,
     ReviewTask,
     ReviewTaskStatus,
@@ -104,10 +105,12 @@ def label_submit(
         task = ReviewTask.objects.filter(item_id=item.id, status=ReviewTaskStatus.OPEN).first()
     if prediction_id is None and task is not None:
         prediction_id = task.prediction_id
+    model_value = "" if prediction_id is None else (
+        Prediction.objects.filter(pk=prediction_id).values_list("predicted_label", flat=True).first() or "")
     label = Label.objects.create(
-        item=item, value=value, reviewer=reviewer, reviewer_name=name, source=source, previous=current,
-        review_task=task, prediction_id=prediction_id, lead_time_seconds=lead_time_seconds,
-        external_id=external_id,
+        item=item, project_id=item.project_id, value=value, reviewer=reviewer, reviewer_name=name, source=source,
+        previous=current, review_task=task, prediction_id=prediction_id, model_value=model_value,
+        lead_time_seconds=lead_time_seconds, external_id=external_id,
     )
     _close_review_tasks(item.id)
     return label

@@ -3,18 +3,26 @@ per-reviewer agreement."""
 
 from __future__ import annotations
 
+import importlib
 import json
+from datetime import timedelta
 
 import pytest
+from django.apps import apps as django_apps
+from django.db.utils import ConnectionHandler
 from django.test import Client
+from django.utils import timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import cohen_kappa_score
 
+from hitl.db import Median
 from hitl.errors import Conflict
 from hitl.models import (
     GoldenItem,
+    Item,
     Label,
+    LabelSource,
     LabelStatus,
     ProjectRole,
     ReviewAnswer,
@@ -30,8 +38,9 @@ from hitl.services.agreement import (
     review_task_needs_two,
 )
 from hitl.services.cycles import labeled_set
-from hitl.services.labels import label_undo
+from hitl.services.labels import label_retract, label_submit, label_undo
 from hitl.services.leases import review_leases_take
+from hitl.services.projects import project_create
 from hitl.services.selection import review_batch_request
 from tests.conftest import member
 from workers.pipelines.selection import review_batch_select
@@ -208,3 +217,59 @@ def test_the_share_is_a_checked_setting(project) -> None:
     assert project.double_label_fraction == 0.25
     with pytest.raises(CommandError, match="double_label_fraction: must be between 0 and 1"):
         call_command("hitl", "configure-project", "--project", project.slug, "--double-label-fraction", "1.5")
+
+
+def test_reviewer_stats_count_times_sources_and_the_last_day(project, tasks, people) -> None:
+    rita, sam = people["rita"], people["sam"]
+    predicted = [t.prediction.predicted_label for t in ReviewTask.objects.select_related("prediction").order_by("rank")]
+    other = [next(v for v in project.labels if v != p) for p in predicted]
+    labels = [label_submit(item_id=t.item_id, value=value, source=LabelSource.WEB, reviewer=rita, review_task_id=t.id,
+                           lead_time_seconds=seconds)
+              for t, value, seconds in zip(tasks[:3], [predicted[0], predicted[1], other[2]], [4.0, 30.0, 10.0])]
+    Label.objects.filter(pk=labels[0].pk).update(created_at=timezone.now() - timedelta(days=2))
+    sams = [label_submit(item_id=t.item_id, value=predicted[i], source=LabelSource.WEB, reviewer=sam,
+                         review_task_id=t.id, lead_time_seconds=seconds)
+            for i, t, seconds in zip((3, 4, 5), tasks[3:6], [2.0, 6.0, 9.0])]
+    label_retract(label_id=sams[2].pk)
+    untasked = Item.objects.filter(project=project).exclude(review_tasks__isnull=False).first()
+    label_submit(item_id=untasked.id, value=project.labels[0], source=LabelSource.IMPORT, reviewer_name="importer")
+    assert set(Label.objects.filter(project=project).values_list("model_value", flat=True)) >= {predicted[0], ""}
+    stats = {s.reviewer: s for s in reviewer_stats(project)}
+    assert set(stats) == {"rita", "sam"}  # imports are not a reviewer's work
+    assert (stats["rita"].labels, stats["rita"].labels_24h, stats["rita"].median_seconds) == (3, 2, 10.0)
+    assert (stats["rita"].with_model, stats["rita"].agreed_with_model) == (3, 2)
+    assert (stats["sam"].labels, stats["sam"].median_seconds) == (2, 4.0)  # the retracted 9 s label is gone
+
+
+def test_median_runs_on_sqlite() -> None:
+    """The embedded default is SQLite: the reviewers page's median runs there through the MEDIAN
+    aggregate hitl registers on each connection (PostgreSQL uses percentile_cont)."""
+    sqlite = ConnectionHandler({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}})["default"]
+    try:
+        with sqlite.schema_editor() as editor:
+            editor.create_model(Label)
+        with sqlite.constraint_checks_disabled(), sqlite.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO hitl_label (item_id, project_id, value, status, reviewer_name, source, model_value, "
+                "external_id, created_at, lead_time_seconds) VALUES (1, 1, 'a', 'superseded', %s, 'web', '', '', "
+                "'2026-01-01', %s)", [("rita", 4.0), ("rita", 30.0), ("rita", 10.0), ("sam", 2.0), ("sam", 6.0),
+                                      ("sam", None), ("tom", None)])
+        query = Label.objects.values("reviewer_name").annotate(m=Median("lead_time_seconds")).order_by("reviewer_name")
+        sql, params = query.query.get_compiler(connection=sqlite).as_sql()
+        with sqlite.cursor() as cursor:
+            cursor.execute(sql, params)
+            assert cursor.fetchall() == [("rita", 10.0), ("sam", 4.0), ("tom", None)]
+    finally:
+        sqlite.close()
+
+
+def test_migration_fills_project_and_model_value_of_existing_labels(project, tasks, people) -> None:
+    fill = importlib.import_module("hitl.migrations.0013_label_project_model_value").fill
+    label = label_submit(item_id=tasks[0].item_id, value=project.labels[0], source=LabelSource.WEB,
+                         reviewer=people["rita"], review_task_id=tasks[0].id)
+    shown = tasks[0].prediction.predicted_label
+    elsewhere = project_create(slug=f"{project.slug}-x", name="x", labels=["a", "b"])
+    Label.objects.filter(pk=label.pk).update(project=elsewhere, model_value="")
+    fill(django_apps, None)
+    label.refresh_from_db()
+    assert (label.project_id, label.model_value) == (project.id, shown)

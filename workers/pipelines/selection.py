@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 def _busy_items(project_id: int) -> set[int]:
     """Items a strategy must not pick: labeled by a human, or already under review."""
-    labeled = Label.objects.filter(item__project_id=project_id, status=LabelStatus.CURRENT).values_list("item_id", flat=True)
+    labeled = Label.objects.filter(project_id=project_id, status=LabelStatus.CURRENT).values_list("item_id", flat=True)
     reviewing = ReviewTask.objects.filter(batch__project_id=project_id, status=ReviewTaskStatus.OPEN).values_list(
         "item_id", flat=True)
     golden = GoldenItem.objects.filter(project_id=project_id).values_list("item_id", flat=True)
@@ -130,7 +130,7 @@ def _committee(project: Project, version: ModelVersion) -> list[ModelVersion]:
 
 def _covered_embeddings(project: Project, model, spec) -> np.ndarray | None:
     """Embeddings of items humans labeled or are reviewing: what coverage strategies count as covered."""
-    labeled = list(Label.objects.filter(item__project=project, status=LabelStatus.CURRENT)
+    labeled = list(Label.objects.filter(project=project, status=LabelStatus.CURRENT)
                    .order_by("-id").values_list("item__image", flat=True)[:MAX_COVERED_EMBEDDINGS])
     reviewing = list(ReviewTask.objects.filter(batch__project=project, status=ReviewTaskStatus.OPEN)
                      .values_list("item__image", flat=True)[:MAX_COVERED_EMBEDDINGS])
@@ -250,7 +250,7 @@ def _cold_start_picks(batch: ReviewBatch, n: int, rng: np.random.Generator, busy
     if not pool:
         return []
     paths = dict(Item.objects.filter(id__in=pool).values_list("id", "image"))
-    labeled = list(Label.objects.filter(item__project=project, status=LabelStatus.CURRENT)
+    labeled = list(Label.objects.filter(project=project, status=LabelStatus.CURRENT)
                    .order_by("-id").values_list("item__image", flat=True)[:MAX_COVERED_EMBEDDINGS])
     embeddings = backbone_embeddings(project.architecture, [paths[i] for i in pool] + labeled)
     selection = select_batch(batch.strategy, PoolView(embeddings=embeddings[:len(pool)],
