@@ -44,6 +44,14 @@ from workers.ml.datasets import FASHION_MNIST_LABELS, ArrayDataset, load_fashion
 LABELS = FASHION_MNIST_LABELS
 
 
+def artifacts_folder() -> Path:
+    """Where tests leave what people look at afterwards (screenshots, fault reports):
+    ``test-artifacts/`` in the checkout, or the folder ``HITL_TEST_ARTIFACTS`` names."""
+    folder = Path(os.environ.get("HITL_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def pytest_configure(config: pytest.Config) -> None:
     engine = settings.DATABASES["default"]["ENGINE"]
     if "postgresql" not in engine:

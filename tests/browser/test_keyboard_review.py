@@ -4,26 +4,16 @@ error. Screenshots go to test-artifacts/ (HITL_TEST_ARTIFACTS to put them elsewh
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
-from django.conf import settings
 from playwright.sync_api import Page, expect
 
 from hitl.models import Label, LabelStatus, ProjectRole, ReviewTask, ReviewTaskStatus
 from hitl.services.selection import review_batch_request
 from tests.browser.test_review_page import login
-from tests.conftest import member
+from tests.conftest import artifacts_folder, member
 from workers.pipelines.selection import review_batch_select
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def artifacts() -> Path:
-    folder = Path(os.environ.get("HITL_TEST_ARTIFACTS", Path(settings.BASE_DIR) / "test-artifacts"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def shown(page: Page, task: ReviewTask) -> None:
@@ -58,11 +48,11 @@ def test_a_batch_labeled_with_the_keyboard_alone(page, live_server, project, rev
     expect(page.locator("#review-keys li.predicted")).to_contain_text(tasks[0].prediction.predicted_label)
     expect(page.locator("#review-why")).to_contain_text("strategy")
     expect(page.locator("#review-predicted")).to_have_text(tasks[0].prediction.predicted_label)
-    page.screenshot(path=str(artifacts() / "review-page.png"))
+    page.screenshot(path=str(artifacts_folder() / "review-page.png"))
     page.set_viewport_size({"width": 800, "height": 1100})  # a tablet: the side panel goes below
     assert page.evaluate("document.documentElement.scrollWidth") <= 800
     expect(page.locator("#review-keys")).to_be_in_viewport()
-    page.screenshot(path=str(artifacts() / "review-page-tablet.png"))
+    page.screenshot(path=str(artifacts_folder() / "review-page-tablet.png"))
     page.set_viewport_size({"width": 1280, "height": 800})
 
     page.keyboard.press("Enter")  # accept the model's label
@@ -90,7 +80,7 @@ def test_a_batch_labeled_with_the_keyboard_alone(page, live_server, project, rev
     page.keyboard.press("Enter")
     expect(status).to_contain_text(f"'{tasks[3].prediction.predicted_label}' for item {tasks[3].item_id}")
     expect(page.locator("#review-empty")).to_be_visible()
-    page.screenshot(path=str(artifacts() / "review-page-done.png"))
+    page.screenshot(path=str(artifacts_folder() / "review-page-done.png"))
     assert page.evaluate("window.sameDocument") is True
     assert problems == []
 
@@ -112,7 +102,7 @@ def test_a_batch_labeled_with_the_keyboard_alone(page, live_server, project, rev
     expect(history.nth(1)).to_contain_text("ankle boot")
     expect(page.locator("#item-predictions tbody tr")).to_contain_text(tasks[1].prediction.predicted_label)
     assert page.evaluate("img => img.naturalWidth", page.locator("#item-image").element_handle()) == 28
-    page.screenshot(path=str(artifacts() / "item-page.png"), full_page=True)
+    page.screenshot(path=str(artifacts_folder() / "item-page.png"), full_page=True)
 
 
 def test_two_blind_answers_and_a_conflict_decided_by_a_third_person(page, live_server, project, reviewer,
@@ -156,13 +146,13 @@ def test_two_blind_answers_and_a_conflict_decided_by_a_third_person(page, live_s
     expect(card).to_contain_text("pullover")
     expect(card).to_contain_text("by rita")
     expect(card).to_contain_text("by sam")
-    otto.screenshot(path=str(artifacts() / "conflicts-page.png"))
+    otto.screenshot(path=str(artifacts_folder() / "conflicts-page.png"))
     card.locator("button.decide", has_text="pullover").click()
     expect(otto.locator(".messages li.success")).to_contain_text(f"Decided 'pullover' for item {tasks[1].item_id}")
     expect(otto.locator(".card.conflict")).to_have_count(0)
     otto.goto(f"{live_server.url}/projects/{project.slug}/reviewers/")
     expect(otto.locator("#reviewer-stats tbody tr")).to_have_count(3)
-    otto.screenshot(path=str(artifacts() / "reviewers-page.png"))
+    otto.screenshot(path=str(artifacts_folder() / "reviewers-page.png"))
 
     labels = {label.item_id: (label.value, label.reviewer_name)
               for label in Label.objects.filter(status=LabelStatus.CURRENT)}

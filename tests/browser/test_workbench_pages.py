@@ -1,15 +1,13 @@
 """The workbench pages in a real headless Chromium: the cycle page, the models page, the trust
 page and the dashboard of a project with two trained cycles. Each chart must have drawn (a Chart.js
 instance on its canvas, and non-blank pixels), at 1280x800 and at a tablet's 800 px without
-sideways scrolling; a screenshot of each page is saved under var/browser-artifacts/."""
+sideways scrolling; a screenshot of each page is saved under test-artifacts/ (HITL_TEST_ARTIFACTS)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 from playwright.sync_api import Page, expect, sync_playwright
@@ -26,11 +24,10 @@ from hitl.services.cycles import cycle_progress_record, cycle_training_start
 from hitl.services.projects import deployment_create
 from tests.browser.conftest import CHROMIUM_ARGS
 from tests.browser.test_review_page import login
-from tests.conftest import member
+from tests.conftest import artifacts_folder, member
 from tests.workbench import trained_cycles
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-ARTIFACTS = Path(settings.BASE_DIR) / "var" / "browser-artifacts"
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "tablet": {"width": 800, "height": 1100}}
 
 # For every chart on the page: its kind, whether Chart.js made it, and how many pixels it painted.
@@ -77,8 +74,7 @@ def check_charts(page: Page, url: str, name: str, viewport: str, expected: set[s
     overflow = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0, f"{name} scrolls sideways by {overflow}px at {viewport} width"
     assert page.errors == [], page.errors
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / f"{name}-{viewport}.png"), full_page=True)
+    page.screenshot(path=str(artifacts_folder() / f"{name}-{viewport}.png"), full_page=True)
     return charts
 
 
@@ -137,8 +133,7 @@ def test_cycle_page_follows_training_live_and_cancels(browser, live_server, proj
     expect(box.locator('[data-field="loss"]')).to_have_text("1.4000")
     expect(box.locator('[data-field="eta"]')).not_to_have_text("—")
     assert page.evaluate("() => document.querySelector('#chart-loss').hitlChart.data.labels") == [1, 2]
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "cycle-training-desktop.png"), full_page=True)
+    page.screenshot(path=str(artifacts_folder() / "cycle-training-desktop.png"), full_page=True)
 
     page.locator("#cancel-cycle button").click()
     expect(page.locator(".messages li.success")).to_contain_text("Cycle 1 cancelled.")

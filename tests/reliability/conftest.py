@@ -30,7 +30,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, artifacts_folder
 from workers.celery import app as celery_app
 
 
@@ -46,11 +46,12 @@ def _postgres_bin() -> Path:
     return found[-1].parent
 
 
-REPORT = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+DOCS_REPORT = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 REPORT_INTRO = """# Reliability: faults injected into the real parts
 
-Each section below is written by the test named in it (`pytest -m faults tests/reliability`),
-from what that run measured. Nothing here is estimated: rerun the tests to refresh the figures.
+Each section below is written by the test named in it, from what that run measured. Nothing here
+is estimated: `HITL_WRITE_DOCS=1 pytest -m faults tests/reliability` refreshes the figures (a
+plain run writes its report to test-artifacts/reliability.md and leaves this file alone).
 """
 
 
@@ -376,9 +377,13 @@ def wait_for(fault_worker: WorkerProcess) -> Callable[..., float]:
 
 
 def report_section(key: str, markdown: str) -> None:
-    """Write (or replace) this test's section of docs/reliability.md, between its markers."""
+    """Write (or replace) this test's section of the fault report, between its markers: in
+    docs/reliability.md when HITL_WRITE_DOCS=1, else in test-artifacts/reliability.md (a copy of
+    the docs' report with this run's figures), so a test run leaves the checkout clean."""
     begin, end = f"<!-- faults:{key} -->", f"<!-- /faults:{key} -->"
-    text = REPORT.read_text() if REPORT.exists() else REPORT_INTRO
+    report = DOCS_REPORT if os.environ.get("HITL_WRITE_DOCS") == "1" else artifacts_folder() / "reliability.md"
+    source = report if report.exists() else DOCS_REPORT
+    text = source.read_text() if source.exists() else REPORT_INTRO
     block = f"{begin}\n{markdown.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.DOTALL)
     text = (
@@ -386,7 +391,7 @@ def report_section(key: str, markdown: str) -> None:
         if pattern.search(text)
         else text.rstrip() + "\n\n" + block + "\n"
     )
-    REPORT.write_text(text)
+    report.write_text(text)
 
 
 class TableLock:
