@@ -14,8 +14,10 @@ often reviewers' labels in the window agreed with the model's pre-annotation.
 A metric past the project's threshold (``Project.monitoring``, ``hitl.monitorspec``) raises an
 alert; a run that raised any takes the project's action once (a review batch or a retraining
 cycle, not again within the cool-down) and queues one notification per alert (email and signed
-webhook, ``hitl.services.alerts``). The last *complete* window is judged; its rows are unique,
-so running twice (or in parallel) measures and alerts once.
+webhook, ``hitl.services.alerts``). The last *complete* window is judged, and with it the
+windows missed since the project's last judged one (beat or the workers were down), up to
+CATCH_UP_WINDOWS of them; a window's rows are unique, so running twice (or in parallel) measures
+and alerts once.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from hitl import drift
@@ -53,6 +55,7 @@ from hitl.services.queue import enqueue
 from hitl.services.selection import review_batch_request
 
 ACTOR = "monitor"
+CATCH_UP_WINDOWS = 48  # missed windows judged by one run at most (the newest ones): two days of hourly windows
 REFERENCE_SAMPLE = 2000  # confidences a reference keeps for the KS test
 log = logging.getLogger(__name__)
 
@@ -68,9 +71,10 @@ class Crossing:
 @dataclass
 class MonitorRun:
     project: str
-    window_start: datetime
+    window_start: datetime  # the last complete window
     window_end: datetime
     windows_measured: int = 0
+    missed_windows: int = 0  # earlier windows no run had judged, judged by this one
     alert_ids: list[int] = field(default_factory=list)
     action: str = AlertAction.NONE
     action_detail: str = ""
@@ -82,6 +86,18 @@ def window_bounds(*, now: datetime, minutes: int) -> tuple[datetime, datetime]:
     length = minutes * 60
     end = datetime.fromtimestamp(int(now.timestamp()) // length * length, tz=UTC)
     return end - timedelta(seconds=length), end
+
+
+def windows_due(project: Project, *, now: datetime, minutes: int) -> list[tuple[datetime, datetime]]:
+    """The windows a run at ``now`` judges, oldest first: the last complete one, and before it
+    those that ended after the project's newest judged window (at most CATCH_UP_WINDOWS in all).
+    A project never judged starts with the last complete window."""
+    start, end = window_bounds(now=now, minutes=minutes)
+    newest = MonitorWindow.objects.filter(project=project).aggregate(end=Max("window_end"))["end"]
+    length = end - start
+    missed = 0 if newest is None or newest >= start else int((start - newest) / length)
+    count = min(CATCH_UP_WINDOWS, missed + 1)
+    return [(start - length * k, end - length * k) for k in reversed(range(count))]
 
 
 def reference_record(*, version: ModelVersion, size: int) -> MonitoringReference | None:
@@ -260,9 +276,9 @@ def _act(project: Project, rules: dict) -> tuple[str, str, ReviewBatch | None, R
 
 @transaction.atomic
 def project_monitor(*, project_id: int, now: datetime | None = None) -> MonitorRun:
-    """Judge the project's last complete window (at ``now``, default the current time). Safe to
-    run twice or in parallel: the project row is locked for the run, and a window already
-    measured is not measured or alerted on again."""
+    """Judge the project's last complete window (at ``now``, default the current time) and the
+    windows missed before it (``windows_due``). Safe to run twice or in parallel: the project row
+    is locked for the run, and a window already measured is not measured or alerted on again."""
     project = Project.objects.select_for_update().get(pk=project_id)
     rules = monitoring_rules(project.monitoring)
     start, end = window_bounds(now=now or timezone.now(), minutes=rules["window_minutes"])
@@ -270,7 +286,12 @@ def project_monitor(*, project_id: int, now: datetime | None = None) -> MonitorR
     if not rules["enabled"]:
         run.action_detail = "monitoring is off for this project"
         return run
-    run.windows_measured, alerts = _measure(project, rules, start, end)
+    due = windows_due(project, now=now or timezone.now(), minutes=rules["window_minutes"])
+    run.missed_windows, alerts = len(due) - 1, []
+    for window_start, window_end in due:
+        measured, raised = _measure(project, rules, window_start, window_end)
+        run.windows_measured += measured
+        alerts += raised
     if not alerts:
         return run
     run.action, run.action_detail, batch, cycle = _act(project, rules)
@@ -280,7 +301,8 @@ def project_monitor(*, project_id: int, now: datetime | None = None) -> MonitorR
     if rules["notify_emails"] or rules["webhook_url"]:
         for alert in alerts:
             enqueue("workers.tasks.alert_notify", alert.pk)
-    log.warning("%s: %d alert(s) for the window %s-%s; %s", project.slug, len(alerts), start, end, run.action_detail)
+    log.warning("%s: %d alert(s) for the window %s-%s (and %d missed before it); %s", project.slug, len(alerts),
+                start, end, run.missed_windows, run.action_detail)
     return run
 
 

@@ -42,7 +42,7 @@ from hitl.services.alerts import (
 )
 from hitl.services.ingestion import predictions_ingest
 from hitl.services.labels import label_submit
-from hitl.services.monitoring import project_monitor, window_bounds
+from hitl.services.monitoring import CATCH_UP_WINDOWS, project_monitor, window_bounds, windows_due
 from hitl.services.projects import project_update
 from hitl.services.selection import review_batch_request
 from tests.conftest import member, token_client
@@ -502,3 +502,29 @@ def test_an_https_webhook_checks_the_certificate_for_the_name_it_resolved(receiv
         with pytest.raises(NotificationFailed, match="IP address mismatch|doesn't match|CERTIFICATE_VERIFY_FAILED"):
             webhook_post(url=f"https://127.0.0.1:{port}/hook", key=b"k", document=document)
     assert [r["path"] for r in receiver.requests] == ["/hook"]
+
+
+def test_windows_missed_while_the_monitor_was_down_are_judged_on_its_next_run(project, version, stream) -> None:
+    stream.send(100, at=REFERENCE_AT)
+    stream.send(60, at=QUIET_WINDOW)
+    assert _run(project, QUIET_WINDOW).missed_windows == 0
+    # beat is down for two windows; the deployment drifts in the first of them only
+    stream.send(60, at=DRIFT_WINDOW, classes=[3] * 60)
+    stream.send(60, at=DRIFT_WINDOW + timedelta(hours=1))
+    stream.send(60, at=DRIFT_WINDOW + timedelta(hours=2))
+    run = _run(project, DRIFT_WINDOW + timedelta(hours=2))
+    assert (run.window_start, run.missed_windows, run.windows_measured) == (DRIFT_WINDOW + timedelta(hours=2), 2, 6)
+    judged = MonitorWindow.objects.filter(deployment__isnull=False).order_by("window_start")
+    assert [w.window_start for w in judged] == [QUIET_WINDOW + timedelta(hours=h) for h in range(4)]
+    [alert] = Alert.objects.filter(pk__in=run.alert_ids)
+    assert alert.metric == "class_psi" and alert.window_start == DRIFT_WINDOW and alert.review_batch is not None
+    assert _run(project, DRIFT_WINDOW + timedelta(hours=2)).windows_measured == 0  # judged once
+
+
+def test_a_long_outage_judges_the_newest_missed_windows_only(project, version) -> None:
+    MonitorWindow.objects.create(project=project, model_version=version, window_start=QUIET_WINDOW,
+                                 window_end=DRIFT_WINDOW, n_predictions=0, metrics={})
+    due = windows_due(project, now=DRIFT_WINDOW + timedelta(days=10, minutes=1), minutes=60)
+    assert len(due) == CATCH_UP_WINDOWS and due[-1][1] == DRIFT_WINDOW + timedelta(days=10)
+    assert all(b - a == timedelta(hours=1) and a2 == b for (a, b), (a2, _) in zip(due, due[1:]))
+    assert windows_due(project, now=DRIFT_WINDOW + timedelta(minutes=5), minutes=60) == [(QUIET_WINDOW, DRIFT_WINDOW)]

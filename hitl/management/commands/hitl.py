@@ -481,7 +481,8 @@ class Command(BaseCommand):
             return
         run = project_monitor(project_id=project.id)
         self.stdout.write(f"{project.slug}: window {run.window_start:%Y-%m-%d %H:%M}-{run.window_end:%H:%M} UTC, "
-                          f"{run.windows_measured} measured now, {len(run.alert_ids)} new alert(s)")
+                          f"{run.windows_measured} measured now, {len(run.alert_ids)} new alert(s)"
+                          + (f"; {run.missed_windows} missed window(s) before it judged too" if run.missed_windows else ""))
         for alert in selectors.alerts_list(project).filter(pk__in=run.alert_ids):
             self.stdout.write(f"  alert {alert.pk}: {alert.message}")
         if run.action_detail:
