@@ -17,6 +17,7 @@ from hitl.media import media_path
 from hitl.models import (
     Alert,
     ArtifactKind,
+    Deployment,
     EvaluationSet,
     EvaluationSnapshot,
     GoldenItem,
@@ -218,15 +219,21 @@ def pooled_accuracy(version: str, slices: list[AuditSlice], z: float = 1.96) -> 
                             slices=len(slices), weighted=True)
 
 
-def audit_accuracy(project: Project, *, until: datetime | None = None) -> list[AccuracyEstimate]:
+def audit_accuracy(project: Project, *, until: datetime | None = None,
+                   deployment: Deployment | None = None) -> list[AccuracyEstimate]:
     """Live accuracy per model version, from the human labels of the random audit slices: the
     fraction of audited items where the human agreed with the model's prediction, each batch's
     slice weighted by the size of the pool it was drawn from (``pooled_accuracy``). ``until``:
-    only labels given before then (the monitor's window end)."""
+    only labels given before then (the monitor's window end). ``deployment``: only the audited
+    predictions that deployment reported (a uniform draw from the pool is uniform over each
+    deployment's part of it; the slices keep the whole pool's weights, which assumes each
+    deployment's share of the pool changed little from batch to batch)."""
     agreed = Q(prediction__predicted_label=F("item__labels__value"))
-    before = {} if until is None else {"item__labels__created_at__lt": until}
+    scope = {} if until is None else {"item__labels__created_at__lt": until}
+    if deployment is not None:
+        scope["prediction__deployment"] = deployment
     rows = (ReviewTask.objects.filter(batch__project=project, reason=ReviewReason.AUDIT, status=ReviewTaskStatus.DONE,
-                                      item__labels__status=LabelStatus.CURRENT, **before)
+                                      item__labels__status=LabelStatus.CURRENT, **scope)
             .values("prediction__model_version__name", "batch_id", "batch__audit_pool_size")
             .annotate(n=Count("item", distinct=True),  # an item audited twice in a batch counts once
                       correct=Count("item", distinct=True, filter=agreed))

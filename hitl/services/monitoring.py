@@ -7,9 +7,11 @@ binned confidences, two-sample KS on confidences; ``hitl.drift``). The reference
 version's earliest ``reference_size`` predictions by arrival (hitl's own run over the pool when
 it was promoted, then its deployments' first reports), recorded once on the first run that finds
 enough of them and never recomputed.
-Per model version and window: live accuracy from the random audit slice with its 95% Wilson
-interval (``selectors.audit_accuracy``, every audit label given before the window ends) and how
-often reviewers' labels in the window agreed with the model's pre-annotation.
+Per model version and window: live accuracy from the random audit slice with its 95% interval
+(``selectors.audit_accuracy``, every audit label given before the window ends) and how often
+reviewers' labels in the window agreed with the model's pre-annotation. Where a version serves
+more than one deployment, each deployment's window also gets both, from its own predictions
+only, so an edge site doing worse than the cloud shows (and alerts) by itself.
 
 A metric past the project's threshold (``Project.monitoring``, ``hitl.monitorspec``) raises an
 alert; a run that raised any takes the project's action once (a review batch or a retraining
@@ -23,6 +25,7 @@ and alerts once.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -141,8 +144,9 @@ def _drift_metrics(reference: MonitoringReference, version: ModelVersion, labels
 
 
 def deployment_window_metrics(*, deployment: Deployment, version: ModelVersion, start: datetime, end: datetime,
-                              rules: dict) -> dict:
-    """Volume and drift of one deployment's predictions by ``version`` in [start, end)."""
+                              rules: dict, quality: bool = False) -> dict:
+    """Volume and drift of one deployment's predictions by ``version`` in [start, end); with
+    ``quality``, its own live accuracy and reviewer agreement too (``quality_metrics``)."""
     rows = list(Prediction.objects.filter(deployment=deployment, model_version=version, received_at__gte=start,
                                           received_at__lt=end).values_list("predicted_label", "confidence"))
     metrics: dict = {"predictions": len(rows), "judged": False}
@@ -155,14 +159,22 @@ def deployment_window_metrics(*, deployment: Deployment, version: ModelVersion, 
         confidences = np.clip(np.array([r[1] for r in rows], dtype=np.float64), 0.0, 1.0)
         metrics.update(judged=True, reference_predictions=reference.n_predictions,
                        **_drift_metrics(reference, version, [r[0] for r in rows], confidences))
+    if quality:
+        metrics.update(quality_metrics(project=deployment.project, version=version, start=start, end=end,
+                                       deployment=deployment))
     return metrics
 
 
-def version_window_metrics(*, project: Project, version: ModelVersion, start: datetime, end: datetime) -> dict:
+def quality_metrics(*, project: Project, version: ModelVersion, start: datetime, end: datetime,
+                    deployment: Deployment | None = None) -> dict:
     """Live accuracy (audit labels given before ``end``) and reviewer agreement (labels given in
-    [start, end) on this version's pre-annotations) of one model version."""
-    estimate = next((e for e in audit_accuracy(project, until=end) if e.model_version == version.name), None)
+    [start, end) on this version's pre-annotations) of one model version, or of the predictions
+    one ``deployment`` of it reported."""
+    estimate = next((e for e in audit_accuracy(project, until=end, deployment=deployment)
+                     if e.model_version == version.name), None)
     reviewed = Label.objects.filter(prediction__model_version=version, created_at__gte=start, created_at__lt=end)
+    if deployment is not None:
+        reviewed = reviewed.filter(prediction__deployment=deployment)
     reviewed = reviewed.exclude(source=LabelSource.IMPORT)
     values = list(reviewed.values_list("value", "prediction__predicted_label"))
     agreed = sum(value == predicted for value, predicted in values)
@@ -181,6 +193,8 @@ def deployment_crossings(metrics: dict, rules: dict) -> list[Crossing]:
     if floor is not None and metrics["predictions"] < floor:
         found.append(Crossing(AlertMetric.PREDICTION_VOLUME, metrics["predictions"], floor,
                               f"{metrics['predictions']} predictions in the window, fewer than {floor}"))
+    if "live_accuracy" in metrics:
+        found += quality_crossings(metrics, rules)
     if not metrics["judged"]:
         return found
     for metric, rule, what in ((AlertMetric.CLASS_PSI, "max_class_psi", "predicted-class mix"),
@@ -198,7 +212,7 @@ def deployment_crossings(metrics: dict, rules: dict) -> list[Crossing]:
     return found
 
 
-def version_crossings(metrics: dict, rules: dict) -> list[Crossing]:
+def quality_crossings(metrics: dict, rules: dict) -> list[Crossing]:
     found = []
     accuracy, floor = metrics["live_accuracy"], rules["min_live_accuracy"]
     if floor is not None and accuracy and accuracy["n"] >= rules["min_audit_labels"] and accuracy["high"] < floor:
@@ -221,18 +235,19 @@ def _measure(project: Project, rules: dict, start: datetime, end: datetime) -> t
     versions = {d.model_version_id: d.model_version for d in deployments}
     targets += [(None, v) for _, v in sorted(versions.items())]
     reported: dict[int, int] = {}  # predictions each version's deployments sent in the window
+    serving = Counter(d.model_version_id for d in deployments)
     for deployment, version in targets:
         if MonitorWindow.objects.filter(Q(deployment=deployment) if deployment else Q(deployment__isnull=True,
                                         model_version=version), window_start=start).exists():
             continue
         if deployment is not None:
             metrics = deployment_window_metrics(deployment=deployment, version=version, start=start, end=end,
-                                                rules=rules)
+                                                rules=rules, quality=serving[version.id] > 1)
             crossings, n = deployment_crossings(metrics, rules), metrics["predictions"]
             reported[version.id] = reported.get(version.id, 0) + n
         else:
-            metrics = version_window_metrics(project=project, version=version, start=start, end=end)
-            crossings, n = version_crossings(metrics, rules), reported.get(version.id, 0)
+            metrics = quality_metrics(project=project, version=version, start=start, end=end)
+            crossings, n = quality_crossings(metrics, rules), reported.get(version.id, 0)
         window = MonitorWindow.objects.create(project=project, deployment=deployment, model_version=version,
                                               window_start=start, window_end=end, n_predictions=n, metrics=metrics)
         measured += 1

@@ -24,6 +24,7 @@ from hitl.errors import InvalidInput
 from hitl.models import (
     Alert,
     AlertStatus,
+    Environment,
     LabelSource,
     MonitoringReference,
     MonitorWindow,
@@ -43,7 +44,7 @@ from hitl.services.alerts import (
 from hitl.services.ingestion import predictions_ingest
 from hitl.services.labels import label_submit
 from hitl.services.monitoring import CATCH_UP_WINDOWS, project_monitor, window_bounds, windows_due
-from hitl.services.projects import project_update
+from hitl.services.projects import deployment_create, project_update
 from hitl.services.selection import review_batch_request
 from tests.conftest import member, token_client
 from workers.pipelines.selection import review_batch_select
@@ -293,6 +294,52 @@ def test_live_accuracy_and_reviewer_agreement_alert_per_model_version(project, v
     metrics = MonitorWindow.objects.get(deployment__isnull=True).metrics
     assert metrics["live_accuracy"]["high"] < 0.8 and metrics["reviewer_agreement"] == {"n": 40, "agreed": 8,
                                                                                         "rate": 0.2}
+
+
+def test_a_deployment_doing_worse_than_the_others_alerts_by_itself(
+    project, version, stream, reviewer, write_images, client,
+) -> None:
+    cloud, _ = deployment_create(project=project, name="cloud-1", environment=Environment.CLOUD,
+                                 model_version=version, storage_prefix="imgs")
+    cloud_stream = Stream(cloud, write_images)
+    cloud_stream.next_index = 1000  # other images: one prediction per image and version is stored
+    stream.send(100, at=REFERENCE_AT)
+    cloud_stream.send(100, at=REFERENCE_AT)
+    batch = review_batch_request(project=project, requested_by="t", size=80, audit_fraction=1.0)
+    review_batch_select(batch_id=batch.id)
+    tasks = list(batch.tasks.select_related("prediction__deployment"))
+    edge_tasks = [t for t in tasks if t.prediction.deployment.name == "edge-1"]
+    assert 20 <= len(edge_tasks) <= 60  # a uniform draw from both deployments' predictions
+    for task in tasks:  # on the edge the model is always wrong, in the cloud always right
+        predicted = task.prediction.predicted_label
+        wrong = next(label for label in project.labels if label != predicted)
+        label_submit(item_id=task.item_id, value=wrong if task in edge_tasks else predicted, source=LabelSource.WEB,
+                     reviewer=reviewer, review_task_id=task.id)
+    rules = {**RULES, "min_live_accuracy": 0.8, "min_audit_labels": 15, "min_reviewer_agreement": 0.3,
+             "min_agreement_labels": 15, "action": "none"}
+    project_update(project_id=project.id, changes={"monitoring": rules})
+    run = project_monitor(project_id=project.id, now=datetime.now(UTC) + timedelta(hours=1))
+    raised = {(a.deployment.name if a.deployment else None, a.metric)
+              for a in Alert.objects.filter(pk__in=run.alert_ids).select_related("deployment")}
+    assert raised == {("edge-1", "live_accuracy"), ("edge-1", "reviewer_agreement"), (None, "live_accuracy")}
+    windows = {w.deployment.name if w.deployment else None: w.metrics
+               for w in MonitorWindow.objects.select_related("deployment")}
+    assert windows["edge-1"]["live_accuracy"]["n"] == len(edge_tasks) and windows["edge-1"]["live_accuracy"][
+        "accuracy"] == 0.0
+    assert windows["cloud-1"]["live_accuracy"]["accuracy"] == 1.0
+    assert windows["cloud-1"]["reviewer_agreement"]["n"] == len(tasks) - len(edge_tasks)
+    assert windows[None]["live_accuracy"]["n"] == len(tasks)
+    client.force_login(reviewer)
+    page = client.get(f"/projects/{project.slug}/alerts/").content.decode()
+    assert page.count("no audit labels") == 0 and "1.000" in page and "0.000" in page
+
+
+def test_one_deployment_has_its_quality_in_the_versions_window_only(project, version, stream) -> None:
+    stream.send(100, at=REFERENCE_AT)
+    stream.send(60, at=QUIET_WINDOW)
+    _run(project, QUIET_WINDOW)
+    assert "live_accuracy" not in MonitorWindow.objects.get(deployment__isnull=False).metrics
+    assert "live_accuracy" in MonitorWindow.objects.get(deployment__isnull=True).metrics
 
 
 def test_a_failing_receiver_is_recorded_and_retried_and_email_is_not_resent(
