@@ -267,6 +267,24 @@ class WorkerProcess:
     def log_tail(self) -> str:
         return self.log.read_text()[-4000:]
 
+    def wait_idle(self, queues: list[str], timeout: float = 180) -> None:
+        """Until no task is queued for this worker, reserved by it or running in it."""
+        import redis
+
+        broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+        inspect = celery_app.control.inspect(destination=[self.hostname], timeout=1.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            queued = sum(broker.llen(queue) for queue in queues)
+            busy = [task for reply in (inspect.active() or {}, inspect.reserved() or {})
+                     for tasks in reply.values() for task in tasks]
+            if not queued and not busy:
+                return
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the worker did not go idle ({queued} queued, busy with "
+                                     f"{[t.get('name') for t in busy]}):\n{self.log_tail()}")
+            time.sleep(0.2)
+
 
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker, media_root: Path, queue_prefix: str,
@@ -314,14 +332,22 @@ def _wait_for_other_sessions_to_end(django_db_blocker, timeout: float = 15) -> N
 
 
 @pytest.fixture()
-def wait_until(celery_worker: WorkerProcess) -> Callable[..., None]:
+def quiet_worker(celery_worker: WorkerProcess, queue_prefix: str) -> Iterator[WorkerProcess]:
+    """The session's worker, waited on after the test until it is idle: a task still running when
+    the test's tables are truncated deadlocks with the truncation, or writes into the next test."""
+    yield celery_worker
+    celery_worker.wait_idle([f"{queue_prefix}.cpu", f"{queue_prefix}.gpu"])
+
+
+@pytest.fixture()
+def wait_until(quiet_worker: WorkerProcess) -> Callable[..., None]:
     def wait(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
-            if celery_worker.popen.poll() is not None:
-                raise AssertionError(f"the worker died while waiting for {what}:\n{celery_worker.log_tail()}")
+            if quiet_worker.popen.poll() is not None:
+                raise AssertionError(f"the worker died while waiting for {what}:\n{quiet_worker.log_tail()}")
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}:\n{celery_worker.log_tail()}")
+                raise AssertionError(f"timed out waiting for {what}:\n{quiet_worker.log_tail()}")
             time.sleep(0.2)
 
     return wait

@@ -45,7 +45,7 @@ def free_port() -> int:
 
 
 @pytest.fixture()
-def connected(label_studio, live_server, settings, project, deployment_and_token, write_images, celery_worker):
+def connected(label_studio, live_server, settings, project, deployment_and_token, write_images, quiet_worker):
     """A project with 12 items, an 8-task review batch and a provisioned Label Studio project."""
     settings.LABEL_STUDIO_URL, settings.LABEL_STUDIO_API_KEY = label_studio.url, label_studio.token
     settings.HITL_PUBLIC_URL = live_server.url
