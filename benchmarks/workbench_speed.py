@@ -76,6 +76,70 @@ def label_many(project_id: int, count: int) -> None:
         cursor.execute("VACUUM ANALYZE")
 
 
+def add_history(project, version, days: int) -> None:
+    """``days`` of use before today: hourly monitoring windows of two deployments and of the
+    model version, an alert a day (the last ten open), and a retraining cycle's five trust
+    events a day (trained, evaluated twice, gate, promoted), written through the trust service."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from hitl.models import Alert, AlertStatus, Environment, MonitorWindow
+    from hitl.services.monitoring import window_bounds
+    from hitl.services.projects import deployment_create
+    from hitl.services.trust import trust_record
+
+    deployments = [deployment_create(project=project, name=f"edge-{i}", environment=Environment.EDGE,
+                                     model_version=version)[0] for i in (1, 2)]
+    end = window_bounds(now=timezone.now(), minutes=60)[1]
+    drift = {"judged": True, "class_psi": 0.02, "confidence_psi": 0.03, "confidence_ks": 0.05, "ks_p_value": 0.4,
+             "mean_confidence": 0.81, "reference_mean_confidence": 0.82, "class_counts": [50] * 10,
+             "confidence_counts": [25] * 20, "predictions": 500, "reference_predictions": 500}
+    quality = {"live_accuracy": {"n": 300, "correct": 255, "accuracy": 0.85, "low": 0.81, "high": 0.88},
+               "reviewer_agreement": {"n": 40, "agreed": 33, "rate": 0.825}}
+    windows = []
+    for hour in range(days * 24):
+        start = end - timedelta(hours=hour + 1)
+        windows += [MonitorWindow(project=project, deployment=d, model_version=version, window_start=start,
+                                  window_end=start + timedelta(hours=1), n_predictions=500, metrics=drift)
+                    for d in deployments]
+        windows.append(MonitorWindow(project=project, model_version=version, window_start=start,
+                                     window_end=start + timedelta(hours=1), n_predictions=1000, metrics=quality))
+    windows = MonitorWindow.objects.bulk_create(windows, batch_size=5000)
+    daily = [w for w in windows if w.deployment_id == deployments[0].id and w.window_start.hour == 0]
+    Alert.objects.bulk_create([Alert(
+        project=project, deployment=deployments[0], model_version=version, window=w, window_start=w.window_start,
+        window_end=w.window_end, metric="class_psi", value=0.31, threshold=0.25,
+        message="edge-1: PSI of the predicted-class mix against the reference 0.310, above 0.25",
+        **({} if day < 10 else {"status": AlertStatus.ACKNOWLEDGED, "acknowledged_by_name": "reviewer-a",
+                                 "acknowledged_at": w.window_end + timedelta(hours=1)}))
+        for day, w in enumerate(daily)])
+    for day in range(days):
+        name = f"v{day + 2}"
+        for kind, payload in (
+                ("model_trained", {"model_version": name, "training_labels": 1000 + day, "train_config": {"epochs": 3}}),
+                ("model_evaluated", {"model_version": name, "role": "candidate", "eval_set": "golden", "accuracy": 0.86,
+                                     "n_items": 500, "accuracy_interval": {"lower": 0.83, "upper": 0.89}}),
+                ("model_evaluated", {"model_version": "v1", "role": "production", "eval_set": "golden", "accuracy": 0.85,
+                                     "n_items": 500, "accuracy_interval": {"lower": 0.82, "upper": 0.88}}),
+                ("gate_evaluated", {"cycle": day + 1, "outcome": "promoted", "rules": [{"rule": "non_inferior", "passed": True}]}),
+                ("model_promoted", {"model_version": name, "replaced": "v1", "reason": "gate passed"})):
+            trust_record(project_id=project.id, kind=kind, actor=f"cycle {day + 1}", payload=payload)
+
+
+def time_full_trust_check(project, repeats: int = 5) -> tuple[int, list[float]]:
+    """The whole chain verified at once (beat's periodic check, or the trust page's button):
+    the events verified, and the time each run took."""
+    from hitl.services.trust import trust_verify
+
+    timings, events = [], 0
+    for _ in range(repeats):
+        started = time.perf_counter()
+        events = trust_verify(project_id=project.id).events
+        timings.append(time.perf_counter() - started)
+    return events, timings
+
+
 def setup_project(args: argparse.Namespace, work: Path):
     from django.contrib.auth import get_user_model
 
@@ -91,8 +155,9 @@ def setup_project(args: argparse.Namespace, work: Path):
     started = time.perf_counter()
     fill(project.id, version.id, args.predictions)
     label_many(project.id, args.labels)
-    print(f"filled {args.predictions:,} predictions and {args.labels:,} labels in {time.perf_counter() - started:.0f} s",
-          flush=True)
+    add_history(project, version, args.days)
+    print(f"filled {args.predictions:,} predictions, {args.labels:,} labels and {args.days} days of history in "
+          f"{time.perf_counter() - started:.0f} s", flush=True)
     users = []
     for name in REVIEWERS:
         user = get_user_model().objects.create_user(username=name, password="bench-password-1")
@@ -180,6 +245,7 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=100_000)
     parser.add_argument("--answers", type=int, default=300, help="label + next-item pairs timed")
     parser.add_argument("--repeats", type=int, default=20, help="timed loads of each page")
+    parser.add_argument("--days", type=int, default=365, help="days of monitoring windows, alerts and cycles before")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     url = scratch_database(DB_NAME)
@@ -203,16 +269,18 @@ def main() -> None:
         client.force_login(users[0])
         label_next = time_label_and_next(client, project, args.answers)
         page_times = time_pages(client, pages(project), args.repeats)
+        full_check = time_full_trust_check(project)
         delete_queues(env["HITL_QUEUE_PREFIX"])
     finally:
         from django.db import connections
 
         connections.close_all()
         drop_database(DB_NAME)
-    report(args, label_next, page_times)
+    report(args, label_next, page_times, full_check)
 
 
-def report(args: argparse.Namespace, label_next: list[float], page_times: dict[str, list[float]]) -> None:
+def report(args: argparse.Namespace, label_next: list[float], page_times: dict[str, list[float]],
+           full_check: tuple[int, list[float]]) -> None:
     def ms(value: float) -> str:
         return f"{value * 1000:.1f} ms"
 
@@ -221,11 +289,17 @@ def report(args: argparse.Namespace, label_next: list[float], page_times: dict[s
     p95 = percentile(label_next, 0.95)
     body = f"""## Workbench server time at scale
 
-`python -m benchmarks.workbench_speed --predictions {args.predictions} --labels {args.labels} --answers {args.answers}`,
+`python -m benchmarks.workbench_speed --predictions {args.predictions} --labels {args.labels} --answers {args.answers} --days {args.days}`,
 measured {time.strftime('%Y-%m-%d')} on {machine()}, PostgreSQL on the same machine (shared with other jobs).
-{args.predictions:,} predictions and {args.labels:,} current labels in one project; an open batch of
-{args.answers * 3:,} review tasks selected by entropy with a 10% audit slice. Server time in-process (Django's
+{args.predictions:,} predictions and {args.labels:,} current labels in one project (eight reviewers over 30 days,
+each with a time spent; one item in ten answered blind by two reviewers first); an open batch of
+{args.answers * 3:,} review tasks selected by entropy with a 10% audit slice; and {args.days} days of history
+before it: hourly monitoring windows of two deployments and the model version, an alert a day, and one
+retraining cycle's five trust events a day ({args.days * 5:,} events). Server time in-process (Django's
 test client: middleware, session, access checks, queries, templates; no network, no HTTP server).
+The trust page checks the events written since the last full verification of the chain (beat runs
+one every hour; the page's button runs one at once): **a full verification of the {full_check[0]:,}
+events takes {ms(statistics.median(full_check[1]))}** (median of {len(full_check[1])}), and used to run on every view.
 
 | what | median | p95 | target |
 | --- | ---: | ---: | --- |

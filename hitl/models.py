@@ -476,6 +476,21 @@ class TrustEvent(models.Model):
         ordering = ["project_id", "sequence"]
 
 
+class TrustVerification(models.Model):
+    """The newest verification of a project's whole trust chain (every event's link, hash and
+    signature, and the external head), so that pages verify only the events written after it.
+    Beat repeats it (``HITL_TRUST_FULL_CHECK_SECONDS``); an edit to an older event shows there."""
+
+    project = models.OneToOneField(Project, on_delete=models.CASCADE, related_name="trust_verification")
+    events = models.PositiveIntegerField(help_text="Events verified: the chain through this sequence.")
+    head_hash = models.CharField(max_length=64, help_text="The hash of the last event verified.")
+    ok = models.BooleanField()
+    first_bad_sequence = models.PositiveIntegerField(null=True, blank=True)
+    cause = models.CharField(max_length=20, blank=True)
+    problem = models.TextField(blank=True)
+    verified_at = models.DateTimeField()
+
+
 class ProjectRole(models.TextChoices):
     """A member's role in one project, lowest first: each role may do what those before it may."""
 

@@ -295,6 +295,9 @@ HITL_MIN_CALIBRATION_LABELS = max(2, int(env_number("HITL_MIN_CALIBRATION_LABELS
 # --- Monitoring: drift alerts per deployment (hitl.services.monitoring) ---
 # How often Celery beat runs the monitor; each run judges every deployment's last complete window.
 HITL_MONITOR_INTERVAL_SECONDS = int(env_number("HITL_MONITOR_INTERVAL_SECONDS", 300))
+# Beat verifies every project's whole trust chain this often; pages check the events since
+# (hitl.services.trust.trust_status).
+HITL_TRUST_FULL_CHECK_SECONDS = int(env_number("HITL_TRUST_FULL_CHECK_SECONDS", 3600))
 # Alert webhooks: the body is signed with a key per project derived from this (default: SECRET_KEY);
 # `manage.py hitl monitor --project P --webhook-key` prints a project's key for its receiver.
 HITL_ALERT_WEBHOOK_SECRET = env_str("HITL_ALERT_WEBHOOK_SECRET", "")

@@ -82,6 +82,8 @@ app.conf.beat_schedule = {
                                "schedule": float(settings.LABEL_STUDIO_RECONCILE_SECONDS)},
     "monitor-deployments": {"task": "workers.tasks.monitor_all",
                             "schedule": float(settings.HITL_MONITOR_INTERVAL_SECONDS)},
+    "verify-trust-chains": {"task": "workers.tasks.trust_verify_all",
+                            "schedule": float(settings.HITL_TRUST_FULL_CHECK_SECONDS)},
 }
 
 # Task policy: one decorator per kind of work. Both acknowledge a message only after the task

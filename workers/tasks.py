@@ -124,6 +124,25 @@ def monitor_all() -> int:
 
 
 @cpu_task
+def trust_verify_all() -> int:
+    """Beat task: one full trust-chain verification per project that has events; returns how many."""
+    from hitl.services.trust import projects_with_trust_events
+
+    project_ids = projects_with_trust_events()
+    for project_id in project_ids:
+        enqueue("workers.tasks.trust_verify_project", project_id)
+    return len(project_ids)
+
+
+@cpu_task
+def trust_verify_project(project_id: int) -> bool:
+    """Verify the project's whole trust chain and record the result; returns whether it holds."""
+    from hitl.services.trust import trust_verify
+
+    return trust_verify(project_id=project_id).ok
+
+
+@cpu_task
 def monitor_project(project_id: int) -> list[int]:
     """Judge the project's last complete window; returns the new alerts' ids (none when run again)."""
     from hitl.services.monitoring import project_monitor

@@ -30,7 +30,7 @@ from hitl.services.ingestion import predictions_ingest
 from hitl.services.labels import label_submit
 from hitl.services.projects import project_update
 from hitl.services.selection import review_batch_request
-from hitl.services.trust import trust_verify
+from hitl.services.trust import trust_status
 
 
 class ById(CursorPagination):
@@ -298,7 +298,7 @@ class TrustHistoryView(ProjectScoped, generics.ListAPIView):
         return self.project.trust_events.order_by("sequence")
 
     def paginate_queryset(self, queryset):
-        check = trust_verify(project_id=self.project.id)
+        check = trust_status(project_id=self.project.id)
         self.paginator.check = {
             "verified": check.ok, "problem": check.problem, "cause": check.cause,
             "first_bad_sequence": check.first_bad_sequence, "head_hash": check.head_hash,

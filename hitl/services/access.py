@@ -39,6 +39,7 @@ class Action(StrEnum):
     MANAGE_MEMBERS = "manage_members"
     IMPORT_ITEMS = "import_items"
     ACKNOWLEDGE_ALERT = "acknowledge_alert"
+    VERIFY_TRUST = "verify_trust"
 
 
 # The one map from what a person wants to do to the lowest role that may do it.
@@ -57,6 +58,8 @@ MINIMUM_ROLE: dict[Action, ProjectRole] = {
     # acknowledging closes a monitoring alert for everyone: for those who can act on it (select a
     # review batch, start a cycle), not for every reviewer who happens to see it
     Action.ACKNOWLEDGE_ALERT: ProjectRole.ML_ENGINEER,
+    # verifying the whole chain at once costs CPU in the web process (pages check what is new)
+    Action.VERIFY_TRUST: ProjectRole.ML_ENGINEER,
 }
 
 

@@ -8,7 +8,12 @@ Three layers, so that trusting the database is not needed:
 - after each event commits, the chain's head (sequence and hash) is appended to a file outside
   the database (``HITL_TRUST_HEAD_FILE``): cutting off the newest events shows against it.
 
-``trust_verify`` checks all three and names the first bad event with the likely cause.
+``trust_verify`` checks all three over the whole chain, names the first bad event with the
+likely cause, and records the result (``TrustVerification``; beat repeats it every
+``HITL_TRUST_FULL_CHECK_SECONDS``). ``trust_status``, for pages, checks only the events written
+since that record (and that its last event is unchanged), so a page costs the same with 10 events
+or 100,000; a full check runs in its place when there is no record, a failed one, or one older
+than twice that interval.
 ``trust_export`` writes JSON lines that ``scripts/verify_trust_export.py`` verifies offline with
 the public keys alone.
 """
@@ -18,16 +23,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from hitl.models import Project, TrustEvent
+from hitl.models import Project, TrustEvent, TrustVerification
 from hitl.trust_keys import public_keys, signing_key, verify_signature
 
 GENESIS_HASH = "0" * 64
@@ -117,17 +123,20 @@ class ChainCheck:
     problem: str = ""
     cause: str = ""  # edited, deleted, reordered, truncated, forged
     head_hash: str | None = None  # the last event's hash, only for a chain that verifies
+    full_check_at: datetime | None = None  # when every event was last verified
+    checked_now: int = 0  # events this check verified itself (all of them for a full check)
 
 
 def _broken(events: int, sequence: int, cause: str, problem: str) -> ChainCheck:
     return ChainCheck(False, events, sequence, problem, cause)
 
 
-def _check_events(events: list[TrustEvent], keys: dict) -> ChainCheck | None:
-    """The first bad event, or None when links, hashes and signatures all hold."""
+def _check_events(events: list[TrustEvent], keys: dict, *, first: int = 1,
+                  previous_hash: str = GENESIS_HASH) -> ChainCheck | None:
+    """The first bad event, or None when links, hashes and signatures all hold. ``events`` run
+    from sequence ``first``, whose predecessor's hash is ``previous_hash``."""
     later_hashes = {event.hash for event in events}
-    previous_hash = GENESIS_HASH
-    for position, event in enumerate(events, 1):
+    for position, event in enumerate(events, first):
         later_hashes.discard(event.hash)
         if event.sequence != position:
             return _broken(len(events), position, "deleted",
@@ -152,20 +161,74 @@ def _check_events(events: list[TrustEvent], keys: dict) -> ChainCheck | None:
 
 
 def trust_verify(*, project_id: int) -> ChainCheck:
+    """Verify the project's whole chain and the external head, and record the result."""
     events = list(TrustEvent.objects.filter(project_id=project_id).order_by("sequence"))
-    broken = _check_events(events, public_keys())
-    if broken is not None:
-        return broken
+    check = _check_events(events, public_keys()) or _check_head(
+        project_id, len(events), {e.sequence: e.hash for e in events}.get)
+    if check is None:
+        check = ChainCheck(True, len(events), head_hash=events[-1].hash if events else GENESIS_HASH)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            TrustVerification.objects.update_or_create(project_id=project_id, defaults={
+                "events": check.events, "head_hash": check.head_hash or "", "ok": check.ok,
+                "first_bad_sequence": check.first_bad_sequence, "cause": check.cause, "problem": check.problem,
+                "verified_at": now,
+            })
+    except IntegrityError:  # a check running at the same time recorded its result first
+        pass
+    return replace(check, full_check_at=now, checked_now=len(events))
+
+
+def projects_with_trust_events() -> list[int]:
+    return list(Project.objects.filter(trust_events__isnull=False).distinct().order_by("id").values_list("id", flat=True))
+
+
+def trust_status(*, project_id: int) -> ChainCheck:
+    """The chain's state for a page: the newest full verification, extended over the events
+    written since (links, hashes, signatures, the external head). Anything that does not line up
+    with the record (its last event changed, a failed record, a record older than
+    twice ``HITL_TRUST_FULL_CHECK_SECONDS``: beat missed its turn, or a bad new event) runs the
+    full ``trust_verify``."""
+    record = TrustVerification.objects.filter(project_id=project_id).first()
+    stale = timezone.now() - timedelta(seconds=2 * settings.HITL_TRUST_FULL_CHECK_SECONDS)
+    if record is None or not record.ok or record.verified_at < stale:
+        return trust_verify(project_id=project_id)
+    tail = list(TrustEvent.objects.filter(project_id=project_id, sequence__gte=max(record.events, 1))
+                .order_by("sequence"))
+    if record.events:
+        verified_head, tail = (tail[0], tail[1:]) if tail else (None, [])
+        if verified_head is None or verified_head.sequence != record.events or verified_head.hash != record.head_hash \
+                or _hash_of(verified_head) != verified_head.hash:
+            return trust_verify(project_id=project_id)
+    total = record.events + len(tail)
+    known = {e.sequence: e.hash for e in tail}
+    if _check_events(tail, public_keys(), first=record.events + 1, previous_hash=record.head_hash or GENESIS_HASH) \
+            or _check_head(project_id, total, lambda sequence: known.get(sequence) or _stored_hash(project_id, sequence)):
+        return trust_verify(project_id=project_id)
+    return ChainCheck(True, total, head_hash=tail[-1].hash if tail else record.head_hash,
+                      full_check_at=record.verified_at, checked_now=len(tail))
+
+
+def _stored_hash(project_id: int, sequence: int) -> str | None:
+    return TrustEvent.objects.filter(project_id=project_id, sequence=sequence).values_list("hash", flat=True).first()
+
+
+def _check_head(project_id: int, events: int, hash_at: Callable[[int], str | None]) -> ChainCheck | None:
+    """The external head against a chain of ``events`` events (``hash_at``: a stored event's
+    hash by sequence); None when it matches or there is no head file."""
     head = external_head(project_id)
-    if head is not None and head.sequence > len(events):
-        return _broken(len(events), len(events) + 1, "truncated",
+    if head is None:
+        return None
+    if head.sequence > events:
+        return _broken(events, events + 1, "truncated",
                        f"the external head records event {head.sequence}, the database ends at "
-                       f"{len(events)}: the newest events were removed")
-    if head is not None and events[head.sequence - 1].hash != head.hash:
-        return _broken(len(events), head.sequence, "forged",
+                       f"{events}: the newest events were removed")
+    if hash_at(head.sequence) != head.hash:
+        return _broken(events, head.sequence, "forged",
                        f"event {head.sequence} differs from the external head's hash: "
                        "the chain was rewritten")
-    return ChainCheck(True, len(events), head_hash=events[-1].hash if events else GENESIS_HASH)
+    return None
 
 
 def export_lines(project: Project, events: Iterable[TrustEvent]) -> Iterator[str]:

@@ -25,7 +25,7 @@ from hitl.media import ImageRejected, model_artifact_file
 from hitl.models import EvaluationSet, EvaluationSnapshot, Project, RetrainingCycle
 from hitl.services.access import Action
 from hitl.services.cycles import cycle_cancel
-from hitl.services.trust import trust_export, trust_verify
+from hitl.services.trust import trust_export, trust_status, trust_verify
 from hitl.web import charts
 from hitl.web.views import _allowed
 
@@ -90,11 +90,25 @@ def model_artifact(request: HttpRequest, slug: str, name: str, kind: str) -> Fil
 def trust(request: HttpRequest, slug: str) -> HttpResponse:
     project, can = _project(request, slug)
     return render(request, "hitl/trust.html", {
-        "project": project, "can": can, "check": trust_verify(project_id=project.id),
+        "project": project, "can": can, "check": trust_status(project_id=project.id),
         "events": selectors.trust_events_newest(project, TRUST_EVENTS_SHOWN), "shown": TRUST_EVENTS_SHOWN,
         "accuracy_chart": charts.accuracy_over_time(selectors.golden_accuracy_history(project),
                                                     selectors.audit_accuracy_history(project)),
     })
+
+
+@login_required
+@require_POST
+def trust_verify_page(request: HttpRequest, slug: str) -> HttpResponse:
+    """Verify the whole chain now (beat does it every HITL_TRUST_FULL_CHECK_SECONDS)."""
+    project, _ = _project(request, slug, Action.VERIFY_TRUST)
+    check = trust_verify(project_id=project.id)
+    if check.ok:
+        messages.success(request, f"Verified all {check.events} events: links, hashes, signatures and the external "
+                                  "head hold.")
+    else:
+        messages.error(request, f"The chain is broken at event {check.first_bad_sequence} ({check.cause}).")
+    return redirect("web:trust", slug=project.slug)
 
 
 @login_required

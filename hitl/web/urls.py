@@ -27,6 +27,7 @@ urlpatterns = [
     path("projects/<slug:slug>/models/<str:name>/<str:kind>", pages.model_artifact, name="model-artifact"),
     path("projects/<slug:slug>/trust/", pages.trust, name="trust"),
     path("projects/<slug:slug>/trust/export", pages.trust_export_download, name="trust-export"),
+    path("projects/<slug:slug>/trust/verify", pages.trust_verify_page, name="trust-verify"),
     path("cycles/<int:pk>/progress", pages.cycle_progress, name="cycle-progress"),
     path("cycles/<int:pk>/cancel", pages.cycle_cancel_page, name="cycle-cancel"),
 ]

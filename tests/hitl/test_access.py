@@ -153,6 +153,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "web:model-artifact": {"GET": web(Action.VIEW)},
     "web:trust": {"GET": web(Action.VIEW)},
     "web:trust-export": {"GET": web(Action.VIEW)},
+    "web:trust-verify": {"POST": web(Action.VERIFY_TRUST)},
     "web:cycle-progress": {"GET": web(Action.VIEW)},
     "web:cycle-cancel": {"POST": web(Action.CANCEL_CYCLE)},
     # Label Studio's side: a shared secret or a signed URL is the credential, not a login.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,13 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection
+from django.utils import timezone
 
-from hitl.models import TrustEvent
-from hitl.services.trust import event_hash, trust_export, trust_record, trust_verify
+from hitl.models import ProjectRole, TrustEvent, TrustVerification
+from hitl.services.trust import event_hash, trust_export, trust_record, trust_status, trust_verify
 from hitl.trust_keys import key_id_of, public_keys, rotate_signing_key
+from tests.conftest import member
+from workers.tasks import trust_verify_project
 
 VERIFIER = Path(settings.BASE_DIR) / "scripts" / "verify_trust_export.py"
 
@@ -130,6 +134,63 @@ def test_verify_trust_names_the_event_and_cause(project, chain) -> None:
         call_command("hitl", "verify-trust", "--project", project.slug)
 
 
+def record(project, django_capture_on_commit_callbacks, n: int) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        for i in range(n):
+            trust_record(project_id=project.id, kind="model_evaluated", actor="test", payload={"i": i})
+
+
+def test_pages_verify_only_the_events_since_the_last_full_check(
+    project, chain, django_capture_on_commit_callbacks,
+) -> None:
+    first = trust_status(project_id=project.id)  # no full check recorded yet: this is one
+    assert (first.ok, first.events, first.checked_now) == (True, 5, 5)
+    stored = TrustVerification.objects.get(project=project)
+    assert (stored.ok, stored.events, stored.head_hash) == (True, 5, chain[-1].hash)
+    record(project, django_capture_on_commit_callbacks, 3)
+    later = trust_status(project_id=project.id)
+    assert (later.ok, later.events, later.checked_now, later.full_check_at) == (True, 8, 3, stored.verified_at)
+    assert later.head_hash == TrustEvent.objects.get(project=project, sequence=8).hash
+
+
+def test_a_bad_event_since_the_full_check_is_found_by_the_page(project, chain, django_capture_on_commit_callbacks) -> None:
+    trust_verify(project_id=project.id)
+    record(project, django_capture_on_commit_callbacks, 3)
+    sql("UPDATE hitl_trustevent SET actor = 'mallory' WHERE project_id = %s AND sequence = 7", project.id)
+    check = trust_status(project_id=project.id)
+    assert (check.ok, check.first_bad_sequence, check.cause, check.checked_now) == (False, 7, "edited", 8)
+    assert not TrustVerification.objects.get(project=project).ok  # and every page checks in full until it holds
+
+
+def test_the_page_sees_the_last_checked_event_changed_and_the_newest_cut_off(
+    project, chain, django_capture_on_commit_callbacks,
+) -> None:
+    trust_verify(project_id=project.id)
+    sql("UPDATE hitl_trustevent SET payload = %s WHERE project_id = %s AND sequence = 5", json.dumps({}), project.id)
+    assert (trust_status(project_id=project.id).first_bad_sequence, trust_status(project_id=project.id).cause) == (
+        5, "edited")
+    sql("UPDATE hitl_trustevent SET payload = %s WHERE project_id = %s AND sequence = 5",
+        json.dumps(chain[-1].payload), project.id)
+    trust_verify(project_id=project.id)
+    record(project, django_capture_on_commit_callbacks, 2)
+    sql("DELETE FROM hitl_trustevent WHERE project_id = %s AND sequence = 7", project.id)
+    check = trust_status(project_id=project.id)
+    assert (check.ok, check.first_bad_sequence, check.cause) == (False, 7, "truncated")
+
+
+def test_an_older_event_edited_after_the_full_check_shows_at_the_next_one(project, chain, settings) -> None:
+    """What a page does not re-read until the next full check: beat runs one every
+    HITL_TRUST_FULL_CHECK_SECONDS, and a page runs one itself when the last is twice that old."""
+    trust_verify(project_id=project.id)
+    sql("UPDATE hitl_trustevent SET payload = %s WHERE project_id = %s AND sequence = 2", json.dumps({}), project.id)
+    assert trust_status(project_id=project.id).ok  # not re-read yet
+    TrustVerification.objects.filter(project=project).update(
+        verified_at=timezone.now() - timedelta(seconds=2 * settings.HITL_TRUST_FULL_CHECK_SECONDS + 1))
+    check = trust_status(project_id=project.id)
+    assert (check.ok, check.first_bad_sequence, check.cause) == (False, 2, "edited")
+    assert not trust_verify_project(project.id)  # the beat's task finds it too
+
+
 def run_verifier(export: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(VERIFIER), str(export), "--public-keys",
                            str(settings.HITL_TRUST_PUBLIC_KEYS), *extra], capture_output=True, text=True)
@@ -166,3 +227,18 @@ def test_the_offline_verifier_refuses_a_key_it_was_not_given(project, chain, tmp
     result = subprocess.run([sys.executable, str(VERIFIER), str(export), "--public-keys", str(other_keys)],
                             capture_output=True, text=True)
     assert result.returncode == 1 and "event 1" in result.stdout and "forged" in result.stdout
+
+
+def test_the_trust_page_says_when_every_event_was_verified_and_verifies_on_request(project, chain, client) -> None:
+    client.force_login(member(project, "eng", ProjectRole.ML_ENGINEER))
+    page = client.get(f"/projects/{project.slug}/trust/").content.decode()
+    assert "5 events" in page and "Every event verified" in page and 'id="verify-chain"' in page
+    sql("UPDATE hitl_trustevent SET actor = 'mallory' WHERE project_id = %s AND sequence = 2", project.id)
+    response = client.post(f"/projects/{project.slug}/trust/verify", follow=True)
+    assert response.redirect_chain[-1][0] == f"/projects/{project.slug}/trust/"
+    page = response.content.decode()
+    assert "broken at event 2" in page and "The chain is broken at event 2 (edited)" in page
+    viewer = member(project, "vic", ProjectRole.VIEWER)
+    client.force_login(viewer)
+    assert 'id="verify-chain"' not in client.get(f"/projects/{project.slug}/trust/").content.decode()
+    assert client.post(f"/projects/{project.slug}/trust/verify").status_code == 403

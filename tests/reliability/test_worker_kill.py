@@ -40,12 +40,14 @@ from hitl.models import (
     ReviewBatchStatus,
     ReviewTask,
     TrustEvent,
+    TrustVerification,
     UncertaintyScore,
 )
 from hitl.services.cycles import cycle_request
 from hitl.services.ingestion import items_register, predictions_ingest
 from hitl.services.monitoring import project_monitor, window_bounds
 from hitl.services.selection import review_batch_request
+from hitl.services.trust import trust_record
 from labeling.mapping import choice_result
 from labeling.models import (
     EventState,
@@ -252,6 +254,21 @@ def _drifted_deployment(setup: Setup) -> None:
     setup.state["window_start"], setup.state["project"] = start, setup.project.id
 
 
+def _trust_events(setup: Setup) -> None:
+    for i in range(3):
+        trust_record(project_id=setup.project.id, kind="model_evaluated", actor="test", payload={"i": i})
+    setup.state["project"] = setup.project.id
+
+
+def _trust_verified(setup: Setup) -> bool:
+    return TrustVerification.objects.filter(project=setup.project).exists()
+
+
+def _check_trust(setup: Setup) -> None:
+    record = TrustVerification.objects.get(project=setup.project)
+    assert record.ok and record.events == TrustEvent.objects.filter(project=setup.project).count() >= 3
+
+
 def _monitor_alerted(setup: Setup) -> bool:
     return Alert.objects.filter(project=setup.project).exists()
 
@@ -371,6 +388,22 @@ CASES = [
         _send("workers.tasks.monitor_all"),
         _monitor_alerted,
         _check_monitor,
+    ),
+    KillCase(
+        "workers.tasks.trust_verify_project",
+        TrustVerification._meta.db_table,
+        _trust_events,
+        _send("workers.tasks.trust_verify_project", "project"),
+        _trust_verified,
+        _check_trust,
+    ),
+    KillCase(
+        "workers.tasks.trust_verify_all",
+        TrustEvent._meta.db_table,
+        _trust_events,
+        _send("workers.tasks.trust_verify_all"),
+        _trust_verified,
+        _check_trust,
     ),
     KillCase(
         "workers.tasks.alert_notify",
