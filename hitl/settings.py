@@ -295,6 +295,8 @@ HITL_MIN_CALIBRATION_LABELS = max(2, int(env_number("HITL_MIN_CALIBRATION_LABELS
 # --- Monitoring: drift alerts per deployment (hitl.services.monitoring) ---
 # How often Celery beat runs the monitor; each run judges every deployment's last complete window.
 HITL_MONITOR_INTERVAL_SECONDS = int(env_number("HITL_MONITOR_INTERVAL_SECONDS", 300))
+# Windows missed while beat or the workers were down that one monitoring run judges (the newest).
+HITL_MONITOR_CATCH_UP_WINDOWS = int(env_number("HITL_MONITOR_CATCH_UP_WINDOWS", 48))
 # Beat verifies every project's whole trust chain this often; pages check the events since
 # (hitl.services.trust.trust_status).
 HITL_TRUST_FULL_CHECK_SECONDS = int(env_number("HITL_TRUST_FULL_CHECK_SECONDS", 3600))

@@ -18,7 +18,7 @@ alert; a run that raised any takes the project's action once (a review batch or 
 cycle, not again within the cool-down) and queues one notification per alert (email and signed
 webhook, ``hitl.services.alerts``). The last *complete* window is judged, and with it the
 windows missed since the project's last judged one (beat or the workers were down), up to
-CATCH_UP_WINDOWS of them; a window's rows are unique, so running twice (or in parallel) measures
+``HITL_MONITOR_CATCH_UP_WINDOWS`` of them; a window's rows are unique, so running twice (or in parallel) measures
 and alerts once.
 """
 
@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
@@ -58,7 +59,6 @@ from hitl.services.queue import enqueue
 from hitl.services.selection import review_batch_request
 
 ACTOR = "monitor"
-CATCH_UP_WINDOWS = 48  # missed windows judged by one run at most (the newest ones): two days of hourly windows
 REFERENCE_SAMPLE = 2000  # confidences a reference keeps for the KS test
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,13 @@ def window_bounds(*, now: datetime, minutes: int) -> tuple[datetime, datetime]:
 
 def windows_due(project: Project, *, now: datetime, minutes: int) -> list[tuple[datetime, datetime]]:
     """The windows a run at ``now`` judges, oldest first: the last complete one, and before it
-    those that ended after the project's newest judged window (at most CATCH_UP_WINDOWS in all).
+    those that ended after the project's newest judged window (at most ``HITL_MONITOR_CATCH_UP_WINDOWS`` in all).
     A project never judged starts with the last complete window."""
     start, end = window_bounds(now=now, minutes=minutes)
     newest = MonitorWindow.objects.filter(project=project).aggregate(end=Max("window_end"))["end"]
     length = end - start
     missed = 0 if newest is None or newest >= start else int((start - newest) / length)
-    count = min(CATCH_UP_WINDOWS, missed + 1)
+    count = min(settings.HITL_MONITOR_CATCH_UP_WINDOWS, missed + 1)
     return [(start - length * k, end - length * k) for k in reversed(range(count))]
 
 
@@ -145,11 +145,13 @@ def _drift_metrics(reference: MonitoringReference, version: ModelVersion, labels
 
 def deployment_window_metrics(*, deployment: Deployment, version: ModelVersion, start: datetime, end: datetime,
                               rules: dict, quality: bool = False) -> dict:
-    """Volume and drift of one deployment's predictions by ``version`` in [start, end); with
-    ``quality``, its own live accuracy and reviewer agreement too (``quality_metrics``)."""
-    rows = list(Prediction.objects.filter(deployment=deployment, model_version=version, received_at__gte=start,
-                                          received_at__lt=end).values_list("predicted_label", "confidence"))
-    metrics: dict = {"predictions": len(rows), "judged": False}
+    """Volume (every prediction the deployment sent in [start, end), whichever version made it)
+    and drift of those ``version`` made; with ``quality``, the deployment's own live accuracy and
+    reviewer agreement too (``quality_metrics``)."""
+    sent = list(Prediction.objects.filter(deployment=deployment, received_at__gte=start, received_at__lt=end)
+                .values_list("predicted_label", "confidence", "model_version_id"))
+    rows = [(label, confidence) for label, confidence, made_by in sent if made_by == version.id]
+    metrics: dict = {"predictions": len(sent), "version_predictions": len(rows), "judged": False}
     reference = reference_record(version=version, size=rules["reference_size"])
     if reference is None:
         metrics["not_judged"] = f"no reference yet: {version.name} has fewer than {rules['reference_size']} predictions"
@@ -237,6 +239,8 @@ def _measure(project: Project, rules: dict, start: datetime, end: datetime) -> t
     reported: dict[int, int] = {}  # predictions each version's deployments sent in the window
     serving = Counter(d.model_version_id for d in deployments)
     for deployment, version in targets:
+        if deployment is not None and end <= deployment.created_at:
+            continue  # a window missed before the deployment existed
         if MonitorWindow.objects.filter(Q(deployment=deployment) if deployment else Q(deployment__isnull=True,
                                         model_version=version), window_start=start).exists():
             continue
@@ -244,7 +248,7 @@ def _measure(project: Project, rules: dict, start: datetime, end: datetime) -> t
             metrics = deployment_window_metrics(deployment=deployment, version=version, start=start, end=end,
                                                 rules=rules, quality=serving[version.id] > 1)
             crossings, n = deployment_crossings(metrics, rules), metrics["predictions"]
-            reported[version.id] = reported.get(version.id, 0) + n
+            reported[version.id] = reported.get(version.id, 0) + metrics["version_predictions"]
         else:
             metrics = quality_metrics(project=project, version=version, start=start, end=end)
             crossings, n = quality_crossings(metrics, rules), reported.get(version.id, 0)
@@ -289,36 +293,51 @@ def _act(project: Project, rules: dict) -> tuple[str, str, ReviewBatch | None, R
     return action, f"started retraining cycle {cycle.number}", None, cycle
 
 
-@transaction.atomic
 def project_monitor(*, project_id: int, now: datetime | None = None) -> MonitorRun:
     """Judge the project's last complete window (at ``now``, default the current time) and the
-    windows missed before it (``windows_due``). Safe to run twice or in parallel: the project row
-    is locked for the run, and a window already measured is not measured or alerted on again."""
-    project = Project.objects.select_for_update().get(pk=project_id)
+    windows missed before it (``windows_due``), each in its own transaction (a long catch-up
+    keeps what it measured), then take the project's action once for all the new alerts. Safe to
+    run twice or in parallel: the project row is locked while a window is measured or the action
+    taken, and a window already measured is not measured or alerted on again."""
+    project = Project.objects.get(pk=project_id)
     rules = monitoring_rules(project.monitoring)
-    start, end = window_bounds(now=now or timezone.now(), minutes=rules["window_minutes"])
-    run = MonitorRun(project=project.slug, window_start=start, window_end=end)
+    due = windows_due(project, now=now or timezone.now(), minutes=rules["window_minutes"])
+    run = MonitorRun(project=project.slug, window_start=due[-1][0], window_end=due[-1][1],
+                     missed_windows=len(due) - 1)
     if not rules["enabled"]:
         run.action_detail = "monitoring is off for this project"
         return run
-    due = windows_due(project, now=now or timezone.now(), minutes=rules["window_minutes"])
-    run.missed_windows, alerts = len(due) - 1, []
-    for window_start, window_end in due:
-        measured, raised = _measure(project, rules, window_start, window_end)
+    alerts: list[Alert] = []
+    for start, end in due:
+        with transaction.atomic():
+            project = Project.objects.select_for_update().get(pk=project_id)
+            measured, raised = _measure(project, rules, start, end)
         run.windows_measured += measured
         alerts += raised
     if not alerts:
         return run
-    run.action, run.action_detail, batch, cycle = _act(project, rules)
-    Alert.objects.filter(pk__in=[a.pk for a in alerts]).update(
-        action=run.action, action_detail=run.action_detail, review_batch=batch, cycle=cycle)
+    with transaction.atomic():
+        project = Project.objects.select_for_update().get(pk=project_id)
+        run.action, run.action_detail, batch, cycle = _act(project, rules)
+        Alert.objects.filter(pk__in=[a.pk for a in alerts]).update(
+            action=run.action, action_detail=run.action_detail, review_batch=batch, cycle=cycle)
+        if rules["notify_emails"] or rules["webhook_url"]:
+            for alert in newest_of_each_kind(alerts):
+                enqueue("workers.tasks.alert_notify", alert.pk)
     run.alert_ids = [a.pk for a in alerts]
-    if rules["notify_emails"] or rules["webhook_url"]:
-        for alert in alerts:
-            enqueue("workers.tasks.alert_notify", alert.pk)
-    log.warning("%s: %d alert(s) for the window %s-%s (and %d missed before it); %s", project.slug, len(alerts),
-                start, end, run.missed_windows, run.action_detail)
+    log.warning("%s: %d alert(s) up to the window %s-%s (%d missed windows judged too); %s", project.slug,
+                len(alerts), run.window_start, run.window_end, run.missed_windows, run.action_detail)
     return run
+
+
+def newest_of_each_kind(alerts: list[Alert]) -> list[Alert]:
+    """The alerts people are told about: the newest window's alert for each deployment (or model
+    version) and metric. A catch-up over many missed windows notifies once per kind, not once
+    per window; the alerts page lists them all."""
+    newest: dict[tuple, Alert] = {}
+    for alert in sorted(alerts, key=lambda a: a.window_start):
+        newest[(alert.deployment_id, alert.model_version_id, alert.metric)] = alert
+    return sorted(newest.values(), key=lambda a: a.pk)
 
 
 def projects_to_monitor() -> list[int]:

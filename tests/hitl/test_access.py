@@ -8,6 +8,7 @@ place: the role the action needs (hitl.services.access.MINIMUM_ROLE).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from io import StringIO
 
 import pytest
@@ -17,12 +18,14 @@ from django.core.management import CommandError, call_command
 from django.db import IntegrityError, transaction
 from django.test import Client, override_settings
 from django.urls import URLResolver, get_resolver, reverse
+from django.utils import timezone
 from rest_framework.test import APIClient
 from rest_framework.views import APIView
 
 from hitl.api.views import ProjectScoped
 from hitl.errors import InvalidInput
 from hitl.models import (
+    Deployment,
     Item,
     Label,
     LabelSource,
@@ -211,6 +214,8 @@ def world(project, version, deployment_and_token, ingest):
     unqueued = Item.objects.filter(pk__in=result.item_ids).exclude(review_tasks__batch=batch).first()
     project.monitoring = {"min_predictions_per_window": 1, "action": "none"}  # an alert to address
     project.save(update_fields=["monitoring"])
+    # serving for a day: the last complete window (which it sent nothing in) ended after it existed
+    Deployment.objects.filter(project=project).update(created_at=timezone.now() - timedelta(days=1))
     [alert_id] = project_monitor(project_id=project.id).alert_ids
     return {
         "project": project,

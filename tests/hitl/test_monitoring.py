@@ -24,6 +24,7 @@ from hitl.errors import InvalidInput
 from hitl.models import (
     Alert,
     AlertStatus,
+    Deployment,
     Environment,
     LabelSource,
     MonitoringReference,
@@ -43,10 +44,10 @@ from hitl.services.alerts import (
 )
 from hitl.services.ingestion import predictions_ingest
 from hitl.services.labels import label_submit
-from hitl.services.monitoring import CATCH_UP_WINDOWS, project_monitor, window_bounds, windows_due
+from hitl.services.monitoring import project_monitor, window_bounds, windows_due
 from hitl.services.projects import deployment_create, project_update
 from hitl.services.selection import review_batch_request
-from tests.conftest import member, token_client
+from tests.conftest import make_version, member, token_client
 from workers.pipelines.selection import review_batch_select
 
 pytestmark = pytest.mark.django_db
@@ -88,10 +89,18 @@ class Stream:
         return result.item_ids
 
 
+def serving_since(deployment: Deployment, at: datetime = REFERENCE_AT - timedelta(days=1)) -> Deployment:
+    """The deployment as if created at ``at``: windows that ended before a deployment existed are
+    not judged, and these tests' windows lie on a fixed day."""
+    Deployment.objects.filter(pk=deployment.pk).update(created_at=at)
+    deployment.refresh_from_db()
+    return deployment
+
+
 @pytest.fixture()
 def stream(project, deployment_and_token, write_images) -> Stream:
     project_update(project_id=project.id, changes={"monitoring": RULES})
-    return Stream(deployment_and_token[0], write_images)
+    return Stream(serving_since(deployment_and_token[0]), write_images)
 
 
 def _run(project, window_start: datetime):
@@ -301,7 +310,7 @@ def test_a_deployment_doing_worse_than_the_others_alerts_by_itself(
 ) -> None:
     cloud, _ = deployment_create(project=project, name="cloud-1", environment=Environment.CLOUD,
                                  model_version=version, storage_prefix="imgs")
-    cloud_stream = Stream(cloud, write_images)
+    cloud_stream = Stream(serving_since(cloud), write_images)
     cloud_stream.next_index = 1000  # other images: one prediction per image and version is stored
     stream.send(100, at=REFERENCE_AT)
     cloud_stream.send(100, at=REFERENCE_AT)
@@ -495,6 +504,7 @@ def test_the_beat_task_raises_the_alert_and_its_batch_is_selected_in_the_worker(
     week = 7 * 24 * 60  # a window the test will not see end
     project_update(project_id=project.id, changes={"monitoring": {**RULES, "window_minutes": week}})
     start, _ = window_bounds(now=datetime.now(UTC), minutes=week)
+    serving_since(stream.deployment, start - timedelta(days=1))
     stream.send(100, at=start - timedelta(hours=2))
     stream.send(60, at=start + timedelta(minutes=1), classes=[3] * 60)
     app.send_task("workers.tasks.monitor_all")
@@ -568,10 +578,51 @@ def test_windows_missed_while_the_monitor_was_down_are_judged_on_its_next_run(pr
     assert _run(project, DRIFT_WINDOW + timedelta(hours=2)).windows_measured == 0  # judged once
 
 
-def test_a_long_outage_judges_the_newest_missed_windows_only(project, version) -> None:
+def test_a_catch_up_skips_windows_before_a_deployment_existed_and_counts_all_it_sent(
+    project, version, stream, write_images,
+) -> None:
+    project_update(project_id=project.id, changes={"monitoring": {**RULES, "min_predictions_per_window": 10}})
+    stream.send(100, at=REFERENCE_AT)
+    stream.send(60, at=QUIET_WINDOW)
+    _run(project, QUIET_WINDOW)
+    stream.send(60, at=DRIFT_WINDOW)  # by v1; edge-1 then switches to v2 before the monitor runs again
+    v2 = make_version(project, "v2", seed=1)
+    Deployment.objects.filter(name="edge-1").update(model_version=v2)
+    late, _ = deployment_create(project=project, name="edge-2", environment=Environment.EDGE, model_version=v2)
+    serving_since(late, DRIFT_WINDOW + timedelta(minutes=90))  # during the outage
+    run = _run(project, DRIFT_WINDOW + timedelta(hours=1))
+    assert run.missed_windows == 1
+    windows = {(w.deployment.name, w.window_start): w for w in MonitorWindow.objects.filter(
+        deployment__isnull=False, window_start__gte=DRIFT_WINDOW).select_related("deployment")}
+    assert set(windows) == {("edge-1", DRIFT_WINDOW), ("edge-1", DRIFT_WINDOW + timedelta(hours=1)),
+                            ("edge-2", DRIFT_WINDOW + timedelta(hours=1))}  # not the hour before edge-2 existed
+    sent = windows[("edge-1", DRIFT_WINDOW)].metrics
+    assert (sent["predictions"], sent["version_predictions"]) == (60, 0)  # volume counts v1's predictions too
+    volume = Alert.objects.filter(pk__in=run.alert_ids, metric="prediction_volume")
+    assert {(a.deployment.name, a.window_start) for a in volume} == {
+        ("edge-1", DRIFT_WINDOW + timedelta(hours=1)), ("edge-2", DRIFT_WINDOW + timedelta(hours=1))}
+
+
+def test_a_catch_up_notifies_once_per_kind_of_alert(project, version, stream, monkeypatch) -> None:
+    sent: list[tuple] = []
+    monkeypatch.setattr("hitl.services.monitoring.enqueue", lambda *task: sent.append(task))
+    stream.send(100, at=REFERENCE_AT)
+    stream.send(60, at=QUIET_WINDOW)
+    _run(project, QUIET_WINDOW)
+    for hour in range(3):  # the deployment drifts through three windows while beat is down
+        stream.send(60, at=DRIFT_WINDOW + timedelta(hours=hour), classes=[3] * 60)
+    run = _run(project, DRIFT_WINDOW + timedelta(hours=2))
+    alerts = Alert.objects.filter(pk__in=run.alert_ids, metric="class_psi").order_by("window_start")
+    assert len(alerts) == 3 and run.missed_windows == 2
+    newest = {a.pk for a in Alert.objects.filter(pk__in=run.alert_ids, window_start=DRIFT_WINDOW + timedelta(hours=2))}
+    assert sent and {alert for _, alert in sent} == newest  # the newest window's alert of each kind only
+    assert all(task == "workers.tasks.alert_notify" for task, _ in sent)
+
+
+def test_a_long_outage_judges_the_newest_missed_windows_only(project, version, settings) -> None:
     MonitorWindow.objects.create(project=project, model_version=version, window_start=QUIET_WINDOW,
                                  window_end=DRIFT_WINDOW, n_predictions=0, metrics={})
     due = windows_due(project, now=DRIFT_WINDOW + timedelta(days=10, minutes=1), minutes=60)
-    assert len(due) == CATCH_UP_WINDOWS and due[-1][1] == DRIFT_WINDOW + timedelta(days=10)
+    assert len(due) == settings.HITL_MONITOR_CATCH_UP_WINDOWS == 48 and due[-1][1] == DRIFT_WINDOW + timedelta(days=10)
     assert all(b - a == timedelta(hours=1) and a2 == b for (a, b), (a2, _) in zip(due, due[1:]))
     assert windows_due(project, now=DRIFT_WINDOW + timedelta(minutes=5), minutes=60) == [(QUIET_WINDOW, DRIFT_WINDOW)]

@@ -241,6 +241,7 @@ def _drifted_deployment(setup: Setup) -> None:
     """A deployment whose last complete (week-long) window holds a new class mix: a reference of
     100 even predictions a day before it, then 60 of mostly one class in it."""
     deployment = setup.project.deployments.get()
+    Deployment.objects.filter(pk=deployment.pk).update(created_at=timezone.now() - timedelta(days=30))
     setup.project.monitoring = {"window_minutes": WEEK_MINUTES, "reference_size": 100, "min_window_predictions": 50}
     setup.project.save(update_fields=["monitoring"])
     start, _ = window_bounds(now=timezone.now(), minutes=WEEK_MINUTES)
