@@ -265,6 +265,9 @@ def main() -> None:
 
         setup_test_environment()  # the test client's hooks; the database stays the scratch one
         project, users = setup_project(args, work)
+        from hitl.wsgi import freeze_startup_objects
+
+        freeze_startup_objects()  # as the web process does once loaded (the filling's garbage is gone first)
         client = Client()
         client.force_login(users[0])
         label_next = time_label_and_next(client, project, args.answers)

@@ -246,7 +246,7 @@ class Label(models.Model):
 
     item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="labels")
     project = models.ForeignKey(
-        Project, on_delete=models.CASCADE, related_name="+",
+        Project, on_delete=models.CASCADE, related_name="+", db_index=False,  # label_project_reviewer leads with it
         help_text="The item's project, kept on the label so per-project counts read labels alone.",
     )
     value = models.CharField(max_length=200)
@@ -488,7 +488,9 @@ class TrustVerification(models.Model):
     first_bad_sequence = models.PositiveIntegerField(null=True, blank=True)
     cause = models.CharField(max_length=20, blank=True)
     problem = models.TextField(blank=True)
-    verified_at = models.DateTimeField()
+    verified_at = models.DateTimeField(help_text="When the verified events were read.")
+    key_id = models.CharField(max_length=16, help_text="Which trust key signed this record.")
+    signature = models.CharField(max_length=100, help_text="Ed25519 signature of the record's fields, base64.")
 
 
 class ProjectRole(models.TextChoices):

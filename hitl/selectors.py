@@ -457,6 +457,13 @@ def monitor_windows_list(project: Project) -> QuerySet[MonitorWindow]:
     version (live accuracy, agreement)."""
     windows = MonitorWindow.objects.filter(project=project).select_related("deployment", "model_version")
     return windows.order_by("-window_start", "deployment_id", "model_version_id")
+
+
+def projects_with_trust_events() -> list[int]:
+    """Projects whose trust chain has events (beat verifies each in full)."""
+    return list(Project.objects.filter(trust_events__isnull=False).distinct().order_by("id").values_list("id", flat=True))
+
+
 # --- The workbench pages (issue 11): dashboard, model registry, trust timeline, charts over time.
 
 def golden_snapshots_newest(project: Project) -> dict[int, EvaluationSnapshot]:

@@ -268,7 +268,8 @@ class WorkerProcess:
         return self.log.read_text()[-4000:]
 
     def wait_idle(self, queues: list[str], timeout: float = 180) -> None:
-        """Until no task is queued for this worker, reserved by it or running in it."""
+        """Until no task is queued for this worker, reserved by it or running in it; a retry
+        waiting for its time (e.g. an alert's email with no mail server) is revoked instead."""
         import redis
 
         broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
@@ -276,9 +277,13 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while True:
             queued = sum(broker.llen(queue) for queue in queues)
-            busy = [task for reply in (inspect.active() or {}, inspect.reserved() or {})
-                     for tasks in reply.values() for task in tasks]
-            if not queued and not busy:
+            scheduled = inspect.scheduled()
+            waiting = [entry["request"]["id"] for entries in (scheduled or {}).values() for entry in entries]
+            if waiting:
+                celery_app.control.revoke(waiting, destination=[self.hostname])
+            replies = [inspect.active(), inspect.reserved(), scheduled]
+            busy = [task for reply in replies[:2] for tasks in (reply or {}).values() for task in tasks]
+            if not queued and not busy and all(reply is not None for reply in replies):  # None: no answer yet
                 return
             if self.popen.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"the worker did not go idle ({queued} queued, busy with "

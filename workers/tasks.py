@@ -126,7 +126,7 @@ def monitor_all() -> int:
 @cpu_task
 def trust_verify_all() -> int:
     """Beat task: one full trust-chain verification per project that has events; returns how many."""
-    from hitl.services.trust import projects_with_trust_events
+    from hitl.selectors import projects_with_trust_events
 
     project_ids = projects_with_trust_events()
     for project_id in project_ids:

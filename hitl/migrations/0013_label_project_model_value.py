@@ -24,7 +24,7 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name='label',
             name='project',
-            field=models.ForeignKey(help_text="The item's project, kept on the label so per-project counts read labels alone.", null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='hitl.project'),
+            field=models.ForeignKey(db_index=False, help_text="The item's project, kept on the label so per-project counts read labels alone.", null=True, on_delete=django.db.models.deletion.CASCADE, related_name='+', to='hitl.project'),
         ),
         migrations.AddField(
             model_name='label',

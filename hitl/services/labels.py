@@ -80,7 +80,7 @@ def label_submit(
     name = _reviewer_name(reviewer, reviewer_name)
     task = None
     if review_task_id is not None:
-        task = ReviewTask.objects.filter(pk=review_task_id, item_id=item.id).first()
+        task = ReviewTask.objects.select_related("prediction").filter(pk=review_task_id, item_id=item.id).first()
         if task is None:
             raise InvalidInput.single("review_task", f"no review task {review_task_id} for item {item.id}")
     elif item.split == Split.HOLDOUT and source not in TRUSTED_SOURCES:
@@ -102,11 +102,10 @@ def label_submit(
         # new label takes that place in the history (`previous` is one-to-one).
         Label.objects.filter(previous=current).update(previous=None)
     if task is None:
-        task = ReviewTask.objects.filter(item_id=item.id, status=ReviewTaskStatus.OPEN).first()
+        task = ReviewTask.objects.select_related("prediction").filter(item_id=item.id, status=ReviewTaskStatus.OPEN).first()
     if prediction_id is None and task is not None:
         prediction_id = task.prediction_id
-    model_value = "" if prediction_id is None else (
-        Prediction.objects.filter(pk=prediction_id).values_list("predicted_label", flat=True).first() or "")
+    model_value = _model_value(prediction_id, task)
     label = Label.objects.create(
         item=item, project_id=item.project_id, value=value, reviewer=reviewer, reviewer_name=name, source=source,
         previous=current, review_task=task, prediction_id=prediction_id, model_value=model_value,
@@ -114,6 +113,15 @@ def label_submit(
     )
     _close_review_tasks(item.id)
     return label
+
+
+def _model_value(prediction_id: int | None, task: ReviewTask | None) -> str:
+    """The model's label in the pre-annotation the reviewer started from ("" for none)."""
+    if prediction_id is None:
+        return ""
+    if task is not None and task.prediction_id == prediction_id:
+        return task.prediction.predicted_label  # the task's own prediction, read with it
+    return Prediction.objects.filter(pk=prediction_id).values_list("predicted_label", flat=True).first() or ""
 
 
 def _same_label(current: Label, value: str, name: str, source: str, external_id: str) -> bool:

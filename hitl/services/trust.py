@@ -37,6 +37,7 @@ from hitl.models import Project, TrustEvent, TrustVerification
 from hitl.trust_keys import public_keys, signing_key, verify_signature
 
 GENESIS_HASH = "0" * 64
+TRUST_VERIFY_COOLDOWN_SECONDS = 30  # a person's full check runs at most this often per project
 EXPORT_FORMAT = "hitl-trust-export/1"
 
 
@@ -78,21 +79,44 @@ class ExternalHead:
     hash: str
 
 
+HEAD_FILE_BLOCK = 64 * 1024
+
+
 def external_head(project_id: int) -> ExternalHead | None:
-    """The newest head the file records for the project."""
+    """The newest head the file records for the project. The file holds a line per event of
+    every project, so it is read from its end, a block at a time, up to one block past the first
+    block holding a line of this project (lines that concurrent commits append land a few lines
+    apart, never a block)."""
     path = Path(settings.HITL_TRUST_HEAD_FILE)
     if not path.exists():
         return None
     head: ExternalHead | None = None
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn last line after a crash mid-write
-            if entry.get("project") == project_id and (head is None or entry["sequence"] > head.sequence):
-                head = ExternalHead(int(entry["sequence"]), str(entry["hash"]))
+    with open(path, "rb") as handle:
+        position, partial, past_found = handle.seek(0, os.SEEK_END), b"", 0
+        while position > 0 and past_found < 2:
+            size = min(HEAD_FILE_BLOCK, position)
+            position -= size
+            handle.seek(position)
+            lines = (handle.read(size) + partial).split(b"\n")
+            partial, whole = (lines[0], lines[1:]) if position > 0 else (b"", lines)
+            for entry in filter(None, (_head_entry(line, project_id) for line in whole)):
+                if head is None or entry.sequence > head.sequence:
+                    head = entry
+            past_found += head is not None
     return head
+
+
+def _head_entry(line: bytes, project_id: int) -> ExternalHead | None:
+    try:
+        entry = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None  # a torn last line after a crash mid-write, or the empty string after the last newline
+    if not isinstance(entry, dict) or entry.get("project") != project_id:
+        return None
+    try:
+        return ExternalHead(int(entry["sequence"]), str(entry["hash"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 @transaction.atomic
@@ -161,53 +185,98 @@ def _check_events(events: list[TrustEvent], keys: dict, *, first: int = 1,
 
 
 def trust_verify(*, project_id: int) -> ChainCheck:
-    """Verify the project's whole chain and the external head, and record the result."""
+    """Verify the project's whole chain and the external head, and record the result (signed,
+    so the record itself is no weaker than the chain)."""
+    started = timezone.now()
     events = list(TrustEvent.objects.filter(project_id=project_id).order_by("sequence"))
     check = _check_events(events, public_keys()) or _check_head(
         project_id, len(events), {e.sequence: e.hash for e in events}.get)
     if check is None:
         check = ChainCheck(True, len(events), head_hash=events[-1].hash if events else GENESIS_HASH)
-    now = timezone.now()
+    _record_verification(project_id, check, started)
+    return replace(check, full_check_at=started, checked_now=len(events))
+
+
+def _verification_message(project_id: int, events: int, head_hash: str, ok: bool, verified_at: datetime) -> bytes:
+    return json.dumps({"project": project_id, "events": events, "head_hash": head_hash, "ok": ok,
+                       "verified_at": verified_at.isoformat()}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _record_verification(project_id: int, check: ChainCheck, started: datetime) -> None:
+    """Keep the result unless a check that read the chain later has already recorded its own."""
+    key, head_hash = signing_key(), check.head_hash or ""
+    fields = {"events": check.events, "head_hash": head_hash, "ok": check.ok,
+              "first_bad_sequence": check.first_bad_sequence, "cause": check.cause, "problem": check.problem,
+              "verified_at": started, "key_id": key.key_id,
+              "signature": key.sign(_verification_message(project_id, check.events, head_hash, check.ok, started))}
+    if TrustVerification.objects.filter(project_id=project_id, verified_at__lt=started).update(**fields):
+        return
     try:
         with transaction.atomic():
-            TrustVerification.objects.update_or_create(project_id=project_id, defaults={
-                "events": check.events, "head_hash": check.head_hash or "", "ok": check.ok,
-                "first_bad_sequence": check.first_bad_sequence, "cause": check.cause, "problem": check.problem,
-                "verified_at": now,
-            })
-    except IntegrityError:  # a check running at the same time recorded its result first
+            TrustVerification.objects.create(project_id=project_id, **fields)
+    except IntegrityError:  # a newer check holds the row
         pass
-    return replace(check, full_check_at=now, checked_now=len(events))
-
-
-def projects_with_trust_events() -> list[int]:
-    return list(Project.objects.filter(trust_events__isnull=False).distinct().order_by("id").values_list("id", flat=True))
 
 
 def trust_status(*, project_id: int) -> ChainCheck:
-    """The chain's state for a page: the newest full verification, extended over the events
-    written since (links, hashes, signatures, the external head). Anything that does not line up
-    with the record (its last event changed, a failed record, a record older than
-    twice ``HITL_TRUST_FULL_CHECK_SECONDS``: beat missed its turn, or a bad new event) runs the
-    full ``trust_verify``."""
-    record = TrustVerification.objects.filter(project_id=project_id).first()
-    stale = timezone.now() - timedelta(seconds=2 * settings.HITL_TRUST_FULL_CHECK_SECONDS)
-    if record is None or not record.ok or record.verified_at < stale:
+    """The chain's state for a page, without reading every event: the newest full verification
+    (its record signed), extended over the events written since (links, hashes, signatures, the
+    external head). A failed record is answered as it stands (beat or the trust page's button
+    verify again). Anything that does not line up with the record (none yet, a bad signature, a
+    time in the future or older than twice ``HITL_TRUST_FULL_CHECK_SECONDS``, its last event
+    changed, a bad new event) runs the full ``trust_verify``, which finds and records the break."""
+    record = _trusted_record(project_id)
+    if record is None:
         return trust_verify(project_id=project_id)
-    tail = list(TrustEvent.objects.filter(project_id=project_id, sequence__gte=max(record.events, 1))
-                .order_by("sequence"))
-    if record.events:
-        verified_head, tail = (tail[0], tail[1:]) if tail else (None, [])
-        if verified_head is None or verified_head.sequence != record.events or verified_head.hash != record.head_hash \
-                or _hash_of(verified_head) != verified_head.hash:
-            return trust_verify(project_id=project_id)
-    total = record.events + len(tail)
-    known = {e.sequence: e.hash for e in tail}
-    if _check_events(tail, public_keys(), first=record.events + 1, previous_hash=record.head_hash or GENESIS_HASH) \
-            or _check_head(project_id, total, lambda sequence: known.get(sequence) or _stored_hash(project_id, sequence)):
+    if not record.ok:
+        return ChainCheck(False, record.events, record.first_bad_sequence, record.problem, record.cause,
+                          full_check_at=record.verified_at)
+    tail = _events_since(record)
+    if tail is None:
+        return trust_verify(project_id=project_id)
+    total, known = record.events + len(tail), {e.sequence: e.hash for e in tail}
+    if _check_events(tail, public_keys(), first=record.events + 1, previous_hash=record.head_hash) or _check_head(
+            project_id, total, lambda sequence: known.get(sequence) or _stored_hash(project_id, sequence)):
         return trust_verify(project_id=project_id)
     return ChainCheck(True, total, head_hash=tail[-1].hash if tail else record.head_hash,
                       full_check_at=record.verified_at, checked_now=len(tail))
+
+
+def _trusted_record(project_id: int) -> TrustVerification | None:
+    """The project's verification record, if it is signed and current; None otherwise."""
+    record = TrustVerification.objects.filter(project_id=project_id).first()
+    now = timezone.now()
+    if record is None or not (now - timedelta(seconds=2 * settings.HITL_TRUST_FULL_CHECK_SECONDS)
+                              <= record.verified_at <= now + timedelta(minutes=1)):
+        return None
+    message = _verification_message(project_id, record.events, record.head_hash, record.ok, record.verified_at)
+    return record if verify_signature(public_keys(), record.key_id, record.signature, message) else None
+
+
+def _events_since(record: TrustVerification) -> list[TrustEvent] | None:
+    """The events after the record's last one; None when that one is no longer what was
+    verified (gone, or its content, hash or signature changed)."""
+    events = list(TrustEvent.objects.filter(project_id=record.project_id, sequence__gte=max(record.events, 1))
+                  .order_by("sequence"))
+    if record.events == 0:
+        return events
+    if not events or events[0].sequence != record.events:
+        return None
+    last = events[0]
+    if last.hash != record.head_hash or _hash_of(last) != last.hash or not verify_signature(
+            public_keys(), last.key_id, last.signature, last.hash.encode()):
+        return None
+    return events[1:]
+
+
+def trust_verify_requested(*, project_id: int) -> ChainCheck | None:
+    """A person asked for a full check: run it, unless one finished within
+    ``TRUST_VERIFY_COOLDOWN_SECONDS`` (None then: the page shows that one), so that repeated
+    requests cannot keep the web process busy."""
+    recent = timezone.now() - timedelta(seconds=TRUST_VERIFY_COOLDOWN_SECONDS)
+    if TrustVerification.objects.filter(project_id=project_id, verified_at__gte=recent).exists():
+        return None
+    return trust_verify(project_id=project_id)
 
 
 def _stored_hash(project_id: int, sequence: int) -> str | None:

@@ -25,7 +25,7 @@ from hitl.media import ImageRejected, model_artifact_file
 from hitl.models import EvaluationSet, EvaluationSnapshot, Project, RetrainingCycle
 from hitl.services.access import Action
 from hitl.services.cycles import cycle_cancel
-from hitl.services.trust import trust_export, trust_status, trust_verify
+from hitl.services.trust import trust_export, trust_status, trust_verify_requested
 from hitl.web import charts
 from hitl.web.views import _allowed
 
@@ -102,8 +102,10 @@ def trust(request: HttpRequest, slug: str) -> HttpResponse:
 def trust_verify_page(request: HttpRequest, slug: str) -> HttpResponse:
     """Verify the whole chain now (beat does it every HITL_TRUST_FULL_CHECK_SECONDS)."""
     project, _ = _project(request, slug, Action.VERIFY_TRUST)
-    check = trust_verify(project_id=project.id)
-    if check.ok:
+    check = trust_verify_requested(project_id=project.id)
+    if check is None:
+        messages.info(request, "The chain was verified in full moments ago; its result is below.")
+    elif check.ok:
         messages.success(request, f"Verified all {check.events} events: links, hashes, signatures and the external "
                                   "head hold.")
     else:

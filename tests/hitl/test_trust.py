@@ -18,7 +18,17 @@ from django.db import connection
 from django.utils import timezone
 
 from hitl.models import ProjectRole, TrustEvent, TrustVerification
-from hitl.services.trust import event_hash, trust_export, trust_record, trust_status, trust_verify
+from hitl.services.trust import (
+    ChainCheck,
+    ExternalHead,
+    _record_verification,
+    event_hash,
+    external_head,
+    trust_export,
+    trust_record,
+    trust_status,
+    trust_verify,
+)
 from hitl.trust_keys import key_id_of, public_keys, rotate_signing_key
 from tests.conftest import member
 from workers.tasks import trust_verify_project
@@ -184,11 +194,44 @@ def test_an_older_event_edited_after_the_full_check_shows_at_the_next_one(projec
     trust_verify(project_id=project.id)
     sql("UPDATE hitl_trustevent SET payload = %s WHERE project_id = %s AND sequence = 2", json.dumps({}), project.id)
     assert trust_status(project_id=project.id).ok  # not re-read yet
-    TrustVerification.objects.filter(project=project).update(
-        verified_at=timezone.now() - timedelta(seconds=2 * settings.HITL_TRUST_FULL_CHECK_SECONDS + 1))
+    long_ago = timezone.now() - timedelta(seconds=2 * settings.HITL_TRUST_FULL_CHECK_SECONDS + 1)
+    TrustVerification.objects.filter(project=project).delete()
+    _record_verification(project.id, ChainCheck(True, 5, head_hash=chain[-1].hash), long_ago)  # a genuine old record
+    assert TrustVerification.objects.get(project=project).verified_at == long_ago
     check = trust_status(project_id=project.id)
     assert (check.ok, check.first_bad_sequence, check.cause) == (False, 2, "edited")
+    assert trust_status(project_id=project.id).checked_now == 0  # the failure recorded is answered as it stands
     assert not trust_verify_project(project.id)  # the beat's task finds it too
+
+
+@pytest.mark.parametrize("forgery", ["verified later", "in the future", "unsigned"])
+def test_a_forged_verification_record_is_not_believed(project, chain, forgery) -> None:
+    trust_verify(project_id=project.id)
+    sql("UPDATE hitl_trustevent SET payload = %s WHERE project_id = %s AND sequence = 2", json.dumps({}), project.id)
+    changes = {"verified later": {"verified_at": timezone.now() + timedelta(seconds=1)},
+               "in the future": {"verified_at": timezone.now() + timedelta(days=365)},
+               "unsigned": {"signature": "", "key_id": ""}}[forgery]
+    TrustVerification.objects.filter(project=project).update(**changes)  # what someone with the database can do
+    check = trust_status(project_id=project.id)
+    assert (check.ok, check.first_bad_sequence, check.cause) == (False, 2, "edited")
+
+
+def test_a_slower_older_check_does_not_overwrite_a_newer_one(project, chain) -> None:
+    newer = trust_verify(project_id=project.id)
+    _record_verification(project.id, ChainCheck(False, 5, 3, "stale news", "edited"),
+                         newer.full_check_at - timedelta(seconds=5))
+    stored = TrustVerification.objects.get(project=project)
+    assert stored.ok and stored.verified_at == newer.full_check_at
+
+
+def test_the_head_is_found_behind_many_other_projects_lines(project, chain, settings) -> None:
+    path = Path(settings.HITL_TRUST_HEAD_FILE)
+    with open(path, "a", encoding="utf-8") as handle:
+        for sequence in range(1, 20_000):  # about a megabyte of other projects' heads after ours
+            handle.write(json.dumps({"project": project.id + 1, "sequence": sequence, "hash": "f" * 64}) + "\n")
+        handle.write("{torn")
+    assert external_head(project.id) == ExternalHead(5, chain[-1].hash)
+    assert trust_verify(project_id=project.id).ok
 
 
 def run_verifier(export: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -234,6 +277,9 @@ def test_the_trust_page_says_when_every_event_was_verified_and_verifies_on_reque
     page = client.get(f"/projects/{project.slug}/trust/").content.decode()
     assert "5 events" in page and "Every event verified" in page and 'id="verify-chain"' in page
     sql("UPDATE hitl_trustevent SET actor = 'mallory' WHERE project_id = %s AND sequence = 2", project.id)
+    again = client.post(f"/projects/{project.slug}/trust/verify", follow=True).content.decode()
+    assert "verified in full moments ago" in again and "5 events" in again  # the page's own check was just now
+    TrustVerification.objects.filter(project=project).update(verified_at=timezone.now() - timedelta(minutes=1))
     response = client.post(f"/projects/{project.slug}/trust/verify", follow=True)
     assert response.redirect_chain[-1][0] == f"/projects/{project.slug}/trust/"
     page = response.content.decode()

@@ -32,6 +32,7 @@ from hitl.services.selection import review_batch_request
 from tests.conftest import member
 from tests.workbench import trained_cycles
 from workers.pipelines.selection import review_batch_select
+from workers.tasks import trust_verify_project
 
 pytestmark = pytest.mark.django_db
 
@@ -258,6 +259,9 @@ def test_trust_page_verifies_the_chain_charts_accuracy_and_exports(client, proje
     with connection.cursor() as cursor:
         cursor.execute("UPDATE hitl_trustevent SET actor = 'mallory' WHERE project_id = %s AND sequence = 3",
                        [project.id])
+    # an event older than the last full check is re-read by the next one (beat's, hourly)
+    assert 'badge promoted">verified' in client.get(url).content.decode()
+    assert trust_verify_project(project.id) is False
     page = client.get(url).content.decode()
     assert 'badge rejected">broken' in page and "at event 3 (edited)" in page
 
