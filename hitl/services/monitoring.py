@@ -229,9 +229,10 @@ def quality_crossings(metrics: dict, rules: dict) -> list[Crossing]:
     return found
 
 
-def _measure(project: Project, rules: dict, start: datetime, end: datetime) -> tuple[int, list[Alert]]:
-    """Measure every window of the project not measured yet; returns (windows, new alerts)."""
-    measured, alerts = 0, []
+def _measure(project: Project, rules: dict, start: datetime, end: datetime) -> int:
+    """Measure every window of the project not measured yet, raising its alerts; returns how
+    many windows were measured."""
+    measured = 0
     deployments = list(project.deployments.select_related("model_version").order_by("id"))
     targets: list[tuple[Deployment | None, ModelVersion]] = [(d, d.model_version) for d in deployments]
     versions = {d.model_version_id: d.model_version for d in deployments}
@@ -255,12 +256,12 @@ def _measure(project: Project, rules: dict, start: datetime, end: datetime) -> t
         window = MonitorWindow.objects.create(project=project, deployment=deployment, model_version=version,
                                               window_start=start, window_end=end, n_predictions=n, metrics=metrics)
         measured += 1
-        alerts += [Alert.objects.create(
+        Alert.objects.bulk_create([Alert(
             project=project, deployment=deployment, model_version=version, window=window, window_start=start,
             window_end=end, metric=c.metric, value=float(c.value), threshold=float(c.threshold),
             message=f"{deployment.name if deployment else version.name}: {c.message}",
-        ) for c in crossings]
-    return measured, alerts
+        ) for c in crossings])
+    return measured
 
 
 def _recent_action(project: Project, action: str, cooldown_minutes: int) -> Alert | None:
@@ -307,17 +308,17 @@ def project_monitor(*, project_id: int, now: datetime | None = None) -> MonitorR
     if not rules["enabled"]:
         run.action_detail = "monitoring is off for this project"
         return run
-    alerts: list[Alert] = []
     for start, end in due:
         with transaction.atomic():
             project = Project.objects.select_for_update().get(pk=project_id)
-            measured, raised = _measure(project, rules, start, end)
-        run.windows_measured += measured
-        alerts += raised
-    if not alerts:
-        return run
+            run.windows_measured += _measure(project, rules, start, end)
     with transaction.atomic():
         project = Project.objects.select_for_update().get(pk=project_id)
+        # every alert no run has acted on yet: this run's, and any a run that died after
+        # measuring left behind (an alert is acted on exactly once: action_detail is then set)
+        alerts = list(Alert.objects.filter(project=project, action_detail="").order_by("id"))
+        if not alerts:
+            return run
         run.action, run.action_detail, batch, cycle = _act(project, rules)
         Alert.objects.filter(pk__in=[a.pk for a in alerts]).update(
             action=run.action, action_detail=run.action_detail, review_batch=batch, cycle=cycle)

@@ -9,11 +9,12 @@ Three layers, so that trusting the database is not needed:
   the database (``HITL_TRUST_HEAD_FILE``): cutting off the newest events shows against it.
 
 ``trust_verify`` checks all three over the whole chain, names the first bad event with the
-likely cause, and records the result (``TrustVerification``; beat repeats it every
+likely cause, and records the result, signed (``TrustVerification``; beat repeats it every
 ``HITL_TRUST_FULL_CHECK_SECONDS``). ``trust_status``, for pages, checks only the events written
-since that record (and that its last event is unchanged), so a page costs the same with 10 events
-or 100,000; a full check runs in its place when there is no record, a failed one, or one older
-than twice that interval.
+since that record (and that its last event is unchanged), so a page costs about the same with 10
+events or 100,000; a record that failed is shown as it stands, and a full check runs in its place
+when there is no record to believe (none, badly signed, dated ahead, or older than twice that
+interval) or anything newer does not line up.
 ``trust_export`` writes JSON lines that ``scripts/verify_trust_export.py`` verifies offline with
 the public keys alone.
 """

@@ -603,6 +603,23 @@ def test_a_catch_up_skips_windows_before_a_deployment_existed_and_counts_all_it_
         ("edge-1", DRIFT_WINDOW + timedelta(hours=1)), ("edge-2", DRIFT_WINDOW + timedelta(hours=1))}
 
 
+def test_alerts_a_dead_run_measured_but_never_acted_on_are_acted_on_by_the_next(project, version, stream) -> None:
+    from hitl.monitorspec import monitoring_rules
+    from hitl.services.monitoring import _measure
+
+    stream.send(100, at=REFERENCE_AT)
+    stream.send(60, at=DRIFT_WINDOW, classes=[3] * 60)
+    project.refresh_from_db()  # the rules the stream fixture set
+    _measure(project, monitoring_rules(project.monitoring), DRIFT_WINDOW, DRIFT_WINDOW + timedelta(hours=1))
+    [left] = Alert.objects.all()  # committed with its window; the run died before its action
+    assert (left.action_detail, left.review_batch) == ("", None)
+    run = _run(project, DRIFT_WINDOW)
+    assert run.windows_measured == 0 and run.alert_ids == [left.pk]
+    left.refresh_from_db()
+    assert left.review_batch == ReviewBatch.objects.get() and "scheduled review batch" in left.action_detail
+    assert _run(project, DRIFT_WINDOW).alert_ids == []  # acted on once
+
+
 def test_a_catch_up_notifies_once_per_kind_of_alert(project, version, stream, monkeypatch) -> None:
     sent: list[tuple] = []
     monkeypatch.setattr("hitl.services.monitoring.enqueue", lambda *task: sent.append(task))
