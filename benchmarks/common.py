@@ -8,7 +8,10 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +49,35 @@ def drop_database(name: str, admin_url: str = ADMIN_URL) -> None:
 
 def manage(args: list[str], env: dict[str, str]) -> None:
     subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env={**os.environ, **env}, check=True)
+
+
+@contextmanager
+def django_in_process(db_name: str, label: str, *, keep: bool = False) -> Iterator[tuple[Path, bool]]:
+    """Django set up in this process against a migrated scratch database ``db_name`` (kept and
+    reused with ``keep``), a fresh data folder and this run's own queue prefix; yields the data
+    folder and whether the database was reused. On the way out the queues are deleted, the
+    connections closed and the database dropped (unless ``keep``)."""
+    reuse = keep and database_exists(db_name)
+    work = Path(tempfile.mkdtemp(prefix=f"hitl-bench-{label}-"))
+    env = {"DATABASE_URL": database_url(db_name) if reuse else scratch_database(db_name), "HITL_DATA_DIR": str(work),
+           "HITL_QUEUE_PREFIX": f"hitl-bench-{label}-{os.getpid()}", "DJANGO_SETTINGS_MODULE": "hitl.settings",
+           "HITL_LOG_LEVEL": "WARNING"}
+    os.environ.update(env)
+    try:
+        manage(["migrate", "--verbosity", "0"], env)
+        import django
+
+        django.setup()
+        yield work, reuse
+        from workers.celery import delete_queues
+
+        delete_queues(env["HITL_QUEUE_PREFIX"])
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        if not keep:
+            drop_database(db_name)
 
 
 def machine() -> str:

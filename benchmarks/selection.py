@@ -12,10 +12,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,12 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (  # noqa: E402
-    database_exists,
-    database_url,
-    drop_database,
+    django_in_process,
     machine,
-    manage,
-    scratch_database,
     untrained_production_version,
     write_section,
 )
@@ -109,20 +103,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the filled database and reuse it next time")
     args = parser.parse_args()
 
-    reuse = args.keep and database_exists(DB_NAME)
-    url = database_url(DB_NAME) if reuse else scratch_database(DB_NAME)
-    work = Path(tempfile.mkdtemp(prefix="hitl-bench-selection-"))
-    env = {"DATABASE_URL": url, "HITL_DATA_DIR": str(work), "HITL_QUEUE_PREFIX": f"hitl-bench-sel-{os.getpid()}",
-           "DJANGO_SETTINGS_MODULE": "hitl.settings", "HITL_LOG_LEVEL": "WARNING"}
-    os.environ.update(env)
-    try:
-        manage(["migrate", "--verbosity", "0"], env)
-        import django
-
-        django.setup()
+    with django_in_process(DB_NAME, "selection", keep=args.keep) as (work, reuse):
         from hitl.models import Project, ReviewTask
         from hitl.services.projects import project_create
-        from workers.celery import delete_queues
 
         if reuse:
             project = Project.objects.get(slug="bench")
@@ -137,13 +120,6 @@ def main() -> None:
             print(f"  filled in {time.perf_counter() - started:.0f}s", flush=True)
         pure = time_selection(project, args.repeats, 1000, 0.0)
         audited = time_selection(project, args.repeats, 1000, 0.1)
-        delete_queues(env["HITL_QUEUE_PREFIX"])
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        if not args.keep:
-            drop_database(DB_NAME)
     cpu = coreset_seconds("cpu")
     gpu = coreset_seconds("cuda") if torch.cuda.is_available() else None
     report(args, pure, audited, cpu, gpu)

@@ -19,17 +19,13 @@ batch is selected through hitl's own selection service.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.common import (
-    drop_database,
+    django_in_process,
     machine,
-    manage,
-    scratch_database,
     untrained_production_version,
     write_section,
 )
@@ -248,20 +244,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365, help="days of monitoring windows, alerts and cycles before")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
-    url = scratch_database(DB_NAME)
-    work = Path(tempfile.mkdtemp(prefix="hitl-bench-workbench-"))
-    env = {"DATABASE_URL": url, "HITL_DATA_DIR": str(work), "HITL_QUEUE_PREFIX": f"hitl-bench-wb-{os.getpid()}",
-           "DJANGO_SETTINGS_MODULE": "hitl.settings", "HITL_LOG_LEVEL": "WARNING"}
-    os.environ.update(env)
-    try:
-        manage(["migrate", "--verbosity", "0"], env)
-        import django
-
-        django.setup()
+    with django_in_process(DB_NAME, "workbench") as (work, _):
         from django.test import Client
         from django.test.utils import setup_test_environment
-
-        from workers.celery import delete_queues
 
         setup_test_environment()  # the test client's hooks; the database stays the scratch one
         project, users = setup_project(args, work)
@@ -273,12 +258,6 @@ def main() -> None:
         label_next = time_label_and_next(client, project, args.answers)
         page_times = time_pages(client, pages(project), args.repeats)
         full_check = time_full_trust_check(project)
-        delete_queues(env["HITL_QUEUE_PREFIX"])
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        drop_database(DB_NAME)
     report(args, label_next, page_times, full_check)
 
 
