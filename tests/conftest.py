@@ -44,6 +44,29 @@ from workers.ml.datasets import FASHION_MNIST_LABELS, ArrayDataset, load_fashion
 LABELS = FASHION_MNIST_LABELS
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL: not an Exception, so the pipeline records no failure."""
+
+
+def train_until_killed(monkeypatch: pytest.MonkeyPatch, cycle_id: int, after_epoch: int) -> None:
+    """A training attempt that dies after saving its state for ``after_epoch`` (as a killed
+    worker would)."""
+    from workers.pipelines import cycles as cycle_pipeline
+
+    record = cycle_pipeline.cycle_progress_record
+
+    def progress(**kwargs) -> bool:
+        record(**kwargs)
+        if kwargs["epoch"] >= after_epoch:
+            raise Killed
+        return True
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cycle_pipeline, "cycle_progress_record", progress)
+        with pytest.raises(Killed):
+            cycle_pipeline.cycle_train(cycle_id=cycle_id)
+
+
 def artifacts_folder() -> Path:
     """Where tests leave what people look at afterwards (screenshots, fault reports):
     ``test-artifacts/`` in the checkout, or the folder ``HITL_TEST_ARTIFACTS`` names."""

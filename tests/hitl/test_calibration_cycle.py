@@ -26,11 +26,11 @@ from hitl.selectors import model_weights_file
 from hitl.services.cycles import cycle_request, labeled_set
 from hitl.services.ingestion import items_register
 from hitl.services.labels import label_submit
+from tests.conftest import train_until_killed
 from workers.ml.calibration import calibrate
 from workers.ml.checkpoint import ONNX_FILE, read_meta
 from workers.ml.images import normalize
 from workers.ml.inference import model_outputs, predict_logits, predict_proba
-from workers.pipelines import cycles as cycle_pipeline
 from workers.pipelines.cycles import cycle_train, resume_state_path
 from workers.pipelines.inference import model_predict_items
 from workers.pipelines.versions import item_images, load_version
@@ -172,30 +172,11 @@ def test_selection_outputs_apply_the_temperature(project, version, write_images)
         model_outputs(model, images, meta.input_spec, temperature=0.0)
 
 
-class _Killed(BaseException):
-    """Stands for SIGKILL: not an Exception, so the pipeline records no failure."""
-
-
-def _train_until_killed(monkeypatch, cycle_id: int, after_epoch: int) -> None:
-    record = cycle_pipeline.cycle_progress_record
-
-    def progress(**kwargs) -> bool:
-        record(**kwargs)
-        if kwargs["epoch"] >= after_epoch:
-            raise _Killed
-        return True
-
-    with monkeypatch.context() as patch:
-        patch.setattr(cycle_pipeline, "cycle_progress_record", progress)
-        with pytest.raises(_Killed):
-            cycle_train(cycle_id=cycle_id)
-
-
 def test_a_redelivered_attempt_resumes_after_the_last_saved_epoch(
     project, labeled, monkeypatch
 ) -> None:
     cycle = cycle_request(project=project, requested_by="test", train_config={"epochs": 5})
-    _train_until_killed(monkeypatch, cycle.id, after_epoch=3)
+    train_until_killed(monkeypatch, cycle.id, after_epoch=3)
     state = resume_state_path(project.slug, cycle.number)
     assert state.exists()
     cycle_train(cycle_id=cycle.id)
@@ -211,7 +192,7 @@ def test_a_changed_label_manifest_starts_training_over(
     project, labeled, monkeypatch, write_images
 ) -> None:
     cycle = cycle_request(project=project, requested_by="test", train_config={"epochs": 4})
-    _train_until_killed(monkeypatch, cycle.id, after_epoch=2)
+    train_until_killed(monkeypatch, cycle.id, after_epoch=2)
     # a reviewer labels one more training item while the worker is down
     new_items = items_register(
         project=project, image_paths=write_images(range(500, 520), folder="late")

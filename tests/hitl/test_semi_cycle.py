@@ -10,8 +10,8 @@ from hitl.selectors import model_weights_file
 from hitl.services.cycles import cycle_request, unlabeled_train_set
 from hitl.services.ingestion import items_register
 from hitl.services.projects import project_update
+from tests.conftest import train_until_killed
 from workers.ml.checkpoint import read_meta
-from workers.pipelines import cycles as cycle_pipeline
 from workers.pipelines.cycles import cycle_train
 
 pytestmark = pytest.mark.django_db
@@ -75,31 +75,11 @@ def test_a_cycle_with_semi_supervision_off_reads_no_pool(project, pool) -> None:
     assert read_meta(model_weights_file(cycle.candidate_version)[0]).metrics["semi_supervised"] is None
 
 
-class _Killed(BaseException):
-    """Stands for SIGKILL: not an Exception, so the pipeline records no failure."""
-
-
-def _train_until_killed(monkeypatch, cycle_id: int, after_epoch: int) -> None:
-    """An attempt that dies after saving its state for ``after_epoch`` (as a killed worker would)."""
-    record = cycle_pipeline.cycle_progress_record
-
-    def progress(**kwargs) -> bool:
-        record(**kwargs)
-        if kwargs["epoch"] >= after_epoch:
-            raise _Killed
-        return True
-
-    with monkeypatch.context() as patch:
-        patch.setattr(cycle_pipeline, "cycle_progress_record", progress)
-        with pytest.raises(_Killed):
-            cycle_train(cycle_id=cycle_id)
-
-
 @pytest.mark.parametrize("new_image", [False, True])
 def test_a_semi_supervised_attempt_resumes_only_on_the_same_unlabeled_pool(project, pool, monkeypatch,
                                                                           write_images, new_image: bool) -> None:
     cycle = cycle_request(project=project, requested_by="test", train_config=SEMI)
-    _train_until_killed(monkeypatch, cycle.id, after_epoch=2)
+    train_until_killed(monkeypatch, cycle.id, after_epoch=2)
     if new_image:  # an image arrives while the worker is down: the pool it trained on is gone
         items_register(project=project, image_paths=write_images(range(300, 330), folder="late"))
     cycle_train(cycle_id=cycle.id)
