@@ -36,6 +36,7 @@ from tests.reliability.conftest import (
 
 pytestmark = [pytest.mark.faults]
 CLIENTS = 4
+WEB_WORKERS = 2  # gunicorn workers of the server under test
 BULKS_PER_CLIENT = 15
 BULK_SIZE = 10
 DOWN_SECONDS = 2.0
@@ -103,7 +104,7 @@ def web_server(
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--workers",
-                "2",
+                str(WEB_WORKERS),
                 "--threads",
                 "2",
                 "--timeout",
@@ -116,6 +117,12 @@ def web_server(
         )
     try:
         wait_port(port, server)
+        # the port answers once the first worker is up; the test compares the full set of
+        # workers before and after, so wait until every one has been forked
+        deadline = time.monotonic() + 60
+        while len(_children(server.pid)) < WEB_WORKERS:
+            assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.1)
         yield Live(f"http://127.0.0.1:{port}", token, server, log, database)
     finally:
         server.send_signal(signal.SIGTERM)
